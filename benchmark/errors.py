@@ -1,0 +1,40 @@
+"""User-facing errors. The CLI turns each into one red line and exit code 2."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class LabelbenchError(Exception):
+    """Base of every error caused by the user's input (files, names, options)."""
+
+
+class DatasetError(LabelbenchError):
+    """A data set file or folder is missing, unreadable or inconsistent."""
+
+
+class ProtocolError(LabelbenchError):
+    """A protocol file is unknown or invalid."""
+
+
+class UnknownMethodError(LabelbenchError):
+    """No installed method has this name."""
+
+
+class BudgetError(LabelbenchError):
+    """A budget is unknown or cannot be drawn from the train pool."""
+
+
+class ConfigError(LabelbenchError):
+    """A `--set key=value` override does not fit the method's config."""
+
+
+class StoreError(LabelbenchError):
+    """The results store cannot be opened or is inconsistent."""
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """Return ' (did you mean: a, b?)' for the closest names, or '' when none is close."""
+    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
+    return f" (did you mean: {', '.join(close)}?)" if close else ""
