@@ -134,7 +134,9 @@ def _parse(raw: dict[str, Any], path: Path) -> Protocol:
     source = ds["source"]
     if source not in ("phantom", "path"):
         raise ValueError(f"dataset.source must be 'phantom' or 'path', not {source!r}")
-    dataset = Dataset(source=source, phantom=dict(ds.get("phantom", {})), path_env=ds.get("path_env", ""))
+    dataset = Dataset(
+        source=source, phantom=dict(ds.get("phantom", {})), path_env=ds.get("path_env", "")
+    )
     labels = {int(k): str(v) for k, v in raw["labels"].items()}
     if 0 in labels or sorted(labels) != list(range(1, len(labels) + 1)):
         raise ValueError("labels must be consecutive ids 1..K (0 is background)")

@@ -1,0 +1,1 @@
+"""Baseline methods, each registered through the `labelbench.methods` entry-point group."""

@@ -1,0 +1,303 @@
+"""`bench`: the command line of labelbench."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from benchmark.errors import LabelbenchError
+
+app = typer.Typer(
+    help="labelbench: label-efficient CT multi-organ segmentation benchmark.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Data sets: generate the built-in phantom.", no_args_is_help=True)
+protocol_app = typer.Typer(help="Inspect one protocol.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(protocol_app, name="protocol")
+
+out = Console()
+err = Console(stderr=True)
+
+ResultsOpt = Annotated[
+    Path, typer.Option("--results", help="Results directory (holds labelbench.sqlite).")
+]
+ProtocolOpt = Annotated[str, typer.Option("--protocol", "-p", help="Protocol name or .toml path.")]
+DataOpt = Annotated[
+    Path | None, typer.Option("--data", help="Data folder for protocols that read a path.")
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a `LabelbenchError` into one red line and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except LabelbenchError as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@app.command()
+@user_errors
+def run(
+    method: Annotated[
+        str, typer.Option("--method", "-m", help="Method name (see `bench methods`).")
+    ],
+    budget: Annotated[
+        str, typer.Option("--budget", "-b", help="Budget name (e.g. 4slices, 1pct).")
+    ],
+    protocol: ProtocolOpt = "phantom",
+    seed: Annotated[
+        list[int] | None, typer.Option("--seed", "-s", help="Seed; repeat for several.")
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    results: ResultsOpt = Path("runs"),
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Method config override key=value; repeatable."),
+    ] = None,
+    data: DataOpt = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Re-run even if already completed.")
+    ] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train METHOD on BUDGET labeled slices and score it on the protocol's test cases."""
+    from benchmark.errors import ConfigError
+    from benchmark.progress import Progress
+    from benchmark.runner import RunRequest, execute, prepare
+
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise ConfigError(f"--device {device}: expected auto, cpu, cuda or cuda:N")
+    progress = Progress(quiet=quiet, console=err)
+    failed = 0
+    try:
+        data_ctx = None
+        for s in seed or [0]:
+            request = RunRequest(
+                method=method,
+                budget=budget,
+                protocol=protocol,
+                seed=s,
+                device=device,
+                results=results,
+                overrides=list(set_ or []),
+                data=data,
+                force=force,
+            )
+            prepared = prepare(request, progress, data_ctx)
+            data_ctx = prepared.data
+            outcome = execute(prepared, progress)
+            label = f"{method} · {budget} · seed {s} · {len(prepared.budget_ids)} labeled slices"
+            if outcome.status == "skipped":
+                out.print(
+                    f"{label}: already completed as run {outcome.run_id} (use --force to re-run)"
+                )
+            elif outcome.status == "failed":
+                failed += 1
+                err.print(
+                    f"[red]run {outcome.run_id} failed:[/red] {outcome.error}", highlight=False
+                )
+            else:
+                _print_outcome(label, outcome)
+    finally:
+        progress.stop()
+    if failed:
+        raise typer.Exit(1)
+
+
+def _print_outcome(label: str, outcome: Any) -> None:
+    rec = outcome.record
+    table = Table(title=f"{label} (run {outcome.run_id})")
+    table.add_column("organ")
+    table.add_column("DSC", justify="right")
+    table.add_column("NSD", justify="right")
+    for r in outcome.per_organ.itertuples():
+        table.add_row(r.organ, f"{r.dsc:.3f}", f"{r.nsd:.3f}")
+    table.add_section()
+    table.add_row(
+        "mean", f"{outcome.per_organ.dsc.mean():.3f}", f"{outcome.per_organ.nsd.mean():.3f}"
+    )
+    out.print(table)
+    phases = ", ".join(f"{k} {v:.1f}s" for k, v in rec.phases.items())
+    out.print(
+        f"wall {rec.wall_s:.1f}s ({phases}); peak memory {rec.peak_mem_mb:.0f} MB; {rec.device}",
+        highlight=False,
+    )
+
+
+@app.command()
+@user_errors
+def report(
+    protocol: ProtocolOpt = "phantom",
+    results: ResultsOpt = Path("runs"),
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Output folder (default reports/<protocol>).")
+    ] = None,
+) -> None:
+    """Write LEADERBOARD.md and plots for one protocol from the results store."""
+    from benchmark.report import write_report
+
+    from benchmark.errors import StoreError
+    from benchmark.protocol import load_protocol
+    from benchmark.store import ResultsStore
+
+    name = load_protocol(protocol).name
+    store = ResultsStore(results)
+    if not store.path.exists():
+        raise StoreError(f"{store.path}: no results store here; run `bench run` first")
+    runs = store.runs(protocol=name)
+    if runs.empty:
+        raise StoreError(f"{store.path}: no completed runs for protocol '{name}'")
+    metrics = store.metrics(runs.run_id)
+    path = write_report(name, runs, metrics, out_dir or Path("reports") / name)
+    out.print(f"wrote {path}", highlight=False)
+
+
+@app.command()
+@user_errors
+def methods(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show config fields.")] = False,
+) -> None:
+    """List installed methods (entry-point group labelbench.methods)."""
+    from benchmark.config import describe_fields
+    from benchmark.registry import installed_methods
+
+    table = Table(title="installed methods")
+    for col in ("name", "summary", "package"):
+        table.add_column(col)
+    for name, entry in installed_methods().items():
+        try:
+            cls = entry.load()
+            summary = cls.summary
+            if verbose:
+                fields = describe_fields(cls.Config)
+                summary += "\n" + "\n".join(f"  {n}: {t} = {d!r}" for n, t, d in fields)
+        except Exception as exc:  # a broken plugin must not hide the others
+            summary = f"[red]cannot load: {exc}[/red]"
+        table.add_row(name, summary, entry.distribution)
+    out.print(table)
+
+
+@app.command()
+@user_errors
+def protocols() -> None:
+    """List available protocols."""
+    from benchmark.protocol import available_protocols, load_protocol
+
+    table = Table(title="protocols")
+    for col in ("name", "description", "budgets", "file"):
+        table.add_column(col)
+    for name, path in available_protocols().items():
+        p = load_protocol(str(path))
+        table.add_row(name, p.description, ", ".join(p.budgets), str(path))
+    out.print(table)
+
+
+@protocol_app.command("show")
+@user_errors
+def protocol_show(
+    name: Annotated[str, typer.Argument(help="Protocol name or .toml path.")],
+    data: DataOpt = None,
+    seed: Annotated[int, typer.Option("--seed", "-s", help="Budget draw seed.")] = 0,
+    quiet: QuietOpt = False,
+) -> None:
+    """Print the protocol's hash, split sizes and budget sizes (reads the data)."""
+    from benchmark.progress import Progress
+    from benchmark.protocol import load_protocol
+    from benchmark.runner import load_data
+
+    protocol = load_protocol(name)
+    progress = Progress(quiet=quiet, console=err)
+    try:
+        ctx = load_data(protocol, data, progress)
+    finally:
+        progress.stop()
+    out.print(
+        f"[bold]{protocol.name}[/bold] ({protocol.path}) hash {protocol.hash}", highlight=False
+    )
+    out.print(
+        f"data {ctx.index.root}; slice store {ctx.store.key}; split {ctx.split.hash}",
+        highlight=False,
+    )
+    table = Table(title="split")
+    for col in ("part", "cases", "slices"):
+        table.add_column(col)
+    for part in ("train", "val", "test"):
+        ids = getattr(ctx.split, part)
+        n = sum(len(ctx.store.rows_of_case(c)) for c in ids)
+        table.add_row(part, str(len(ids)), str(n))
+    table.add_row("unlabeled", str(len(ctx.index.unlabeled)), "")
+    out.print(table)
+    candidates = ctx.train_candidates()[0]
+    table = Table(
+        title=f"budgets (seed {seed}; drawn from {len(candidates)} "
+        f"{protocol.draw_from} train slices)"
+    )
+    for col in ("budget", "definition", "labeled slices", "from cases"):
+        table.add_column(col)
+    for b in protocol.budgets.values():
+        ids, _ = ctx.budget_rows(b, seed)
+        definition = f"{b.count} {b.unit}" if b.count else f"{b.fraction:.0%} of {b.unit}"
+        table.add_row(b.name, definition, str(len(ids)), str(len({i.split(":")[0] for i in ids})))
+    out.print(table)
+
+
+@data_app.command("phantom")
+@user_errors
+def data_phantom(
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder (nnU-Net raw layout).")],
+    cases: Annotated[int, typer.Option(help="Labeled cases.")] = 30,
+    unlabeled: Annotated[int, typer.Option(help="Unlabeled cases.")] = 20,
+    seed: Annotated[int, typer.Option(help="Generator seed.")] = 0,
+    size: Annotated[int, typer.Option(help="In-plane matrix size (pixels).")] = 512,
+    workers: Annotated[int, typer.Option(help="Processes.")] = min(2, os.cpu_count() or 1),
+    quiet: QuietOpt = False,
+) -> None:
+    """Generate the synthetic abdominal CT phantom (13 FLARE22 organs)."""
+    from benchmark.data.phantom import PhantomSettings, write_phantom
+
+    from benchmark.errors import DatasetError
+    from benchmark.progress import Progress
+
+    if cases < 1 or unlabeled < 0 or size < 32:
+        raise DatasetError(f"{out_dir}: need --cases >= 1, --unlabeled >= 0 and --size >= 32")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise DatasetError(f"{out_dir}: folder exists and is not empty")
+    progress = Progress(quiet=quiet, console=err)
+    try:
+        settings = PhantomSettings(cases=cases, unlabeled=unlabeled, seed=seed, size=size)
+        path = write_phantom(
+            out_dir, settings, workers=workers, progress=progress.callback("phantom")
+        )
+    finally:
+        progress.stop()
+    meta = json.loads((path / "dataset.json").read_text())
+    out.print(
+        f"wrote {meta['numTraining']} labeled and {unlabeled} unlabeled cases to {path}",
+        highlight=False,
+    )
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

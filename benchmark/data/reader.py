@@ -1,0 +1,201 @@
+"""Read CT data sets in nnU-Net raw layout or FLARE22's own layout, validating as we go.
+
+Volumes come back in one canonical orientation (nibabel's closest canonical, RAS+), as arrays
+of shape (X, Y, Z) with Z the slice axis, and spacing in mm taken from the header.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from benchmark.errors import DatasetError
+
+IMAGE_DIRS = ("imagesTr", "images")
+LABEL_DIRS = ("labelsTr", "labels")
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+SPACING_RTOL = 1e-3
+
+
+@dataclass(frozen=True)
+class CaseFiles:
+    """One case: its image file and, when labeled, its label file."""
+
+    case_id: str
+    image: Path
+    label: Path | None = None
+
+
+@dataclass(frozen=True)
+class DatasetIndex:
+    """The cases found under `root`. Case ids are sorted."""
+
+    root: Path
+    labeled: tuple[CaseFiles, ...]
+    unlabeled: tuple[CaseFiles, ...]
+
+
+@dataclass(frozen=True)
+class Header:
+    """Shape (X, Y, Z) in voxels and spacing (mm) of a volume in canonical orientation."""
+
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+
+
+def _strip_suffix(name: str) -> str | None:
+    for suffix in NIFTI_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def _nifti_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and _strip_suffix(p.name) is not None)
+
+
+def _image_case_id(path: Path) -> str:
+    stem = _strip_suffix(path.name)
+    match = _CHANNEL.match(stem or "")
+    if not match:
+        raise DatasetError(
+            f"{path}: image files must be named <case>_0000.nii.gz (nnU-Net channel suffix)"
+        )
+    if match["channel"] != "0000":
+        raise DatasetError(f"{path}: only single-channel CT (_0000) is supported")
+    return match["case"]
+
+
+def _first_dir(root: Path, names: Collection[str]) -> Path | None:
+    for name in names:
+        if (root / name).is_dir():
+            return root / name
+    return None
+
+
+def discover(root: Path, unlabeled_dir: Path | None = None) -> DatasetIndex:
+    """Find labeled and unlabeled cases under `root` (nnU-Net raw or FLARE22 layout).
+
+    Labeled images live in `imagesTr/` or `images/` as `<case>_0000.nii.gz`, labels in
+    `labelsTr/` or `labels/` as `<case>.nii.gz`; unlabeled images in every subfolder whose
+    name contains "unlabeled" (`imagesUnlabeled/`, FLARE22's `FLARE22_UnlabeledCase1-1000/`),
+    or in `unlabeled_dir`. Every image needs a label and every label an image.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: data folder does not exist")
+    images_dir = _first_dir(root, IMAGE_DIRS)
+    labels_dir = _first_dir(root, LABEL_DIRS)
+    if images_dir is None or labels_dir is None:
+        raise DatasetError(
+            f"{root}: expected nnU-Net raw layout (imagesTr/ and labelsTr/) or FLARE22 layout "
+            f"(images/ and labels/)"
+        )
+    images = {_image_case_id(p): p for p in _nifti_files(images_dir)}
+    labels = {_strip_suffix(p.name): p for p in _nifti_files(labels_dir)}
+    if not images:
+        raise DatasetError(f"{images_dir}: empty folder, no .nii.gz images found")
+    for case_id, path in images.items():
+        if case_id not in labels:
+            raise DatasetError(
+                f"{path}: image has no label (expected {labels_dir / (case_id + '.nii.gz')})"
+            )
+    for case_id, path in labels.items():
+        if case_id not in images:
+            raise DatasetError(f"{path}: label has no image (expected {case_id}_0000.nii.gz)")
+    labeled = tuple(CaseFiles(c, images[c], labels[c]) for c in sorted(images))
+    if unlabeled_dir is not None:
+        if not Path(unlabeled_dir).is_dir():
+            raise DatasetError(f"{unlabeled_dir}: unlabeled folder does not exist")
+        folders = [Path(unlabeled_dir)]
+    else:  # FLARE22 ships its pool as FLARE22_UnlabeledCase1-1000/, ...1001-2000/
+        folders = sorted(p for p in root.iterdir() if p.is_dir() and "unlabeled" in p.name.lower())
+    found: dict[str, Path] = {}
+    for folder in folders:
+        files = _nifti_files(folder)
+        if not files:
+            raise DatasetError(f"{folder}: empty folder, no .nii.gz images found")
+        for path in files:
+            case_id = _image_case_id(path)
+            if case_id in found:
+                raise DatasetError(f"{path}: unlabeled case '{case_id}' also in {found[case_id]}")
+            found[case_id] = path
+    unlabeled = tuple(CaseFiles(c, found[c]) for c in sorted(found))
+    return DatasetIndex(root=root, labeled=labeled, unlabeled=unlabeled)
+
+
+def _load(path: Path) -> nib.Nifti1Image:
+    try:
+        img = nib.load(str(path))
+    except Exception as exc:  # nibabel raises many types for non-NIfTI input
+        raise DatasetError(f"{path}: not a readable NIfTI file ({_reason(exc)})") from None
+    if len(img.shape) != 3 and not (len(img.shape) == 4 and img.shape[3] == 1):
+        raise DatasetError(f"{path}: expected a 3D volume, got shape {img.shape}")
+    return img
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:160]
+
+
+def _canonical(img: nib.Nifti1Image) -> nib.Nifti1Image:
+    if len(img.shape) == 4:
+        img = img.slicer[..., 0]
+    return nib.as_closest_canonical(img)
+
+
+def read_header(path: Path) -> Header:
+    """Shape and spacing in canonical orientation, without reading voxel data."""
+    img = _canonical(_load(path))
+    zooms = img.header.get_zooms()[:3]
+    return Header(tuple(int(s) for s in img.shape[:3]), tuple(float(z) for z in zooms))
+
+
+def read_volume(
+    path: Path, dtype: type = np.float32
+) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Voxel array (X, Y, Z) in canonical orientation and its spacing (mm)."""
+    img = _canonical(_load(path))
+    try:
+        data = np.asanyarray(img.dataobj).astype(dtype, copy=False)
+    except (OSError, EOFError, zlib.error, ValueError) as exc:
+        raise DatasetError(f"{path}: corrupt NIfTI data ({_reason(exc)})") from None
+    spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
+    return np.ascontiguousarray(data), spacing  # type: ignore[return-value]
+
+
+def check_pair(case: CaseFiles, image: Header, label: Header) -> None:
+    """Image and label must agree on shape and spacing."""
+    if image.shape != label.shape:
+        raise DatasetError(
+            f"{case.label}: label shape {label.shape} differs from image shape {image.shape} "
+            f"({case.image.name})"
+        )
+    if not np.allclose(image.spacing, label.spacing, rtol=SPACING_RTOL):
+        raise DatasetError(
+            f"{case.label}: label spacing {label.spacing} mm differs from image spacing "
+            f"{image.spacing} mm ({case.image.name})"
+        )
+
+
+def read_label(path: Path, known: Collection[int]) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Label volume (X, Y, Z) as uint8; every id must be 0 or one of `known`."""
+    data, spacing = read_volume(path, dtype=np.float32)
+    ids = np.unique(data)
+    if not np.all(ids == np.round(ids)):
+        raise DatasetError(f"{path}: label volume holds non-integer values")
+    unknown = sorted(int(i) for i in ids if int(i) != 0 and int(i) not in known)
+    if unknown:
+        raise DatasetError(
+            f"{path}: label ids {unknown} are not in the protocol's labels "
+            f"({min(known)}..{max(known)})"
+        )
+    return data.astype(np.uint8), spacing

@@ -1,0 +1,221 @@
+"""The slice store: volumes preprocessed once into memory-mapped 2D slices.
+
+A store holds, for a list of cases, every axial slice windowed to the protocol's HU window,
+scaled to [0, 1], resized to `slice_size` × `slice_size` (bilinear with antialiasing for
+images, nearest for labels), as `images.npy` (N × S × S, float16) and `labels.npy`
+(N × S × S, uint8), plus `index.json` (case of each slice, its z index, whether it holds
+any organ, and each case's original shape and spacing). It is keyed by a content hash of
+the preprocessing settings and of the input files, built in a temporary folder and renamed
+into place when complete, so a killed build leaves nothing that could be mistaken for a
+store. Reading uses `np.load(mmap_mode="r")`: memory stays bounded by what is touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from benchmark.data.reader import CaseFiles, check_pair, read_header, read_label, read_volume
+from benchmark.errors import DatasetError
+from benchmark.protocol import stable_hash
+
+STORE_VERSION = 1
+"""Bump when the store's content or layout changes, so old caches are not reused."""
+
+
+def file_fingerprint(path: Path) -> dict[str, object]:
+    """Cheap content fingerprint: size, hash of the first 64 KiB and the last 8 bytes.
+
+    For gzip files the last 8 bytes are the CRC-32 and length of the uncompressed data, so
+    this changes whenever the voxels do, without reading gigabytes of FLARE22 on every run.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = hashlib.sha256(f.read(65536)).hexdigest()[:16]
+        f.seek(max(0, size - 8))
+        tail = f.read(8).hex()
+    return {"name": path.name, "size": size, "head": head, "tail": tail}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How volumes become slices."""
+
+    window_hu: tuple[float, float]
+    """HU window [low, high] mapped to [0, 1]; values outside are clipped."""
+    slice_size: int
+    """Output slices are slice_size × slice_size pixels."""
+
+
+def store_key(cases: Sequence[CaseFiles], prep: Preprocessing) -> str:
+    """Content hash of the settings and the input files that a store is built from."""
+    files = [
+        [c.case_id, file_fingerprint(c.image), file_fingerprint(c.label) if c.label else None]
+        for c in cases
+    ]
+    return stable_hash(
+        {
+            "version": STORE_VERSION,
+            "window": prep.window_hu,
+            "size": prep.slice_size,
+            "files": files,
+        }
+    )
+
+
+def resize_slices(volume: np.ndarray, size: int, nearest: bool) -> np.ndarray:
+    """(X, Y, Z) volume → (Z, size, size) slices."""
+    t = torch.from_numpy(np.ascontiguousarray(volume.transpose(2, 0, 1)))[:, None]
+    if nearest:
+        out = F.interpolate(t.float(), size=(size, size), mode="nearest-exact")
+    else:
+        out = F.interpolate(
+            t.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
+    return out[:, 0].numpy()
+
+
+def upsample_labels(slices: np.ndarray, shape_xy: tuple[int, int]) -> np.ndarray:
+    """(Z, S, S) label slices → (X, Y, Z) label volume of the original in-plane size."""
+    t = torch.from_numpy(np.ascontiguousarray(slices))[:, None].float()
+    out = F.interpolate(t, size=shape_xy, mode="nearest-exact")[:, 0]
+    return out.to(torch.uint8).numpy().transpose(1, 2, 0)
+
+
+def window(volume: np.ndarray, window_hu: tuple[float, float]) -> np.ndarray:
+    """HU → [0, 1] inside the window, clipped outside."""
+    lo, hi = window_hu
+    return np.clip((volume - lo) / (hi - lo), 0.0, 1.0, dtype=np.float32)
+
+
+class SliceStore:
+    """A built store, opened read-only with memory maps."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        meta = json.loads((self.root / "index.json").read_text())
+        self.key: str = meta["key"]
+        self.slice_size: int = meta["slice_size"]
+        self.case_ids: list[str] = meta["case_ids"]
+        self.cases: dict[str, dict] = meta["cases"]
+        self.slice_case: np.ndarray = np.asarray(meta["slice_case"], dtype=np.int32)
+        self.slice_z: np.ndarray = np.asarray(meta["slice_z"], dtype=np.int32)
+        self.foreground: np.ndarray = np.asarray(meta["foreground"], dtype=bool)
+        self.images: np.ndarray = np.load(self.root / "images.npy", mmap_mode="r")
+        labels = self.root / "labels.npy"
+        self.labels: np.ndarray | None = np.load(labels, mmap_mode="r") if labels.exists() else None
+
+    def __len__(self) -> int:
+        return len(self.slice_case)
+
+    def slice_id(self, row: int) -> str:
+        return f"{self.case_ids[self.slice_case[row]]}:{int(self.slice_z[row]):04d}"
+
+    def rows_of_case(self, case_id: str) -> np.ndarray:
+        """Rows of one case, in z order."""
+        return np.flatnonzero(self.slice_case == self.case_ids.index(case_id))
+
+
+def build_slice_store(
+    cases: Sequence[CaseFiles],
+    prep: Preprocessing,
+    cache_dir: Path,
+    known_labels: Sequence[int] = (),
+    progress: Callable[[int, int], None] | None = None,
+) -> SliceStore:
+    """Open the store for these cases and settings, building it first when the cache lacks it.
+
+    Labeled cases (with `label`) are validated against `known_labels`; image and label must
+    agree on shape and spacing. Raises `DatasetError` naming the file on any bad input.
+    """
+    if not cases:
+        raise DatasetError("no cases to preprocess")
+    key = store_key(cases, prep)
+    root = Path(cache_dir) / "slices" / key
+    if (root / "index.json").exists():
+        return SliceStore(root)
+    labeled = cases[0].label is not None
+    headers = []
+    for case in cases:
+        header = read_header(case.image)
+        if labeled:
+            assert case.label is not None
+            check_pair(case, header, read_header(case.label))
+        headers.append(header)
+    total = sum(h.shape[2] for h in headers)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root.parent))
+    try:
+        size = prep.slice_size
+        images = np.lib.format.open_memmap(
+            tmp / "images.npy", "w+", np.float16, (total, size, size)
+        )
+        labels = (
+            np.lib.format.open_memmap(tmp / "labels.npy", "w+", np.uint8, (total, size, size))
+            if labeled
+            else None
+        )
+        slice_case, slice_z, foreground = [], [], []
+        meta_cases = {}
+        row = 0
+        for i, (case, header) in enumerate(zip(cases, headers, strict=True)):
+            volume, spacing = read_volume(case.image)
+            if volume.shape != header.shape:
+                raise DatasetError(f"{case.image}: data shape {volume.shape} differs from header")
+            depth = volume.shape[2]
+            images[row : row + depth] = resize_slices(window(volume, prep.window_hu), size, False)
+            del volume
+            if labels is not None:
+                assert case.label is not None
+                label, _ = read_label(case.label, known_labels)
+                small = resize_slices(label, size, nearest=True).astype(np.uint8)
+                labels[row : row + depth] = small
+                foreground.extend(bool(v) for v in label.reshape(-1, depth).any(axis=0))
+            else:
+                foreground.extend([False] * depth)
+            slice_case.extend([i] * depth)
+            slice_z.extend(range(depth))
+            meta_cases[case.case_id] = {
+                "shape": list(header.shape),
+                "spacing": list(spacing),
+                "image": str(case.image),
+                "label": str(case.label) if case.label else None,
+            }
+            row += depth
+            if progress:
+                progress(i + 1, len(cases))
+        images.flush()
+        del images
+        if labels is not None:
+            labels.flush()
+            del labels
+        meta = {
+            "key": key,
+            "version": STORE_VERSION,
+            "slice_size": size,
+            "window_hu": list(prep.window_hu),
+            "case_ids": [c.case_id for c in cases],
+            "cases": meta_cases,
+            "slice_case": slice_case,
+            "slice_z": slice_z,
+            "foreground": foreground,
+        }
+        (tmp / "index.json").write_text(json.dumps(meta))
+        try:
+            os.replace(tmp, root)
+        except OSError:  # another process finished the same store first
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return SliceStore(root)

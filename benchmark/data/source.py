@@ -1,0 +1,54 @@
+"""Where a protocol's data comes from: the built-in phantom (generated into the cache) or a path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from benchmark.data.reader import DatasetIndex, discover
+from benchmark.errors import DatasetError
+from benchmark.progress import Progress
+from benchmark.protocol import Protocol, stable_hash
+
+
+def cache_root() -> Path:
+    """`$LABELBENCH_CACHE`, else `~/.cache/labelbench`."""
+    env = os.environ.get("LABELBENCH_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "labelbench"
+
+
+def phantom_dir(protocol: Protocol) -> Path:
+    return cache_root() / "phantom" / stable_hash(protocol.dataset.phantom)
+
+
+def resolve_dataset(protocol: Protocol, data: Path | None, progress: Progress) -> DatasetIndex:
+    """Find the protocol's data set, generating the phantom on first use."""
+    if protocol.dataset.source == "phantom":
+        if data is not None:
+            raise DatasetError(
+                f"{protocol.path}: protocol '{protocol.name}' uses the built-in phantom; "
+                f"--data {data} is not used by it (choose a protocol with dataset.source = 'path')"
+            )
+        from benchmark.data.phantom import PhantomSettings, write_phantom
+
+        out = phantom_dir(protocol)
+        if not (out / "dataset.json").exists():
+            settings = PhantomSettings(**protocol.dataset.phantom)
+            progress.console.print(f"generating the phantom data set into {out}", highlight=False)
+            write_phantom(
+                out,
+                settings,
+                workers=min(2, os.cpu_count() or 1),
+                progress=progress.callback("phantom"),
+            )
+        return discover(out)
+    env = protocol.dataset.path_env
+    if data is None and env and os.environ.get(env):
+        data = Path(os.environ[env])
+    if data is None:
+        hint = f" or set ${env}" if env else ""
+        raise DatasetError(
+            f"{protocol.path}: protocol '{protocol.name}' needs a data folder: "
+            f"pass --data DIR{hint}"
+        )
+    return discover(Path(data))

@@ -1,0 +1,129 @@
+"""The `Method` interface: what every segmentation method implements.
+
+The runner owns everything that must be equal across methods (data, split, budget, seed,
+preprocessing, evaluation); a method owns only learning.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from benchmark.data.slicestore import SliceStore
+from benchmark.progress import Progress
+
+
+class SliceSet:
+    """A view of some rows of a slice store: images (N × 1 × S × S, [0, 1]) and maybe labels.
+
+    Backed by the store's memory maps, so a pool of 200,000 slices costs no RAM until read.
+    """
+
+    def __init__(self, store: SliceStore, rows: np.ndarray, labeled: bool):
+        self.store = store
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.labeled = labeled and store.labels is not None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def slice_size(self) -> int:
+        return self.store.slice_size
+
+    @property
+    def ids(self) -> list[str]:
+        return [self.store.slice_id(r) for r in self.rows]
+
+    def images(self, idx: np.ndarray | slice | None = None) -> torch.Tensor:
+        """Float32 tensor (n, 1, S, S) in [0, 1]."""
+        rows = self.rows if idx is None else self.rows[idx]
+        return torch.from_numpy(self._take(self.store.images, rows).astype(np.float32))[:, None]
+
+    def labels(self, idx: np.ndarray | slice | None = None) -> torch.Tensor:
+        """Int64 tensor (n, S, S) of label ids."""
+        if not self.labeled:
+            raise ValueError("this slice set has no labels")
+        rows = self.rows if idx is None else self.rows[idx]
+        assert self.store.labels is not None
+        return torch.from_numpy(self._take(self.store.labels, rows).astype(np.int64))
+
+    @staticmethod
+    def _take(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        # Sorted fancy indexing reads the memory map sequentially.
+        order = np.argsort(rows, kind="stable")
+        out = np.empty((len(rows), *array.shape[1:]), dtype=array.dtype)
+        out[order] = array[rows[order]]
+        return out
+
+    def batches(self, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+        """Endless random batches of indices into this set (with replacement across epochs)."""
+        while True:
+            perm = rng.permutation(len(self))
+            for start in range(0, len(perm), batch_size):
+                chunk = perm[start : start + batch_size]
+                if len(chunk) < batch_size:
+                    chunk = np.concatenate(
+                        [chunk, rng.integers(0, len(self), batch_size - len(chunk))]
+                    )
+                yield chunk
+
+
+@dataclass
+class RunContext:
+    """What the runner gives a method: device, seed, caches, progress and a logger."""
+
+    device: torch.device
+    seed: int
+    num_classes: int
+    """Classes including background 0."""
+    cache_dir: Path
+    """Folder private to this method's pretraining, keyed by its content hash."""
+    progress: Progress
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("labelbench"))
+    info: dict[str, Any] = field(default_factory=dict)
+    """Facts the method wants recorded with the run (chosen plans, fallbacks)."""
+
+
+class Method(abc.ABC):
+    """A segmentation method. Subclasses set `name`, `summary` and `Config` (frozen dataclass)."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    Config: ClassVar[type]
+    uses_pretraining: ClassVar[bool] = False
+
+    def __init__(self, config: Any):
+        self.config = config
+
+    def pretrain_key(self) -> dict[str, Any]:
+        """What identifies this method's pretraining result in the cache.
+
+        Methods that share one pretrained model (e.g. a linear head and a decoder on the
+        same diffusion backbone) return the same key.
+        """
+        return {"method": self.name, "config": dataclasses.asdict(self.config)}
+
+    def pretrain(self, unlabeled: SliceSet, ctx: RunContext) -> None:  # noqa: B027
+        """Label-free pretraining on the protocol's unlabeled slices; `ctx.cache_dir` is its own.
+
+        Called only when `uses_pretraining` is true; the cache folder is keyed by
+        `pretrain_key()`, the unlabeled pool and the seed, so a method can skip work it finds
+        there.
+        """
+
+    @abc.abstractmethod
+    def fit(self, labeled: SliceSet, ctx: RunContext) -> None:
+        """Train on the budget's labeled slices."""
+
+    @abc.abstractmethod
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 1, S, S) images in [0, 1] → (N, S, S) int64 label maps."""

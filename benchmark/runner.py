@@ -1,0 +1,280 @@
+"""The runner: (method, protocol, budget, seed) → per-case, per-organ metrics in the store.
+
+`prepare` does everything that can fail because of the user's input (protocol, method,
+budget, `--set`, data validation, preprocessing) and writes nothing to the results store;
+`execute` then pretrains (cached), fits, predicts every test case slice by slice, stacks the
+slices back into the volume at its original size, scores it, and writes one transaction.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from benchmark.metrics.segmentation import score_case
+
+from benchmark.config import apply_overrides, config_dict
+from benchmark.data.reader import DatasetIndex, read_label
+from benchmark.data.slicestore import Preprocessing, SliceStore, build_slice_store, upsample_labels
+from benchmark.data.source import cache_root, resolve_dataset
+from benchmark.errors import DatasetError
+from benchmark.method import Method, RunContext, SliceSet
+from benchmark.progress import Progress
+from benchmark.protocol import (
+    Budget,
+    Protocol,
+    Split,
+    draw_budget,
+    load_protocol,
+    split_cases,
+    stable_hash,
+)
+from benchmark.provenance import (
+    describe_device,
+    git_commit,
+    peak_memory_mb,
+    resolve_device,
+    versions,
+)
+from benchmark.registry import get_method
+from benchmark.store import ResultsStore, RunRecord
+
+
+@dataclass
+class RunRequest:
+    """One run as the user asked for it."""
+
+    method: str
+    budget: str
+    protocol: str = "phantom"
+    seed: int = 0
+    device: str = "auto"
+    results: Path = Path("runs")
+    overrides: list[str] = field(default_factory=list)
+    data: Path | None = None
+    force: bool = False
+
+
+@dataclass
+class DataContext:
+    """A protocol's data, split and preprocessed labeled slices (shared by runs)."""
+
+    protocol: Protocol
+    index: DatasetIndex
+    store: SliceStore
+    split: Split
+
+    def train_candidates(self) -> tuple[list[str], list[str], dict[str, int]]:
+        """Slice ids, their cases, and slice id → store row, for budget drawing."""
+        train = set(self.split.train)
+        ids, cases, rows = [], [], {}
+        for row in range(len(self.store)):
+            case = self.store.case_ids[self.store.slice_case[row]]
+            if case not in train:
+                continue
+            if self.protocol.draw_from == "foreground" and not self.store.foreground[row]:
+                continue
+            sid = self.store.slice_id(row)
+            ids.append(sid)
+            cases.append(case)
+            rows[sid] = row
+        return ids, cases, rows
+
+    def budget_rows(self, budget: Budget, seed: int) -> tuple[list[str], np.ndarray]:
+        ids, cases, rows = self.train_candidates()
+        drawn = draw_budget(budget, ids, cases, seed)
+        return drawn, np.array([rows[s] for s in drawn], dtype=np.int64)
+
+
+def load_data(protocol: Protocol, data: Path | None, progress: Progress) -> DataContext:
+    index = resolve_dataset(protocol, data, progress)
+    prep = Preprocessing(protocol.window_hu, protocol.slice_size)
+    store = build_slice_store(
+        index.labeled,
+        prep,
+        cache_root(),
+        known_labels=list(protocol.labels),
+        progress=progress.callback("preprocess"),
+    )
+    split = split_cases(store.case_ids, protocol.n_test, protocol.n_val, protocol.split_seed)
+    return DataContext(protocol, index, store, split)
+
+
+@dataclass
+class Prepared:
+    request: RunRequest
+    data: DataContext
+    method_cls: type[Method]
+    config: Any
+    budget: Budget
+    budget_ids: list[str]
+    budget_rows: np.ndarray
+    run_key: str
+    phases: dict[str, float]
+
+
+def prepare(request: RunRequest, progress: Progress, data: DataContext | None = None) -> Prepared:
+    """Validate everything and preprocess; raises a `LabelbenchError` on bad input.
+
+    Phases recorded: `data` (phantom generation, reading and preprocessing; 0 when the
+    caller passes a loaded `data`) and `prepare` (the rest).
+    """
+    t0 = time.perf_counter()
+    protocol = data.protocol if data else load_protocol(request.protocol)
+    method_cls = get_method(request.method)
+    config = apply_overrides(method_cls.Config, request.overrides)
+    budget = protocol.budget(request.budget)
+    t_data = time.perf_counter()
+    data = data or load_data(protocol, request.data, progress)
+    t_data = time.perf_counter() - t_data
+    ids, rows = data.budget_rows(budget, request.seed)
+    key = stable_hash(
+        {
+            "protocol": protocol.hash,
+            "dataset": data.store.key,
+            "split": data.split.hash,
+            "method": request.method,
+            "config": config_dict(config),
+            "budget": budget.name,
+            "seed": request.seed,
+        }
+    )
+    phases = {"data": t_data, "prepare": time.perf_counter() - t0 - t_data}
+    return Prepared(request, data, method_cls, config, budget, ids, rows, key, phases)
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    status: str  # completed | skipped | failed
+    per_organ: pd.DataFrame | None = None
+    error: str | None = None
+    record: RunRecord | None = None
+
+
+def _pretrain(method: Method, prep: Prepared, ctx: RunContext, progress: Progress) -> None:
+    index = prep.data.index
+    if not index.unlabeled:
+        raise DatasetError(
+            f"{index.root}: method '{method.name}' pretrains on unlabeled slices but the data set "
+            f"has no unlabeled folder (imagesUnlabeled/)"
+        )
+    protocol = prep.data.protocol
+    store = build_slice_store(
+        index.unlabeled,
+        Preprocessing(protocol.window_hu, protocol.slice_size),
+        cache_root(),
+        progress=progress.callback("preprocess unlabeled"),
+    )
+    unlabeled = SliceSet(store, np.arange(len(store)), labeled=False)
+    key = stable_hash({"pretrain": method.pretrain_key(), "pool": store.key, "seed": ctx.seed})
+    ctx.cache_dir = cache_root() / "pretrain" / key
+    ctx.cache_dir.mkdir(parents=True, exist_ok=True)
+    ctx.info["pretrain_cache"] = key
+    method.pretrain(unlabeled, ctx)
+
+
+def predict_case(method: Method, store: SliceStore, case_id: str) -> np.ndarray:
+    """Predict every slice of a case and stack them into an (X, Y, Z) label volume."""
+    rows = store.rows_of_case(case_id)
+    images = SliceSet(store, rows, labeled=False).images()
+    pred = method.predict(images).cpu().numpy()
+    shape = store.cases[case_id]["shape"]
+    return upsample_labels(pred, (shape[0], shape[1]))
+
+
+def execute(prep: Prepared, progress: Progress) -> RunOutcome:
+    """Run a prepared run and record it; a run that raises is recorded as failed."""
+    req, data, protocol = prep.request, prep.data, prep.data.protocol
+    store = ResultsStore(req.results)
+    if not req.force and (done := store.completed_run(prep.run_key)):
+        return RunOutcome(done, "skipped")
+    device = resolve_device(req.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    run_id = f"{prep.run_key[:12]}-{uuid.uuid4().hex[:8]}"
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    phases = dict(prep.phases)
+    ctx = RunContext(
+        device=device,
+        seed=req.seed,
+        num_classes=protocol.num_classes,
+        cache_dir=cache_root() / "pretrain",
+        progress=progress,
+    )
+    rows: list[tuple[str, int, str, float, float]] = []
+    error = None
+    t_run = time.perf_counter()
+    try:
+        torch.manual_seed(req.seed)
+        np.random.seed(req.seed % 2**32)
+        method = prep.method_cls(prep.config)
+        if prep.method_cls.uses_pretraining:
+            t = time.perf_counter()
+            _pretrain(method, prep, ctx, progress)
+            phases["pretrain"] = time.perf_counter() - t
+        t = time.perf_counter()
+        method.fit(SliceSet(data.store, prep.budget_rows, labeled=True), ctx)
+        phases["fit"] = time.perf_counter() - t
+        t_pred = t_score = 0.0
+        for case_id in progress.track(data.split.test, "predict + score"):
+            t = time.perf_counter()
+            pred = predict_case(method, data.store, case_id)
+            t_pred += time.perf_counter() - t
+            t = time.perf_counter()
+            label_path = data.store.cases[case_id]["label"]
+            gt, spacing = read_label(Path(label_path), protocol.labels)
+            scores = score_case(
+                pred,
+                gt,
+                spacing,
+                protocol.labels,
+                protocol.nsd_tolerance_mm,
+                protocol.zrange_labels,
+            )
+            rows.extend((case_id, k, protocol.labels[k], d, n) for k, (d, n) in scores.items())
+            t_score += time.perf_counter() - t
+        phases["predict"], phases["score"] = t_pred, t_score
+    except Exception as exc:  # recorded, not raised: a sweep goes on after a failed run
+        error = f"{type(exc).__name__}: {exc}"
+        ctx.log.debug(traceback.format_exc())
+        rows = []
+    record = RunRecord(
+        run_id=run_id,
+        run_key=prep.run_key,
+        status="failed" if error else "completed",
+        error=error,
+        protocol=protocol.name,
+        protocol_hash=protocol.hash,
+        dataset_key=data.store.key,
+        split_hash=data.split.hash,
+        method=req.method,
+        config=config_dict(prep.config),
+        budget=prep.budget.name,
+        n_labeled=len(prep.budget_ids),
+        budget_ids=prep.budget_ids,
+        seed=req.seed,
+        versions=versions(),
+        git_commit=git_commit(),
+        device=describe_device(device),
+        phases={k: round(v, 3) for k, v in phases.items()},
+        wall_s=round(sum(prep.phases.values()) + time.perf_counter() - t_run, 3),
+        peak_mem_mb=round(peak_memory_mb(device), 1),
+        info=ctx.info,
+        started_at=started,
+        finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    store.write_run(record, rows)
+    if error:
+        return RunOutcome(run_id, "failed", error=error, record=record)
+    table = pd.DataFrame(rows, columns=["case_id", "organ_id", "organ", "dsc", "nsd"])
+    per_organ = table.groupby(["organ_id", "organ"], as_index=False)[["dsc", "nsd"]].mean()
+    return RunOutcome(run_id, "completed", per_organ=per_organ, record=record)

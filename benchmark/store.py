@@ -1,0 +1,166 @@
+"""The results store: one SQLite file per results directory (WAL mode).
+
+A completed run and all its per-case, per-organ rows are written in one transaction, so a
+killed or failed run never leaves half its rows. Failed runs are recorded with their error.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from benchmark.errors import StoreError
+
+DEFAULT_RESULTS = Path("runs")
+DB_NAME = "labelbench.sqlite"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    run_key TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('completed', 'failed')),
+    error TEXT,
+    protocol TEXT NOT NULL,
+    protocol_hash TEXT NOT NULL,
+    dataset_key TEXT NOT NULL,
+    split_hash TEXT NOT NULL,
+    method TEXT NOT NULL,
+    config TEXT NOT NULL,
+    budget TEXT NOT NULL,
+    n_labeled INTEGER NOT NULL,
+    budget_ids TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    versions TEXT NOT NULL,
+    git_commit TEXT NOT NULL,
+    device TEXT NOT NULL,
+    phases TEXT NOT NULL,
+    wall_s REAL NOT NULL,
+    peak_mem_mb REAL NOT NULL,
+    info TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    finished_at TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS one_completed_run ON runs (run_key) WHERE status = 'completed';
+CREATE TABLE IF NOT EXISTS case_metrics (
+    run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+    case_id TEXT NOT NULL,
+    organ_id INTEGER NOT NULL,
+    organ TEXT NOT NULL,
+    dsc REAL NOT NULL,
+    nsd REAL NOT NULL,
+    PRIMARY KEY (run_id, case_id, organ_id)
+);
+"""
+
+JSON_COLUMNS = ("config", "budget_ids", "versions", "phases", "info")
+
+
+@dataclass
+class RunRecord:
+    """Everything recorded with one run's numbers."""
+
+    run_id: str
+    run_key: str
+    status: str
+    error: str | None
+    protocol: str
+    protocol_hash: str
+    dataset_key: str
+    split_hash: str
+    method: str
+    config: dict[str, Any]
+    budget: str
+    n_labeled: int
+    budget_ids: list[str]
+    seed: int
+    versions: dict[str, str]
+    git_commit: str
+    device: str
+    phases: dict[str, float]
+    wall_s: float
+    peak_mem_mb: float
+    info: dict[str, Any]
+    started_at: str
+    finished_at: str
+
+
+class ResultsStore:
+    """Open (and create) `<results_dir>/labelbench.sqlite`."""
+
+    def __init__(self, results_dir: Path):
+        self.path = Path(results_dir) / DB_NAME
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=60)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.executescript(SCHEMA)
+        except (OSError, sqlite3.DatabaseError) as exc:
+            raise StoreError(f"{self.path}: cannot open results store ({exc})") from None
+        return conn
+
+    def completed_run(self, run_key: str) -> str | None:
+        """The run_id of the completed run with this key, if any."""
+        if not self.path.exists():
+            return None
+        with closing(self._connect()) as conn:
+            row = conn.execute(
+                "SELECT run_id FROM runs WHERE run_key = ? AND status = 'completed'", (run_key,)
+            ).fetchone()
+        return row[0] if row else None
+
+    def write_run(
+        self, record: RunRecord, metrics: Iterable[tuple[str, int, str, float, float]] = ()
+    ) -> None:
+        """Insert a run and its (case_id, organ_id, organ, dsc, nsd) rows in one transaction.
+
+        A completed run replaces an earlier completed run with the same key (`--force`).
+        """
+        values = {
+            k: json.dumps(v, sort_keys=True) if k in JSON_COLUMNS else v
+            for k, v in record.__dict__.items()
+        }
+        cols = ", ".join(values)
+        marks = ", ".join(f":{k}" for k in values)
+        with closing(self._connect()) as conn, conn:
+            if record.status == "completed":
+                conn.execute(
+                    "DELETE FROM runs WHERE run_key = ? AND status = 'completed'", (record.run_key,)
+                )
+            conn.execute(f"INSERT INTO runs ({cols}) VALUES ({marks})", values)
+            conn.executemany(
+                "INSERT INTO case_metrics VALUES (?, ?, ?, ?, ?, ?)",
+                [(record.run_id, *m) for m in metrics],
+            )
+
+    def runs(self, protocol: str | None = None, status: str | None = "completed") -> pd.DataFrame:
+        """Runs as a DataFrame (JSON columns left as JSON text)."""
+        where, args = [], []
+        if protocol is not None:
+            where.append("protocol = ?")
+            args.append(protocol)
+        if status is not None:
+            where.append("status = ?")
+            args.append(status)
+        sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "")
+        with closing(self._connect()) as conn:
+            return pd.read_sql_query(sql + " ORDER BY finished_at", conn, params=args)
+
+    def metrics(self, run_ids: Iterable[str]) -> pd.DataFrame:
+        ids = list(run_ids)
+        with closing(self._connect()) as conn:
+            if not ids:
+                return pd.read_sql_query("SELECT * FROM case_metrics WHERE 0", conn)
+            marks = ", ".join("?" * len(ids))
+            return pd.read_sql_query(
+                f"SELECT * FROM case_metrics WHERE run_id IN ({marks})", conn, params=ids
+            )

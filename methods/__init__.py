@@ -1,0 +1,1 @@
+"""The proposed method family (diffusion transfer), registered through `labelbench.methods`."""

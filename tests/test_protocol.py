@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import pytest
+
+from benchmark.errors import BudgetError, ProtocolError
+from benchmark.protocol import Budget, available_protocols, draw_budget, load_protocol, split_cases
+
+
+def test_builtin_protocols_load_and_hash_is_stable():
+    assert {"phantom", "flare22"} <= set(available_protocols())
+    a, b = load_protocol("phantom"), load_protocol("phantom")
+    assert a.hash == b.hash and len(a.hash) == 16
+    assert a.num_classes == 14 and a.labels[1] == "liver" and a.labels[13] == "left_kidney"
+    assert a.nsd_tolerance_mm[12] == 7 and a.zrange_labels == (5, 6, 10)
+    f = load_protocol("flare22")
+    assert f.slice_size == 256 and {"1pct", "10pct", "4slices", "100pct"} <= set(f.budgets)
+    assert f.hash != a.hash
+
+
+def test_unknown_protocol_suggests_close_names():
+    with pytest.raises(ProtocolError, match="did you mean: phantom"):
+        load_protocol("phantm")
+
+
+def test_invalid_protocol_names_the_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "bad"\n[dataset]\nsource = "ftp"\n')
+    with pytest.raises(ProtocolError, match="bad.toml"):
+        load_protocol(str(bad))
+    broken = tmp_path / "broken.toml"
+    broken.write_text("name = ")
+    with pytest.raises(ProtocolError, match="not a readable TOML"):
+        load_protocol(str(broken))
+
+
+def test_unknown_budget_suggests():
+    with pytest.raises(BudgetError, match="did you mean: 1pct"):
+        load_protocol("phantom").budget("1pc")
+
+
+def test_split_is_seeded_disjoint_and_complete():
+    ids = [f"c{i:02d}" for i in range(20)]
+    s1, s2 = split_cases(ids, 5, 2, seed=0), split_cases(list(reversed(ids)), 5, 2, seed=0)
+    assert s1 == s2
+    assert len(s1.test) == 5 and len(s1.val) == 2 and len(s1.train) == 13
+    assert set(s1.train) | set(s1.val) | set(s1.test) == set(ids)
+    assert not set(s1.train) & set(s1.test)
+    assert split_cases(ids, 5, 2, seed=1) != s1
+    with pytest.raises(BudgetError, match="no train pool"):
+        split_cases(ids[:4], 3, 1, seed=0)
+
+
+def test_budgets_are_nested_and_seeded():
+    slices = [f"c{c}:{z:04d}" for c in range(10) for z in range(30)]
+    cases = [s.split(":")[0] for s in slices]
+    small = draw_budget(Budget("1pct", "slices", fraction=0.01), slices, cases, seed=3)
+    big = draw_budget(Budget("10pct", "slices", fraction=0.10), slices, cases, seed=3)
+    four = draw_budget(Budget("4slices", "slices", count=4), slices, cases, seed=3)
+    assert len(small) == 3 and len(big) == 30 and len(four) == 4
+    assert set(small) <= set(four) <= set(big)
+    assert draw_budget(Budget("4slices", "slices", count=4), slices[::-1], cases[::-1], 3) == four
+    assert draw_budget(Budget("4slices", "slices", count=4), slices, cases, seed=4) != four
+    by_case = draw_budget(Budget("2cases", "cases", count=2), slices, cases, seed=0)
+    assert len({s.split(":")[0] for s in by_case}) == 2 and len(by_case) == 60
+
+
+def test_budget_larger_than_pool_is_an_error():
+    with pytest.raises(BudgetError, match="only 3 candidate slices"):
+        draw_budget(Budget("4slices", "slices", count=4), ["a:1", "a:2", "b:1"], ["a", "a", "b"], 0)
