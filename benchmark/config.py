@@ -45,10 +45,25 @@ def _convert(key: str, text: str, kind: Any) -> Any:
 
 
 def apply_overrides(config_cls: type, overrides: Sequence[str]) -> Any:
-    """Build `config_cls` from its defaults and `key=value` strings, validating each."""
+    """Build `config_cls` from its defaults and `key=value` strings, validating each.
+
+    A config class with a `PRESETS` mapping accepts `preset=NAME`: the preset's values are
+    applied first, then the other overrides, whatever their order.
+    """
     hints = typing.get_type_hints(config_cls)
     fields = {f.name for f in dataclasses.fields(config_cls)}
     values: dict[str, Any] = {}
+    presets: dict[str, dict[str, Any]] = getattr(config_cls, "PRESETS", {})
+    for item in overrides:
+        key, _, text = item.partition("=")
+        if presets and key.strip() == "preset":
+            name = text.strip()
+            if name not in presets:
+                raise ConfigError(
+                    f"--set preset={name}: unknown preset{did_you_mean(name, presets)}; "
+                    f"known: {', '.join(presets)}"
+                )
+            values.update(presets[name], preset=name)  # explicit keys below win
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set {item}: expected key=value")
@@ -58,7 +73,8 @@ def apply_overrides(config_cls: type, overrides: Sequence[str]) -> Any:
                 f"--set {key}: unknown key for {config_cls.__qualname__}"
                 f"{did_you_mean(key, fields)}; known: {', '.join(sorted(fields))}"
             )
-        values[key] = _convert(key, text, hints[key])
+        if not (presets and key == "preset"):
+            values[key] = _convert(key, text, hints[key])
     try:
         return config_cls(**values)
     except (TypeError, ValueError) as exc:

@@ -104,19 +104,21 @@ class Method(abc.ABC):
     def __init__(self, config: Any):
         self.config = config
 
-    def pretrain_key(self) -> dict[str, Any]:
-        """What identifies this method's pretraining result in the cache.
+    def pretrain_key(self, seed: int) -> dict[str, Any]:
+        """What identifies this method's pretraining result in the cache (with the pool's hash).
 
-        Methods that share one pretrained model (e.g. a linear head and a decoder on the
-        same diffusion backbone) return the same key.
+        By default: method name, config and run seed. Methods that share one pretrained
+        model (a linear head and a decoder on one diffusion backbone) return the same key,
+        and a method whose pretraining has its own seed field leaves the run seed out, so
+        one pretraining serves every budget and fine-tuning seed.
         """
-        return {"method": self.name, "config": dataclasses.asdict(self.config)}
+        return {"method": self.name, "config": dataclasses.asdict(self.config), "seed": seed}
 
     def pretrain(self, unlabeled: SliceSet, ctx: RunContext) -> None:  # noqa: B027
         """Label-free pretraining on the protocol's unlabeled slices; `ctx.cache_dir` is its own.
 
         Called only when `uses_pretraining` is true; the cache folder is keyed by
-        `pretrain_key()`, the unlabeled pool and the seed, so a method can skip work it finds
+        `pretrain_key(seed)` and the unlabeled pool, so a method can skip work it finds
         there.
         """
 

@@ -89,11 +89,13 @@ class Progress:
 
     def callback(self, description: str):
         """A `(done, total)` callback for library functions that report their own steps."""
+        start = time.perf_counter()
         state: dict[str, Task] = {}
 
         def report(done: int, total: int) -> None:
             if "task" not in state:
                 state["task"] = self.task(description, total)
+                state["task"].start = start  # rates count from when the work began
             task = state["task"]
             task.advance(done - task.done)
             if done >= total:

@@ -36,3 +36,18 @@ def test_unknown_key_suggests():
 def test_bad_values(item):
     with pytest.raises(ConfigError, match="--set"):
         apply_overrides(Demo, [item])
+
+
+@dataclass(frozen=True)
+class WithPresets:
+    PRESETS = {"small": {"width": 8, "depth": 2}, "big": {"width": 64, "depth": 8}}  # noqa: RUF012
+    preset: str = "small"
+    width: int = 8
+    depth: int = 2
+
+
+def test_presets_apply_first_and_explicit_keys_win():
+    assert apply_overrides(WithPresets, ["preset=big"]) == WithPresets("big", 64, 8)
+    assert apply_overrides(WithPresets, ["width=16", "preset=big"]) == WithPresets("big", 16, 8)
+    with pytest.raises(ConfigError, match="unknown preset.*did you mean: big"):
+        apply_overrides(WithPresets, ["preset=bgi"])

@@ -1,0 +1,640 @@
+"""Turn stored results into a Markdown leaderboard and a DSC-vs-labels plot.
+
+Pure functions over two DataFrames (`runs`, `metrics`) as read from the results store; the
+only side effects are in `plot_dsc_vs_labels` and `write_report`, which write files atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+N_BOOT = 2000
+ALPHA = 0.05
+BOOT_SEED = 0
+PLOT_NAME = "dsc_vs_labels.png"
+MD_NAME = "LEADERBOARD.md"
+
+SUMMARY_COLUMNS = [
+    "method",
+    "budget",
+    "n_labeled",
+    "seeds",
+    "cases",
+    "dsc",
+    "dsc_lo",
+    "dsc_hi",
+    "nsd",
+    "nsd_lo",
+    "nsd_hi",
+    "wall_s",
+]
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def _cluster_bootstrap(
+    sums: np.ndarray, counts: np.ndarray, n_boot: int, alpha: float, seed: int
+) -> tuple[float, float, float]:
+    """Percentile bootstrap of sum/count, resampling whole clusters (rows of sums/counts)."""
+    sums = np.asarray(sums, dtype=float)
+    counts = np.asarray(counts, dtype=float)
+    if sums.size == 0 or counts.sum() == 0:
+        raise ValueError("cannot bootstrap an empty sample")
+    mean = float(sums.sum() / counts.sum())
+    n = sums.size
+    if n == 1:
+        return mean, mean, mean
+    rng = np.random.default_rng(seed)
+    boot = np.empty(n_boot)
+    # Draw in chunks so n_boot × n index matrices stay small even for large test sets.
+    step = max(1, 4_000_000 // n)
+    for start in range(0, n_boot, step):
+        stop = min(n_boot, start + step)
+        idx = rng.integers(0, n, size=(stop - start, n))
+        boot[start:stop] = sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
+    low, high = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
+    return mean, float(low), float(high)
+
+
+def bootstrap_ci(
+    values: np.ndarray, n_boot: int = N_BOOT, alpha: float = ALPHA, seed: int = BOOT_SEED
+) -> tuple[float, float, float]:
+    """(mean, low, high): percentile bootstrap CI of the mean of `values` (NaNs dropped)."""
+    v = np.asarray(values, dtype=float).ravel()
+    v = v[~np.isnan(v)]
+    if v.size == 0:
+        raise ValueError("bootstrap_ci needs at least one non-NaN value")
+    return _cluster_bootstrap(v, np.ones_like(v), n_boot, alpha, seed)
+
+
+def _case_ci(
+    scores: pd.DataFrame, column: str, n_boot: int, seed: int = BOOT_SEED
+) -> tuple[float, float, float]:
+    """Mean of `column` over all (seed, case) rows; CI resamples cases with all their seeds."""
+    rows = scores[["case_id", column]].dropna()
+    if rows.empty:
+        return np.nan, np.nan, np.nan
+    by_case = rows.groupby("case_id")[column].agg(["sum", "count"])
+    return _cluster_bootstrap(
+        by_case["sum"].to_numpy(), by_case["count"].to_numpy(), n_boot, ALPHA, seed
+    )
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _require_runs(runs: pd.DataFrame, protocol: str | None = None) -> None:
+    if runs is None or runs.empty:
+        where = f" for protocol '{protocol}'" if protocol else ""
+        raise ValueError(f"no completed runs{where}: nothing to report (run `bench run` first)")
+
+
+def _budget_order(runs: pd.DataFrame) -> list[str]:
+    """Budgets by median labeled slices over all their runs (name breaks ties)."""
+    med = runs.groupby("budget")["n_labeled"].median()
+    return sorted(med.index, key=lambda b: (med[b], str(b)))
+
+
+def _case_scores(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
+    """One row per (run, case): mean over organs of DSC and NSD, with method/budget/seed."""
+    per_case = metrics.groupby(["run_id", "case_id"], as_index=False)[["dsc", "nsd"]].mean()
+    return per_case.merge(runs[["run_id", "method", "budget", "seed"]], on="run_id")
+
+
+def summarize(runs: pd.DataFrame, metrics: pd.DataFrame, n_boot: int = N_BOOT) -> pd.DataFrame:
+    """One row per (method, budget), budgets by median n_labeled, then methods by name.
+
+    dsc/nsd: mean over all (seed, case) rows of the per-case organ-mean score; *_lo/*_hi:
+    95% percentile bootstrap over test cases. Pass runs of a single protocol hash.
+    """
+    _require_runs(runs)
+    scores = _case_scores(runs, metrics)
+    order = {b: i for i, b in enumerate(_budget_order(runs))}
+    rows = []
+    for (method, budget), grp in runs.groupby(["method", "budget"]):
+        sc = scores[(scores.method == method) & (scores.budget == budget)]
+        dsc = _case_ci(sc, "dsc", n_boot)
+        nsd = _case_ci(sc, "nsd", n_boot)
+        rows.append(
+            {
+                "method": method,
+                "budget": budget,
+                "n_labeled": float(grp["n_labeled"].median()),
+                "seeds": int(grp["seed"].nunique()),
+                "cases": int(sc["case_id"].nunique()),
+                "dsc": dsc[0],
+                "dsc_lo": dsc[1],
+                "dsc_hi": dsc[2],
+                "nsd": nsd[0],
+                "nsd_lo": nsd[1],
+                "nsd_hi": nsd[2],
+                "wall_s": float(grp["wall_s"].mean()),
+            }
+        )
+    rows.sort(key=lambda r: (order[r["budget"]], str(r["method"])))
+    out = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    protocols = sorted(runs["protocol"].unique()) if "protocol" in runs else []
+    out.attrs["protocol"] = ", ".join(map(str, protocols))
+    return out
+
+
+def per_organ(runs: pd.DataFrame, metrics: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """budget -> methods × organs table of mean DSC (over all seeds and cases), budgets ordered."""
+    _require_runs(runs)
+    m = metrics.merge(runs[["run_id", "method", "budget"]], on="run_id")
+    organs = m[["organ_id", "organ"]].drop_duplicates("organ_id").sort_values("organ_id")["organ"]
+    organs = list(dict.fromkeys(organs))
+    out: dict[str, pd.DataFrame] = {}
+    for budget in _budget_order(runs):
+        sub = m[m.budget == budget]
+        methods = sorted(runs.loc[runs.budget == budget, "method"].unique(), key=str)
+        table = sub.pivot_table(index="method", columns="organ", values="dsc", aggfunc="mean")
+        table = table.reindex(index=methods, columns=organs)
+        table.index.name, table.columns.name = "method", "organ"
+        out[budget] = table
+    return out
+
+
+def _cost_table(runs: pd.DataFrame) -> pd.DataFrame:
+    order = {b: i for i, b in enumerate(_budget_order(runs))}
+    rows = []
+    for (method, budget), grp in runs.groupby(["method", "budget"]):
+        rows.append(
+            {
+                "method": method,
+                "budget": budget,
+                "runs": len(grp),
+                "wall_s": float(grp["wall_s"].mean()),
+                # Max, not mean: the worst run is what has to fit on the hardware.
+                "peak_mem_mb": float(grp["peak_mem_mb"].max()),
+                "device": ", ".join(sorted(map(str, grp["device"].unique()))),
+            }
+        )
+    # Method-major: the table answers "how does this method's cost grow with the budget".
+    rows.sort(key=lambda r: (str(r["method"]), order[r["budget"]]))
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _md_table(header: list[str], rows: list[list[str]], align: str) -> str:
+    """Pipe table padded for reading as plain text; align is one of 'l'/'r' per column."""
+    esc = [[str(c).replace("|", "\\|") for c in r] for r in [header, *rows]]
+    widths = [max(3, *(len(r[i]) for r in esc)) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        padded = [
+            c.rjust(w) if a == "r" else c.ljust(w)
+            for c, w, a in zip(cells, widths, align, strict=True)
+        ]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|".join(
+        "-" * (w + 1) + ":" if a == "r" else "-" * (w + 2)
+        for w, a in zip(widths, align, strict=True)
+    )
+    return "\n".join([line(esc[0]), f"|{rule}|", *map(line, esc[1:])])
+
+
+def _f3(x: float) -> str:
+    return "—" if x is None or pd.isna(x) else f"{x:.3f}"
+
+
+def _count(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:.1f}"
+
+
+def _plural(n: float, word: str) -> str:
+    return f"{_count(n)} {word}{'' if n == 1 else 's'}"
+
+
+def _time_unit(seconds: float) -> tuple[str, float]:
+    """A unit that keeps the numbers short: s below 2 min, min below 2 h, else h."""
+    if seconds < 120:
+        return "s", 1.0
+    if seconds < 7200:
+        return "min", 60.0
+    return "h", 3600.0
+
+
+def _duration(seconds: float) -> str:
+    unit, scale = _time_unit(seconds)
+    return f"{seconds / scale:.1f} {unit}"
+
+
+def _budget_header(budget: str, n_labeled: float) -> str:
+    return f"{budget} · {_plural(n_labeled, 'slice')}"
+
+
+_WORD_ABBREV = {
+    "adrenal": "adr.",
+    "gallbladder": "gallbl.",
+    "esophagus": "esoph.",
+    "oesophagus": "esoph.",
+    "duodenum": "duod.",
+    "pancreas": "panc.",
+    "kidney": "kid.",
+    "prostate": "prost.",
+    "bladder": "bladder",
+    "gland": "",
+}
+_SIDES = {"right": "R", "left": "L"}
+_ACRONYMS = {"ivc": "IVC", "inferior vena cava": "IVC", "postcava": "IVC"}
+
+
+def _short_organ(name: str) -> str:
+    """Short column header for an organ: right_kidney -> R kidney, left_adrenal -> L adr."""
+    spaced = re.sub(r"[_\-\s]+", " ", str(name)).strip()
+    if spaced.lower() in _ACRONYMS:
+        return _ACRONYMS[spaced.lower()]
+    words = [_SIDES.get(w.lower(), w) for w in spaced.split(" ")]
+    short = " ".join(words)
+    # Only shorten further when the header would be wider than a 3-decimal number needs.
+    if len(short) > 8:
+        words = [_WORD_ABBREV.get(w.lower(), w if len(w) <= 8 else w[:6] + ".") for w in words]
+        short = " ".join(w for w in words if w)
+    return short
+
+
+def _short_organs(organs: Iterable[str]) -> dict[str, str]:
+    organs = list(organs)
+    short = {o: _short_organ(o) for o in organs}
+    clashes = {s for s, n in Counter(short.values()).items() if n > 1}
+    return {o: (str(o) if s in clashes else s) for o, s in short.items()}
+
+
+def _bold_best(values: dict[str, float], text: dict[str, str]) -> dict[str, str]:
+    """Bold the highest value (ties included) when there is something to compare."""
+    finite = {k: v for k, v in values.items() if v is not None and not pd.isna(v)}
+    if len(finite) < 2:
+        return text
+    best = max(finite.values())
+    return {k: (f"**{t}**" if finite.get(k) == best else t) for k, t in text.items()}
+
+
+def _versions(raw: object) -> dict[str, str]:
+    if isinstance(raw, dict):
+        return {str(k): str(v) for k, v in raw.items()}
+    try:
+        parsed = json.loads(str(raw))
+    except (TypeError, ValueError):
+        return {"(unparsed)": str(raw)}
+    if not isinstance(parsed, dict):
+        return {"(unparsed)": str(raw)}
+    return {str(k): str(v) for k, v in parsed.items()}
+
+
+def _short_commit(commit: str) -> str:
+    m = re.fullmatch(r"([0-9a-f]{12})[0-9a-f]{28}(.*)", str(commit))
+    return m.group(1) + m.group(2) if m else str(commit)
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def _hash_order(runs: pd.DataFrame) -> list[str]:
+    """Protocol hashes, the one with the most recently finished run first."""
+    last = runs.groupby("protocol_hash")["finished_at"].max()
+    return sorted(last.index, key=lambda h: str(last[h]), reverse=True)
+
+
+def _plot_hash(runs: pd.DataFrame, metrics: pd.DataFrame) -> str:
+    """The hash the plot shows: the newest one that has metrics (hashes are not comparable)."""
+    with_metrics = set(metrics["run_id"])
+    return next(
+        h
+        for h in _hash_order(runs)
+        if runs.loc[runs["protocol_hash"] == h, "run_id"].isin(with_metrics).any()
+    )
+
+
+def _score_table(
+    summary: pd.DataFrame,
+    metric: str,
+    methods: list[str],
+    budgets: list[str],
+    n_by_budget: dict[str, float],
+    usual: tuple[int, int],
+) -> str:
+    cells: dict[str, dict[str, str]] = {m: {} for m in methods}
+    for budget in budgets:
+        sub = summary[summary.budget == budget].set_index("method")
+        text, values = {}, {}
+        for method in methods:
+            if method not in sub.index:
+                text[method] = "—"
+                continue
+            r = sub.loc[method]
+            if pd.isna(r[metric]):
+                text[method] = "no metrics"
+                continue
+            values[method] = r[metric]
+            text[method] = f"{_f3(r[metric])} [{_f3(r[metric + '_lo'])}, {_f3(r[metric + '_hi'])}]"
+        for method, t in _bold_best(values, text).items():
+            r = sub.loc[method] if method in sub.index else None
+            # Cells that pool a different number of seeds or cases than the rest say so.
+            if r is not None and r["cases"] > 0 and (int(r["seeds"]), int(r["cases"])) != usual:
+                t += f" ({_plural(r['seeds'], 'seed')} × {_plural(r['cases'], 'case')})"
+            cells[method][budget] = t
+    header = ["method", *(_budget_header(b, n_by_budget[b]) for b in budgets)]
+    rows = [[m, *(cells[m][b] for b in budgets)] for m in methods]
+    return _md_table(header, rows, "l" + "r" * len(budgets))
+
+
+def _section(
+    runs: pd.DataFrame, metrics: pd.DataFrame, level: int, plot_name: str | None
+) -> list[str]:
+    h = "#" * level
+    summary = summarize(runs, metrics)
+    budgets = _budget_order(runs)
+    methods = sorted(runs["method"].unique(), key=str)
+    n_by_budget = runs.groupby("budget")["n_labeled"].median().to_dict()
+    m = metrics[metrics.run_id.isin(runs.run_id)]
+    n_organs = m["organ_id"].nunique()
+    pooled = zip(summary["seeds"].astype(int), summary["cases"].astype(int), strict=True)
+    counts = Counter(pooled)
+    # Ties go to the larger pool, so the cells with missing runs are the ones marked.
+    usual = max(counts, key=lambda k: (counts[k], k))
+
+    out = [
+        f"{h} Segmentation quality",
+        "",
+        f"Per-case scores average {_plural(n_organs, 'organ')}. Unless a cell says otherwise "
+        f"it pools {_plural(usual[0], 'seed')} × {_plural(usual[1], 'test case')}.",
+        "",
+        f"{h}# DSC",
+        "",
+        _score_table(summary, "dsc", methods, budgets, n_by_budget, usual),
+        "",
+        f"{h}# NSD",
+        "",
+        _score_table(summary, "nsd", methods, budgets, n_by_budget, usual),
+        "",
+    ]
+    if plot_name:
+        out += [f"![Mean DSC vs. labeled training slices]({plot_name})", ""]
+
+    tables = per_organ(runs, metrics)
+    organs = next(iter(tables.values())).columns if tables else []
+    short = _short_organs(organs)
+    legend = ", ".join(f"{s} = {o}" for o, s in short.items() if s != o)
+    out += [
+        f"{h} Per-organ DSC",
+        "",
+        "Mean DSC per organ over all seeds × test cases."
+        + (f" Abbreviations: {legend}." if legend else ""),
+        "",
+    ]
+    for budget, table in tables.items():
+        cols = {m: {} for m in table.index}
+        for organ in table.columns:
+            values = table[organ].to_dict()
+            text = {k: _f3(v) for k, v in values.items()}
+            for method, t in _bold_best(values, text).items():
+                cols[method][organ] = t
+        rows = [[m, *(cols[m][o] for o in table.columns)] for m in table.index]
+        header = ["method", *(short[o] for o in table.columns)]
+        out += [
+            f"{h}# {_budget_header(budget, n_by_budget[budget])}",
+            "",
+            _md_table(header, rows, "l" + "r" * len(table.columns)),
+            "",
+        ]
+
+    cost = _cost_table(runs)
+    # One unit for the whole column so rows can be compared at a glance.
+    unit, scale = _time_unit(float(cost["wall_s"].max()))
+    rows = [
+        [
+            r.method,
+            _budget_header(r.budget, n_by_budget[r.budget]),
+            str(r.runs),
+            f"{r.wall_s / scale:,.1f}",
+            f"{r.peak_mem_mb:,.0f}",
+            r.device,
+        ]
+        for r in cost.itertuples()
+    ]
+    out += [
+        f"{h} Compute cost",
+        "",
+        f"Wall time: total per run, averaged over the runs; peak memory: the largest over the "
+        f"runs. All {_plural(len(runs), 'run')} together took "
+        f"{_duration(float(runs['wall_s'].sum()))}.",
+        "",
+        _md_table(
+            ["method", "budget", "runs", f"wall time ({unit})", "peak memory (MB)", "device"],
+            rows,
+            "llrrrl",
+        ),
+        "",
+    ]
+    return out
+
+
+def _provenance(runs: pd.DataFrame) -> list[str]:
+    seen: dict[str, Counter] = {}
+    for raw in runs["versions"]:
+        for pkg, ver in _versions(raw).items():
+            seen.setdefault(pkg, Counter())[ver] += 1
+    pkgs = sorted(seen, key=lambda p: (p != "python", p.lower()))
+    mixed = [p for p in pkgs if len(seen[p]) > 1]
+    parts = []
+    for p in pkgs:
+        vers = " / ".join(f"{v} ({n} runs)" if len(seen[p]) > 1 else v for v, n in seen[p].items())
+        parts.append(f"{p} {vers}")
+    commits = Counter(runs["git_commit"].map(_short_commit))
+    commit_text = ", ".join(
+        f"`{c}` ({_plural(n, 'run')})" for c, n in sorted(commits.items(), key=lambda x: -x[1])
+    )
+    out = ["## Provenance", ""]
+    if mixed:
+        out += [f"Runs used different versions of: {', '.join(mixed)}.", ""]
+    out += [
+        "Package versions: " + (" · ".join(parts) if parts else "not recorded") + ".",
+        "",
+        f"Git commit{'s' if len(commits) > 1 else ''}: {commit_text}.",
+        "",
+    ]
+    return out
+
+
+def _select_protocol(protocol: str, runs: pd.DataFrame) -> pd.DataFrame:
+    _require_runs(runs, protocol)
+    if "protocol" in runs:
+        mine = runs[runs["protocol"] == protocol]
+        if mine.empty:
+            others = ", ".join(sorted(map(str, runs["protocol"].unique())))
+            raise ValueError(
+                f"no completed runs for protocol '{protocol}' (the runs given are for: {others})"
+            )
+        return mine
+    return runs
+
+
+def _check_metrics(protocol: str, runs: pd.DataFrame, metrics: pd.DataFrame) -> None:
+    if metrics is None or not metrics["run_id"].isin(runs["run_id"]).any():
+        raise ValueError(
+            f"no per-case metrics for the completed runs of protocol '{protocol}': "
+            "nothing to report"
+        )
+
+
+def render_markdown(
+    protocol: str, runs: pd.DataFrame, metrics: pd.DataFrame, plot_name: str | None = None
+) -> str:
+    """The leaderboard as Markdown; `plot_name` (a path relative to the .md) is embedded."""
+    runs = _select_protocol(protocol, runs)
+    _check_metrics(protocol, runs, metrics)
+    hashes = _hash_order(runs)
+    methods = runs["method"].nunique()
+    budgets = runs["budget"].nunique()
+    finished = str(runs["finished_at"].max())
+    out = [f"# Leaderboard: {protocol}", ""]
+    overview = (
+        f"{_plural(len(runs), 'completed run')} · {_plural(methods, 'method')} · "
+        f"{_plural(budgets, 'budget')} · last run finished {finished}"
+    )
+    how_to_read = (
+        "Each score is the mean over all seeds × test cases of a per-case score: the mean over "
+        "organs of DSC (Dice) or NSD (normalized surface Dice). Brackets: 95% percentile "
+        f"bootstrap CI over test cases ({N_BOOT} resamples; all seeds of a drawn case stay "
+        "together). Budget headers give the number of labeled training slices; bold marks the "
+        "best method per column."
+    )
+    if len(hashes) == 1:
+        out += [f"Protocol hash `{hashes[0]}` · {overview}", "", how_to_read, ""]
+        out += _section(runs, metrics, 2, plot_name)
+    else:
+        listed = ", ".join(f"`{h}`" for h in hashes)
+        shown = _plot_hash(runs, metrics)
+        out += [
+            f"Protocol hashes {listed} · {overview}",
+            "",
+            f"> **⚠️ WARNING: these runs were made under {len(hashes)} different protocol "
+            f"hashes.** The protocol definition changed between runs, so results under different "
+            f"hashes are **not comparable**. Each hash has its own section below, newest first"
+            + (f"; the plot shows only `{shown}`." if plot_name else "."),
+            "",
+            how_to_read,
+            "",
+        ]
+        for i, ph in enumerate(hashes):
+            sub = runs[runs["protocol_hash"] == ph]
+            if not metrics["run_id"].isin(sub["run_id"]).any():
+                out += [f"## Protocol hash `{ph}`", "", "No per-case metrics for these runs.", ""]
+                continue
+            label = " (newest)" if i == 0 else ""
+            out += [
+                f"## Protocol hash `{ph}`{label}",
+                "",
+                f"{_plural(len(sub), 'run')}, last finished {sub['finished_at'].max()}.",
+                "",
+            ]
+            out += _section(sub, metrics, 3, plot_name if ph == shown else None)
+    out += _provenance(runs)
+    return "\n".join(out).rstrip() + "\n"
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    """Write via a temp file in the same folder, then os.replace, so readers never see half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def plot_dsc_vs_labels(summary: pd.DataFrame, out_png: Path) -> Path:
+    """Mean DSC vs. labeled slices (log x), one line per method with 95% CI bars and band."""
+    import seaborn as sns
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    # A log axis cannot show zero labels; such points (if any) are left out of the plot.
+    data = summary[(summary["n_labeled"] > 0) & summary["dsc"].notna()].copy()
+    if data.empty:
+        raise ValueError("nothing to plot: no (method, budget) with labeled slices and a DSC")
+    methods = sorted(data["method"].unique(), key=str)
+    palette = dict(zip(methods, sns.color_palette("colorblind", len(methods)), strict=True))
+    # Nudge methods apart along x (in log space) so their error bars do not sit on each other.
+    offsets = {m: 10 ** (0.015 * (i - (len(methods) - 1) / 2)) for i, m in enumerate(methods)}
+    data["x"] = data["n_labeled"] * data["method"].map(offsets)
+
+    # Figure + Agg canvas instead of pyplot: no global backend switch, no open-figure leaks.
+    with sns.axes_style("whitegrid"), sns.plotting_context("notebook"):
+        fig = Figure(figsize=(7.5, 4.8), dpi=150, layout="constrained")
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        sns.lineplot(
+            data=data,
+            x="x",
+            y="dsc",
+            hue="method",
+            hue_order=methods,
+            palette=palette,
+            marker="o",
+            errorbar=None,
+            ax=ax,
+        )
+        for method in methods:
+            d = data[data.method == method].sort_values("x")
+            color = palette[method]
+            ax.fill_between(d["x"], d["dsc_lo"], d["dsc_hi"], color=color, alpha=0.15, lw=0)
+            ax.errorbar(
+                d["x"],
+                d["dsc"],
+                yerr=[d["dsc"] - d["dsc_lo"], d["dsc_hi"] - d["dsc"]],
+                fmt="none",
+                ecolor=color,
+                capsize=3,
+                lw=1,
+            )
+        ax.set_xscale("log")
+        ticks = data.groupby("budget")["n_labeled"].median().sort_values()
+        ax.set_xticks(ticks.to_numpy(), [f"{_count(n)}\n{b}" for b, n in ticks.items()])
+        ax.minorticks_off()
+        ax.set_xlabel("Labeled training slices (count, log scale)")
+        ax.set_ylabel("Mean DSC (0–1)")
+        protocol = summary.attrs.get("protocol")
+        title = "Mean DSC vs. labeled training slices"
+        ax.set_title(f"{protocol}: {title}" if protocol else title)
+        ax.legend(title="method (95% CI over test cases)", fontsize="small", title_fontsize="small")
+
+        def save(tmp: Path) -> None:
+            fig.savefig(tmp, format="png")
+
+        return _atomic_write(Path(out_png), save)
+
+
+def write_report(protocol: str, runs: pd.DataFrame, metrics: pd.DataFrame, out_dir: Path) -> Path:
+    """Write out_dir/LEADERBOARD.md and out_dir/dsc_vs_labels.png; return the .md path."""
+    runs = _select_protocol(protocol, runs)
+    _check_metrics(protocol, runs, metrics)
+    out_dir = Path(out_dir)
+    markdown = render_markdown(protocol, runs, metrics, plot_name=PLOT_NAME)
+    # Different protocol hashes are not comparable: the plot shows one (the newest) only.
+    shown = runs[runs["protocol_hash"] == _plot_hash(runs, metrics)]
+    plot_dsc_vs_labels(summarize(shown, metrics), out_dir / PLOT_NAME)
+    # The plot goes first so the Markdown never links to a missing image.
+    return _atomic_write(out_dir / MD_NAME, lambda tmp: tmp.write_text(markdown, encoding="utf-8"))

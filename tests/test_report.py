@@ -1,0 +1,236 @@
+"""Leaderboard statistics, Markdown and plot from small synthetic result tables."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from benchmark.report import (
+    bootstrap_ci,
+    per_organ,
+    plot_dsc_vs_labels,
+    render_markdown,
+    summarize,
+    write_report,
+)
+
+ORGANS = ["liver", "right_kidney", "left_adrenal"]
+BUDGETS = {"100pct": 400, "10pct": 40, "4slices": 4, "1pct": 8}  # name order ≠ size order
+
+
+def run_row(run_id, method, budget, seed, n_labeled, protocol_hash="h1", **extra):
+    row = {
+        "run_id": run_id,
+        "protocol": "tiny",
+        "protocol_hash": protocol_hash,
+        "method": method,
+        "budget": budget,
+        "seed": seed,
+        "n_labeled": n_labeled,
+        "wall_s": 10.0,
+        "peak_mem_mb": 500.0,
+        "device": "cpu",
+        "versions": json.dumps({"python": "3.11.9", "torch": "2.4.1"}),
+        "git_commit": "0123456789abcdef0123456789abcdef01234567",
+        "finished_at": "2025-01-01T00:00:00",
+    }
+    return row | extra
+
+
+def synthetic(methods=("alpha", "beta"), budgets=BUDGETS, seeds=2, cases=4, protocol_hash="h1"):
+    """Runs and metrics where DSC grows with the budget and 'beta' is a bit better."""
+    rng = np.random.default_rng(0)
+    runs, metrics = [], []
+    for m_i, method in enumerate(methods):
+        for budget, n in budgets.items():
+            for seed in range(seeds):
+                rid = f"{protocol_hash}-{method}-{budget}-{seed}"
+                runs.append(run_row(rid, method, budget, seed, n, protocol_hash))
+                for c in range(cases):
+                    for o_i, organ in enumerate(ORGANS, 1):
+                        d = 0.4 + 0.1 * np.log10(n) + 0.05 * m_i + rng.normal(0, 0.02)
+                        metrics.append(
+                            {
+                                "run_id": rid,
+                                "case_id": f"case_{c}",
+                                "organ_id": o_i,
+                                "organ": organ,
+                                "dsc": d,
+                                "nsd": d - 0.05,
+                            }
+                        )
+    return pd.DataFrame(runs), pd.DataFrame(metrics)
+
+
+# --------------------------------------------------------------------------- bootstrap
+
+
+def test_bootstrap_ci_contains_mean_and_narrows_with_more_cases():
+    rng = np.random.default_rng(1)
+    few, many = rng.normal(0.7, 0.1, 10), rng.normal(0.7, 0.1, 1000)
+    widths = []
+    for values in (few, many):
+        mean, low, high = bootstrap_ci(values)
+        assert mean == pytest.approx(values.mean())
+        assert low <= mean <= high
+        widths.append(high - low)
+    assert widths[1] < widths[0] / 3
+
+
+def test_bootstrap_ci_is_deterministic_with_a_seed():
+    values = np.random.default_rng(2).uniform(size=30)
+    assert bootstrap_ci(values, seed=5) == bootstrap_ci(values, seed=5)
+    assert bootstrap_ci(values, seed=5) != bootstrap_ci(values, seed=6)
+
+
+def test_bootstrap_ci_edge_cases():
+    assert bootstrap_ci(np.array([0.5])) == (0.5, 0.5, 0.5)
+    with pytest.raises(ValueError):
+        bootstrap_ci(np.array([]))
+
+
+# --------------------------------------------------------------------------- summarize
+
+
+def test_summarize_matches_hand_computed_example():
+    runs = pd.DataFrame(
+        [
+            run_row("r0", "m", "b", seed=0, n_labeled=4, wall_s=10.0),
+            run_row("r1", "m", "b", seed=1, n_labeled=6, wall_s=30.0),
+        ]
+    )
+    rows = [
+        ("r0", "c1", 1, 0.8, 0.5),
+        ("r0", "c1", 2, 0.6, 0.7),
+        ("r0", "c2", 1, 0.4, 0.2),  # organ 2 missing here: the case still counts once
+        ("r1", "c1", 1, 0.9, 1.0),
+        ("r1", "c1", 2, 0.7, 0.8),
+        ("r1", "c2", 1, 0.2, 0.1),
+        ("r1", "c2", 2, 0.4, 0.3),
+    ]
+    metrics = pd.DataFrame(rows, columns=["run_id", "case_id", "organ_id", "dsc", "nsd"])
+    metrics["organ"] = metrics["organ_id"].map({1: "liver", 2: "spleen"})
+    s = summarize(runs, metrics).iloc[0]
+    # Per-(run, case) organ means: DSC r0 = 0.7, 0.4; r1 = 0.8, 0.3 → mean 0.55
+    # (not the flat mean of the 7 organ rows, 4.0 / 7).
+    assert s["dsc"] == pytest.approx(0.55)
+    assert s["nsd"] == pytest.approx((0.6 + 0.2 + 0.9 + 0.2) / 4)
+    assert (s["seeds"], s["cases"]) == (2, 2)
+    assert s["n_labeled"] == 5  # median over runs
+    assert s["wall_s"] == pytest.approx(20.0)
+    # Cases are resampled whole (both seeds together): c1 pools to 0.75 and c2 to 0.35, so
+    # the bootstrap means can only be 0.35, 0.55 or 0.75 and the 95% CI spans the extremes.
+    assert s["dsc_lo"] == pytest.approx(0.35)
+    assert s["dsc_hi"] == pytest.approx(0.75)
+
+
+def test_summarize_averages_over_seeds_and_cases():
+    runs, metrics = synthetic(methods=("alpha",), budgets={"4slices": 4}, seeds=3, cases=5)
+    s = summarize(runs, metrics, n_boot=200)
+    per_case = metrics.groupby(["run_id", "case_id"])["dsc"].mean()
+    assert len(s) == 1
+    assert s["dsc"].iloc[0] == pytest.approx(per_case.mean())
+    assert (s["seeds"].iloc[0], s["cases"].iloc[0]) == (3, 5)
+
+
+def test_budgets_are_ordered_by_labeled_slices():
+    runs, metrics = synthetic()
+    s = summarize(runs, metrics, n_boot=100)
+    assert list(dict.fromkeys(s["budget"])) == ["4slices", "1pct", "10pct", "100pct"]
+    assert list(s["method"][:2]) == ["alpha", "beta"]
+    organs = per_organ(runs, metrics)
+    assert list(organs) == ["4slices", "1pct", "10pct", "100pct"]
+    assert list(organs["1pct"].index) == ["alpha", "beta"]
+    assert list(organs["1pct"].columns) == ORGANS
+    md = render_markdown("tiny", runs, metrics)
+    header = next(
+        line for line in md.splitlines() if line.startswith("| method") and "1pct" in line
+    )
+    positions = [header.index(b) for b in ("4slices", "1pct", "10pct", "100pct")]
+    assert positions == sorted(positions)
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def test_markdown_has_every_method_budget_and_per_organ_table():
+    runs, metrics = synthetic()
+    md = render_markdown("tiny", runs, metrics, plot_name="dsc_vs_labels.png")
+    assert md.startswith("# Leaderboard: tiny")
+    assert "`h1`" in md
+    for method in ("alpha", "beta"):
+        assert f"| {method} " in md
+    for budget, n in BUDGETS.items():
+        assert f"{budget} · {n} slices" in md
+    assert "2 seeds × 4 test cases" in md
+    assert "Per-organ DSC" in md
+    assert md.count(" liver |") == len(BUDGETS)  # one per-organ table per budget
+    assert "R kidney" in md and "L adr. = left_adrenal" in md
+    assert "Compute cost" in md
+    assert "torch 2.4.1" in md and "`0123456789ab`" in md
+    assert "![Mean DSC vs. labeled training slices](dsc_vs_labels.png)" in md
+    assert "not comparable" not in md
+    assert render_markdown("tiny", runs, metrics) == render_markdown("tiny", runs, metrics)
+
+
+def test_cells_with_fewer_seeds_say_so():
+    runs, metrics = synthetic(budgets={"4slices": 4})
+    dropped = runs.run_id.iloc[0]  # one seed of alpha is missing
+    md = render_markdown("tiny", runs[runs.run_id != dropped], metrics[metrics.run_id != dropped])
+    assert "(1 seed × 4 cases)" in md
+
+
+def test_multiple_protocol_hashes_are_flagged_and_split():
+    old_runs, old_metrics = synthetic(protocol_hash="aaaa1111")
+    new_runs, new_metrics = synthetic(protocol_hash="bbbb2222")
+    new_runs["finished_at"] = "2025-02-01T00:00:00"
+    runs = pd.concat([old_runs, new_runs], ignore_index=True)
+    metrics = pd.concat([old_metrics, new_metrics], ignore_index=True)
+    md = render_markdown("tiny", runs, metrics)
+    assert "WARNING" in md and "not comparable" in md
+    new_at, old_at = (
+        md.index("## Protocol hash `bbbb2222`"),
+        md.index("## Protocol hash `aaaa1111`"),
+    )
+    assert new_at < old_at  # newest first
+
+
+def test_empty_input_raises():
+    runs, metrics = synthetic()
+    with pytest.raises(ValueError, match="no completed runs for protocol 'tiny'"):
+        render_markdown("tiny", runs.iloc[0:0], metrics.iloc[0:0])
+    with pytest.raises(ValueError, match="no completed runs for protocol 'other'"):
+        render_markdown("other", runs, metrics)
+    with pytest.raises(ValueError, match="no completed runs"):
+        summarize(runs.iloc[0:0], metrics)
+    with pytest.raises(ValueError, match="no per-case metrics"):
+        render_markdown("tiny", runs, metrics.iloc[0:0])
+
+
+# --------------------------------------------------------------------------- files
+
+
+def test_write_report_writes_markdown_and_png(tmp_path):
+    runs, metrics = synthetic()
+    out = tmp_path / "reports" / "tiny"
+    md_path = write_report("tiny", runs, metrics, out)
+    assert md_path == out / "LEADERBOARD.md"
+    assert "# Leaderboard: tiny" in md_path.read_text()
+    png = out / "dsc_vs_labels.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+
+    image = matplotlib.image.imread(png)
+    assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 200
+    assert sorted(p.name for p in out.iterdir()) == ["LEADERBOARD.md", "dsc_vs_labels.png"]
+    with pytest.raises(ValueError, match="no completed runs"):
+        write_report("tiny", runs.iloc[0:0], metrics, tmp_path / "empty")
+
+
+def test_plot_accepts_a_summary(tmp_path):
+    runs, metrics = synthetic(methods=("solo",), budgets={"4slices": 4})
+    path = plot_dsc_vs_labels(summarize(runs, metrics, n_boot=50), tmp_path / "p.png")
+    assert path.stat().st_size > 0
