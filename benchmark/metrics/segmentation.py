@@ -1,0 +1,234 @@
+"""Per-case Dice (DSC) and normalized surface Dice (NSD) under the FLARE22 evaluation rules.
+
+Volumes are indexed ``(X, Y, Z)`` with ``Z`` the slice axis (last) and spacings are in mm in the
+same axis order. Surfaces follow DeepMind's ``surface-distance`` package, as does MONAI's
+``compute_surface_dice(..., use_subvoxels=True)``: surface elements ("surfels") sit on the
+corners of the voxel grid, one per 2x2x2 neighbourhood that is neither all inside nor all
+outside, and each carries the marching-cubes area of its neighbourhood code. NSD is the
+surfel area lying within the tolerance of the other surface, over the total surfel area of
+both surfaces. Values agree with MONAI to float32 precision.
+
+Speed: every organ is cropped to the bounding box of ``pred | gt`` (plus the one-voxel zero
+margin the 2x2x2 neighbourhoods need) before any surface work, and distances come from
+per-slice 2D feature transforms (``distance_transform_edt``) combined exactly across slices,
+about 4-6 times cheaper than one 3D distance transform of the crop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from functools import lru_cache
+
+import numpy as np
+from scipy import ndimage
+
+# NSD is only computed for an organ whose DSC is at least this; below it NSD is 0. The gate is
+# that of the FLARE24 evaluation script (``if DSC_i < 0.2: NSD_i = 0``); FLARE22's script
+# (FLARE22/Evaluation/FLARE22_DSC_NSD_Eval.py) has none, which 0.0 reproduces.
+NSD_MIN_DSC = 0.2
+
+# Surfel normals of the 256 neighbourhood codes, as in DeepMind's / MONAI's lookup table. Only
+# absolute components matter for areas; each token lists a code's normals as digit triples in
+# eighths ("400222111" = (4, 0, 0)/8, (2, 2, 2)/8, (1, 1, 1)/8), "-" means no surfel. Codes
+# 0..127 are listed; code 255 - c (inside and outside swapped) has the same normals as code c.
+_NORMALS_EIGHTHS = """
+- 111 111 220220 111 202202 111111 400222111 111 111111 202202 400222111 220220 400222111
+400222111 400400 111 022022 111111 040222111 111111 004222111 111111111 111222222111 111111
+022022111 202202111 111333022202 111220220 333022111220 400111222111 400111222 111 111111
+022022 040111222 111111 111202202 022022111 333022111202 111111 111111111 004222111
+222222111111 111220220 400222111111 022333111220 400222111 220220 040222111 040111222 040040
+220220111 333202111220 111040222111 040222111 111220220 040222111111 333220111202 040222111
+220220220220 220220111 111220220 220220 111 111111 111111 111220220 022022 004222111 022022111
+333022111220 111111 111111111 111202202 400222111111 040222111 222222111111 202333022111
+400222111 202202 004222111 111202202 202333220111 004222111 004004 111111222004 111222004
+202202111 004222111111 202202202202 111202202 202333220111 004222111 111202202 202202 111111
+111111111 111022022 040111222111 022022111 004222111111 022022022022 022022111 111111111
+111111111111 004222111111 111111111 040222111111 111111111 022022111 111111 400222111
+222111222111 333022111202 040222111 333220022111 111222004 111022022 022022 400222111111
+111111111 202202111 111111 220220111 111111 111111 111
+""".split()  # noqa: SIM905 (as a list literal the table would take 128 lines)
+
+
+@lru_cache(maxsize=16)
+def _surfel_areas(spacing: tuple[float, float, float]) -> np.ndarray:
+    """Area in mm^2 of the surfels of each of the 256 neighbourhood codes, shape (256,)."""
+    sx, sy, sz = spacing
+    # A normal (nx, ny, nz) of unit-voxel area scales with the face areas perpendicular to it.
+    face = np.array([sy * sz, sx * sz, sx * sy])
+    areas = np.zeros(256)
+    for code, token in enumerate(_NORMALS_EIGHTHS):
+        if token != "-":
+            normals = np.array([int(d) for d in token], dtype=float).reshape(-1, 3) / 8
+            areas[code] = areas[255 - code] = np.linalg.norm(normals * face, axis=1).sum()
+    return areas
+
+
+def _neighbourhood_codes(mask: np.ndarray) -> np.ndarray:
+    """8-bit code of every 2x2x2 neighbourhood of ``mask`` zero-padded by one voxel.
+
+    Returns uint8 of shape ``mask.shape + 1``; bit weights 128, 64, ..., 1 go to the corners
+    (0,0,0), (0,0,1), (0,1,0), ..., (1,1,1) like MONAI's conv kernel. The zero padding closes
+    surfaces that touch the crop (or volume) border, as MONAI and DeepMind do.
+    """
+    v = np.pad(mask, 1).view(np.uint8)
+    c = v[:, :, :-1] * np.uint8(2) + v[:, :, 1:]  # combine along z, then y, then x: 6 passes
+    c = c[:, :-1] * np.uint8(4) + c[:, 1:]
+    return c[:-1] * np.uint8(16) + c[1:]
+
+
+def _within_tolerance(
+    points: tuple[np.ndarray, ...],
+    target: np.ndarray,
+    spacing: tuple[float, float, float],
+    tolerance_mm: float,
+) -> np.ndarray:
+    """Whether each grid point in ``points`` (index arrays) is within the tolerance of ``target``.
+
+    Squared distance splits into in-slice and across-slice parts, so a 2D feature transform
+    per slice of ``target`` plus a minimum over the few slices within reach gives the exact
+    3D Euclidean distance, evaluated at the query points only.
+    """
+    sx, sy, sz = spacing
+    n_x, n_y, n_z = target.shape
+    within = target[points]  # points on the target surface are at distance 0
+    x, y, z = (p[~within] for p in points)
+    # Slice-major copy: contiguous 2D slices, and flat indexing of the feature transform below.
+    background = np.ascontiguousarray(np.moveaxis(~target, 2, 0))
+    has_target = ~background.all(axis=(1, 2))
+    # (x, y) of the nearest target; slices without target stay unset and are masked by `penalty`
+    nearest = np.empty((n_z, 2, n_x, n_y), dtype=np.int32)
+    for k in np.flatnonzero(has_target):
+        ndimage.distance_transform_edt(
+            background[k], sampling=(sx, sy), return_distances=False,
+            return_indices=True, indices=nearest[k],
+        )  # fmt: skip
+    nearest = nearest.reshape(-1)
+    # One slice more than the tolerance reaches, so float rounding cannot drop a tie.
+    reach = int(tolerance_mm / sz) + 1
+    # Slices outside the crop or without target add an infinite penalty instead of a branch.
+    penalty = np.full(n_z + 2 * reach, np.inf)
+    penalty[reach : reach + n_z][has_target] = 0.0
+    plane = n_x * n_y
+    in_plane = x * n_y + y
+    best = np.full(x.shape, np.inf)
+    for dz in range(-reach, reach + 1):
+        k = z + dz
+        at = np.clip(k, 0, n_z - 1) * (2 * plane) + in_plane
+        d2 = ((nearest[at] - x) * sx) ** 2 + ((nearest[at + plane] - y) * sy) ** 2
+        np.minimum(best, d2 + ((dz * sz) ** 2 + penalty[k + reach]), out=best)
+    # Compare in float32 like MONAI, so exact ties (d == tolerance) count as within it.
+    within[~within] = np.sqrt(best).astype(np.float32) <= np.float32(tolerance_mm)
+    return within
+
+
+def _cropped_surface_dice(
+    pred: np.ndarray, gt: np.ndarray, spacing: tuple[float, float, float], tolerance_mm: float
+) -> float:
+    """NSD of boolean masks whose foreground lies entirely inside the given arrays."""
+    areas = _surfel_areas(spacing)
+    code_pred, code_gt = _neighbourhood_codes(pred), _neighbourhood_codes(gt)
+    edge_pred = (code_pred != 0) & (code_pred != 255)
+    edge_gt = (code_gt != 0) & (code_gt != 255)
+    pts_pred, pts_gt = np.nonzero(edge_pred), np.nonzero(edge_gt)
+    area_pred, area_gt = areas[code_pred[pts_pred]], areas[code_gt[pts_gt]]
+    close_pred = _within_tolerance(pts_pred, edge_gt, spacing, tolerance_mm)
+    close_gt = _within_tolerance(pts_gt, edge_pred, spacing, tolerance_mm)
+    total = area_pred.sum() + area_gt.sum()
+    return float((area_pred[close_pred].sum() + area_gt[close_gt].sum()) / total)
+
+
+def _check_spacing(spacing: tuple[float, float, float]) -> tuple[float, float, float]:
+    sx, sy, sz = (float(s) for s in spacing)
+    if min(sx, sy, sz) <= 0:
+        raise ValueError(f"spacing must be positive mm, got {spacing}")
+    return sx, sy, sz
+
+
+def _check_pair(pred: np.ndarray, gt: np.ndarray) -> None:
+    if pred.shape != gt.shape or pred.ndim != 3:
+        raise ValueError(
+            f"expected two (X, Y, Z) volumes of one shape, got {pred.shape}, {gt.shape}"
+        )
+
+
+def dice(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Dice coefficient of two boolean masks of one shape; 1.0 when both are empty."""
+    pred, gt = np.asarray(pred, dtype=bool), np.asarray(gt, dtype=bool)
+    if pred.shape != gt.shape:
+        raise ValueError(f"shape mismatch: {pred.shape} vs {gt.shape}")
+    total = np.count_nonzero(pred) + np.count_nonzero(gt)
+    return 1.0 if total == 0 else float(2 * np.count_nonzero(pred & gt) / total)
+
+
+def surface_dice(
+    pred: np.ndarray, gt: np.ndarray, spacing: tuple[float, float, float], tolerance_mm: float
+) -> float:
+    """Normalized surface Dice of two boolean (X, Y, Z) masks at ``tolerance_mm`` (mm).
+
+    ``spacing`` is the voxel size in mm per axis. Returns 1.0 when both masks are empty (MONAI
+    returns NaN there) and 0.0 when exactly one is.
+    """
+    pred, gt = np.asarray(pred, dtype=bool), np.asarray(gt, dtype=bool)
+    _check_pair(pred, gt)
+    spacing = _check_spacing(spacing)
+    box = ndimage.find_objects((pred | gt).view(np.uint8))
+    if not box:
+        return 1.0
+    if not (pred.any() and gt.any()):
+        return 0.0
+    return _cropped_surface_dice(pred[box[0]], gt[box[0]], spacing, tolerance_mm)
+
+
+def score_case(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    spacing: tuple[float, float, float],
+    organs: Mapping[int, str],
+    tolerances_mm: Mapping[int, float],
+    zrange_labels: Collection[int] = (),
+) -> dict[int, tuple[float, float]]:
+    """(DSC, NSD) of every label in ``organs`` for one case, following the FLARE22 script.
+
+    ``pred`` and ``gt`` are integer label volumes of shape (X, Y, Z), Z the slice axis;
+    ``spacing`` is in mm in the same order and ``tolerances_mm`` gives each label's NSD
+    tolerance in mm. Rules: absent from both volumes gives (1, 1); present in only one gives
+    (0, 0); NSD is 0 when DSC < ``NSD_MIN_DSC``. For ``zrange_labels`` (FLARE: aorta 5, IVC 6,
+    esophagus 10) both masks are first cut to ``[z_lower:z_upper]``, the min and max slice of the
+    ground truth organ, so its top slice is left out as in the official script; a ground truth
+    on a single slice (where that script fails on an empty array) is scored on that slice.
+    """
+    _check_pair(pred, gt)
+    spacing = _check_spacing(spacing)
+    for volume in (pred, gt):
+        if not np.issubdtype(volume.dtype, np.integer):
+            raise TypeError(f"label volumes must be integer, got {volume.dtype}")
+    if any(label < 1 for label in organs):
+        raise ValueError(f"organ labels must be positive, got {sorted(organs)}")
+    missing = set(organs) - set(tolerances_mm)
+    if missing:
+        raise ValueError(f"no NSD tolerance for labels {sorted(missing)}")
+    # One pass per volume finds every label's bounding box, so later work is per-organ crops.
+    top = max(organs, default=0)
+    gt_boxes = ndimage.find_objects(gt, max_label=top)
+    pred_boxes = ndimage.find_objects(pred, max_label=top)
+
+    scores: dict[int, tuple[float, float]] = {}
+    for label in organs:
+        box_gt, box_pred = gt_boxes[label - 1], pred_boxes[label - 1]
+        if box_gt is None or box_pred is None:
+            scores[label] = (1.0, 1.0) if box_gt is box_pred else (0.0, 0.0)
+            continue
+        lo = [min(a.start, b.start) for a, b in zip(box_gt, box_pred, strict=True)]
+        hi = [max(a.stop, b.stop) for a, b in zip(box_gt, box_pred, strict=True)]
+        if label in zrange_labels:
+            z_lower, z_upper = box_gt[2].start, box_gt[2].stop - 1
+            # A single-slice organ would be cut away entirely; score that slice instead.
+            lo[2], hi[2] = z_lower, max(z_upper, z_lower + 1)
+        box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+        organ_gt, organ_pred = gt[box] == label, pred[box] == label
+        dsc = dice(organ_pred, organ_gt)
+        nsd = 0.0
+        if dsc >= NSD_MIN_DSC:
+            nsd = _cropped_surface_dice(organ_pred, organ_gt, spacing, tolerances_mm[label])
+        scores[label] = (dsc, nsd)
+    return scores

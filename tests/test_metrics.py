@@ -1,0 +1,174 @@
+"""DSC and NSD against MONAI (DeepMind surfels, ``use_subvoxels=True``) and the FLARE22 rules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.metrics import DiceMetric, compute_surface_dice
+from monai.metrics.utils import get_code_to_measure_table
+from scipy import ndimage
+
+from benchmark.metrics import segmentation
+from benchmark.metrics.segmentation import dice, score_case, surface_dice
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
+
+
+def one_hot(mask: np.ndarray) -> torch.Tensor:
+    """(1, 2, X, Y, Z) background/foreground tensor of a boolean mask."""
+    fg = torch.from_numpy(np.asarray(mask, dtype=np.float32))
+    return torch.stack([1 - fg, fg])[None]
+
+
+def monai_nsd(pred, gt, spacing, tolerance) -> float:
+    nsd = compute_surface_dice(
+        one_hot(pred), one_hot(gt), [tolerance], include_background=False,
+        spacing=list(spacing), use_subvoxels=True,
+    )  # fmt: skip
+    return float(nsd[0, 0])
+
+
+def monai_dice(pred, gt) -> float:
+    return float(DiceMetric(include_background=False)(one_hot(pred), one_hot(gt))[0, 0])
+
+
+def blob(rng, shape, sigma=1.5, level=0.1) -> np.ndarray:
+    """Random smooth blob(s), often touching the volume border."""
+    return ndimage.gaussian_filter(rng.standard_normal(shape), sigma) > level
+
+
+def ellipsoid(rng, shape, spacing, centre_mm, axes_mm, noise) -> np.ndarray:
+    """Ellipsoid with a smoothly perturbed boundary, in mm on the given grid."""
+    axes = [np.arange(n) * s for n, s in zip(shape, spacing, strict=True)]
+    grid = np.meshgrid(*axes, indexing="ij")
+    f = sum(((g - c) / a) ** 2 for g, c, a in zip(grid, centre_mm, axes_mm, strict=True))
+    return f + noise * ndimage.gaussian_filter(rng.standard_normal(shape), 3) < 1
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.8, 0.8, 3.0), (1.3, 0.7, 2.0)])
+def test_surfel_areas_match_monai(spacing):
+    expected = get_code_to_measure_table(spacing)[0].numpy()
+    np.testing.assert_allclose(segmentation._surfel_areas(spacing), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_blobs_match_monai(seed):
+    rng = np.random.default_rng(seed)
+    spacing = [(1.0, 1.0, 1.0), (0.8, 0.8, 3.0), (1.3, 0.7, 2.0)][seed % 3]
+    pred, gt = blob(rng, (20, 18, 12)), blob(rng, (20, 18, 12))
+    assert dice(pred, gt) == pytest.approx(monai_dice(pred, gt), abs=1e-6)
+    for tolerance in (1.0, 2.0, 3.5):
+        assert surface_dice(pred, gt, spacing, tolerance) == pytest.approx(
+            monai_nsd(pred, gt, spacing, tolerance), abs=1e-6
+        )
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_realistic_organ_matches_monai(seed):
+    rng = np.random.default_rng(seed)
+    shape, spacing = (96, 96, 24), (0.8, 0.8, 3.0)
+    centre, axes = (38.0, 40.0, 36.0), (22.0, 15.0, 25.0)
+    gt = ellipsoid(rng, shape, spacing, centre, axes, noise=1.0)
+    shifted = tuple(c + d for c, d in zip(centre, rng.normal(0, 1.5, 3), strict=True))
+    pred = ellipsoid(rng, shape, spacing, shifted, axes, noise=1.0)
+    assert 0.7 < dice(pred, gt) < 0.99
+    assert dice(pred, gt) == pytest.approx(monai_dice(pred, gt), abs=1e-6)
+    for tolerance in (1.0, 3.0):
+        assert surface_dice(pred, gt, spacing, tolerance) == pytest.approx(
+            monai_nsd(pred, gt, spacing, tolerance), abs=1e-6
+        )
+
+
+def test_score_case_matches_monai_with_zrange_cut():
+    rng = np.random.default_rng(7)
+    shape, spacing = (36, 24, 16), (0.9, 0.9, 2.5)
+    gt, pred = np.zeros(shape, np.int16), np.zeros(shape, np.int16)
+    for label in (1, 2, 3):  # one organ per third of the volume, touching its neighbours
+        part = slice(12 * label - 12, 12 * label)
+        gt[part][blob(rng, (12, 24, 16))] = label
+        pred[part][blob(rng, (12, 24, 16)) | (gt[part] == label)] = label
+    organs, tolerances = {1: "a", 2: "b", 3: "c"}, {1: 2.0, 2: 3.0, 3: 5.0}
+    scores = score_case(pred, gt, spacing, organs, tolerances, zrange_labels=(2,))
+    for label, (dsc, nsd) in scores.items():
+        g, p = gt == label, pred == label
+        if label == 2:  # cut to [z_lower:z_upper] of the ground truth, as the FLARE22 script
+            z = np.flatnonzero(g.any(axis=(0, 1)))
+            g, p = g[:, :, z[0] : z[-1]], p[:, :, z[0] : z[-1]]
+        assert dsc == pytest.approx(monai_dice(p, g), abs=1e-6)
+        assert nsd == pytest.approx(monai_nsd(p, g, spacing, tolerances[label]), abs=1e-6)
+
+
+def test_identical_masks_score_one():
+    mask = blob(np.random.default_rng(1), (16, 16, 8))
+    assert dice(mask, mask) == 1.0
+    assert surface_dice(mask, mask, (0.8, 0.8, 3.0), 0.0) == pytest.approx(1.0)
+    labels = mask.astype(np.uint8)
+    assert score_case(labels, labels, (1, 1, 1), {1: "x"}, {1: 1.0}) == {1: (1.0, 1.0)}
+
+
+def test_nsd_symmetric():
+    rng = np.random.default_rng(2)
+    a, b = blob(rng, (18, 16, 10)), blob(rng, (18, 16, 10))
+    assert surface_dice(a, b, (0.7, 1.1, 2.5), 2.0) == pytest.approx(
+        surface_dice(b, a, (0.7, 1.1, 2.5), 2.0), abs=1e-12
+    )
+
+
+def test_empty_and_one_sided_masks():
+    empty, full = np.zeros((8, 8, 4), bool), np.zeros((8, 8, 4), bool)
+    full[2:5, 2:5, 1:3] = True
+    assert dice(empty, empty) == 1.0
+    assert surface_dice(empty, empty, (1, 1, 1), 1.0) == 1.0
+    assert dice(full, empty) == dice(empty, full) == 0.0
+    assert surface_dice(full, empty, (1, 1, 1), 1.0) == surface_dice(empty, full, (1, 1, 1), 1.0)
+    assert surface_dice(full, empty, (1, 1, 1), 1.0) == 0.0
+    labels = full.astype(np.uint8)
+    none = np.zeros_like(labels)
+    organs, tol = {1: "x", 2: "absent"}, {1: 1.0, 2: 1.0}
+    assert score_case(labels, none, (1, 1, 1), organs, tol) == {1: (0.0, 0.0), 2: (1.0, 1.0)}
+    assert score_case(none, labels, (1, 1, 1), organs, tol) == {1: (0.0, 0.0), 2: (1.0, 1.0)}
+
+
+def test_nsd_zero_below_dsc_gate_and_computed_at_it():
+    gt, pred = np.zeros((24, 3, 3), np.uint8), np.zeros((24, 3, 3), np.uint8)
+    gt[0:10, 1, 1] = 1
+    pred[8:18, 1, 1] = 1  # overlap 2 of 10 + 10 voxels: DSC exactly 0.2
+    (dsc, nsd) = score_case(pred, gt, (1, 1, 1), {1: "x"}, {1: 20.0})[1]
+    assert dsc == pytest.approx(0.2) and nsd == pytest.approx(1.0)
+    pred[:] = 0
+    pred[9:19, 1, 1] = 1  # overlap 1: DSC 0.1, NSD would be 1 at this tolerance
+    assert surface_dice(pred == 1, gt == 1, (1, 1, 1), 20.0) == pytest.approx(1.0)
+    assert score_case(pred, gt, (1, 1, 1), {1: "x"}, {1: 20.0}) == {1: (pytest.approx(0.1), 0.0)}
+
+
+def test_zrange_cut_leaves_out_top_gt_slice():
+    gt = np.zeros((10, 10, 12), np.uint8)
+    gt[3:7, 3:7, 2:8] = 5  # ground truth on slices 2..7
+    pred = gt.copy()
+    pred[:, :, 7] = 0  # misses the top ground-truth slice ...
+    pred[3:7, 3:7, 9:11] = 5  # ... and has extra voxels above the ground truth
+    args = ((1.0, 1.0, 2.0), {5: "aorta"}, {5: 2.0})
+    assert score_case(pred, gt, *args, zrange_labels=(5,)) == {5: (1.0, 1.0)}
+    dsc, nsd = score_case(pred, gt, *args)[5]
+    assert dsc < 1.0 and nsd < 1.0
+
+
+def test_zrange_edge_cases():
+    gt, pred = np.zeros((6, 6, 6), np.uint8), np.zeros((6, 6, 6), np.uint8)
+    pred[1:4, 1:4, 1:4] = 6
+    args = ((1.0, 1.0, 1.0), {6: "ivc"}, {6: 2.0})
+    # empty ground truth: no cut, the prediction alone scores (0, 0)
+    assert score_case(pred, gt, *args, zrange_labels=(6,)) == {6: (0.0, 0.0)}
+    gt[1:4, 1:4, 2] = 6  # a single ground-truth slice: scored on that slice, not cut away
+    assert score_case(pred, gt, *args, zrange_labels=(6,)) == {6: (1.0, 1.0)}
+
+
+def test_rejects_bad_input():
+    labels = np.zeros((4, 4, 4), np.uint8)
+    with pytest.raises(ValueError):
+        score_case(labels, labels[:3], (1, 1, 1), {1: "x"}, {1: 1.0})
+    with pytest.raises(TypeError):
+        score_case(labels.astype(float), labels, (1, 1, 1), {1: "x"}, {1: 1.0})
+    with pytest.raises(ValueError):
+        score_case(labels, labels, (1, 1, 1), {1: "x"}, {})
