@@ -79,12 +79,10 @@ def run(
     quiet: QuietOpt = False,
 ) -> None:
     """Train METHOD on BUDGET labeled slices and score it on the protocol's test cases."""
-    from benchmark.errors import ConfigError
     from benchmark.progress import Progress
     from benchmark.runner import RunRequest, execute, prepare
 
-    if device not in ("auto", "cpu") and not device.startswith("cuda"):
-        raise ConfigError(f"--device {device}: expected auto, cpu, cuda or cuda:N")
+    _check_device(device)
     progress = Progress(quiet=quiet, console=err)
     failed = 0
     try:
@@ -152,10 +150,9 @@ def report(
     ] = None,
 ) -> None:
     """Write LEADERBOARD.md and plots for one protocol from the results store."""
-    from benchmark.report import write_report
-
     from benchmark.errors import StoreError
     from benchmark.protocol import load_protocol
+    from benchmark.report import write_report
     from benchmark.store import ResultsStore
 
     name = load_protocol(protocol).name
@@ -219,6 +216,7 @@ def protocol_show(
     quiet: QuietOpt = False,
 ) -> None:
     """Print the protocol's hash, split sizes and budget sizes (reads the data)."""
+    from benchmark.errors import BudgetError
     from benchmark.progress import Progress
     from benchmark.protocol import load_protocol
     from benchmark.runner import load_data
@@ -253,8 +251,12 @@ def protocol_show(
     for col in ("budget", "definition", "labeled slices", "from cases"):
         table.add_column(col)
     for b in protocol.budgets.values():
-        ids, _ = ctx.budget_rows(b, seed)
         definition = f"{b.count} {b.unit}" if b.count else f"{b.fraction:.0%} of {b.unit}"
+        try:
+            ids, _ = ctx.budget_rows(b, seed)
+        except BudgetError:
+            table.add_row(b.name, definition, "[red]larger than the train pool[/red]", "")
+            continue
         table.add_row(b.name, definition, str(len(ids)), str(len({i.split(":")[0] for i in ids})))
     out.print(table)
 
@@ -272,7 +274,6 @@ def data_phantom(
 ) -> None:
     """Generate the synthetic abdominal CT phantom (13 FLARE22 organs)."""
     from benchmark.data.phantom import PhantomSettings, write_phantom
-
     from benchmark.errors import DatasetError
     from benchmark.progress import Progress
 
@@ -293,6 +294,119 @@ def data_phantom(
         f"wrote {meta['numTraining']} labeled and {unlabeled} unlabeled cases to {path}",
         highlight=False,
     )
+
+
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="Method config override key=value; repeatable.")
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+
+
+@app.command()
+@user_errors
+def pretrain(
+    method: Annotated[str, typer.Option("--method", "-m", help="A method with pretraining.")],
+    protocol: ProtocolOpt = "phantom",
+    set_: SetOpt = None,
+    device: DeviceOpt = "auto",
+    data: DataOpt = None,
+    seed: Annotated[
+        int, typer.Option("--seed", "-s", help="Run seed (if the method uses it).")
+    ] = 0,
+    quiet: QuietOpt = False,
+) -> None:
+    """Pretrain METHOD on the protocol's unlabeled slices (cached; resumes when interrupted)."""
+    import time
+
+    from benchmark.progress import Progress
+    from benchmark.runner import pretrained_method
+
+    _check_device(device)
+    progress = Progress(quiet=quiet, console=err)
+    t = time.perf_counter()
+    try:
+        _, ctx = pretrained_method(protocol, method, list(set_ or []), device, data, seed, progress)
+    finally:
+        progress.stop()
+    info = json.dumps(ctx.info.get("pretrain", {}))
+    out.print(
+        f"pretrained {method} in {time.perf_counter() - t:.1f}s: cache {ctx.cache_dir} {info}",
+        highlight=False,
+    )
+
+
+@app.command()
+@user_errors
+def sample(
+    method: Annotated[str, typer.Option("--method", "-m", help="A generative method.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")],
+    n: Annotated[int, typer.Option("--n", help="Number of samples.")] = 64,
+    sampler: Annotated[str, typer.Option("--sampler", help="ddpm or ddim.")] = "ddpm",
+    steps: Annotated[
+        int | None, typer.Option("--steps", help="Sampling steps (default T / 50).")
+    ] = None,
+    protocol: ProtocolOpt = "phantom",
+    set_: SetOpt = None,
+    device: DeviceOpt = "auto",
+    data: DataOpt = None,
+    seed: Annotated[int, typer.Option("--seed", "-s", help="Sampling seed.")] = 0,
+    quiet: QuietOpt = False,
+) -> None:
+    """Draw samples from METHOD's pretrained generative model: a PNG grid and the raw array."""
+    import time
+
+    import numpy as np
+    from torchvision.utils import save_image
+
+    from benchmark.errors import ConfigError, UnknownMethodError
+    from benchmark.progress import Progress
+    from benchmark.runner import pretrained_method
+
+    _check_device(device)
+    if sampler not in ("ddpm", "ddim"):
+        raise ConfigError(f"--sampler {sampler}: expected ddpm or ddim")
+    if n < 1 or (steps is not None and steps < 1):
+        raise ConfigError("--n and --steps must be at least 1")
+    progress = Progress(quiet=quiet, console=err)
+    try:
+        model, ctx = pretrained_method(
+            protocol, method, list(set_ or []), device, data, 0, progress
+        )
+        if not hasattr(model, "sample"):
+            raise UnknownMethodError(f"method '{method}' cannot sample (not generative)")
+        t = time.perf_counter()
+        images = model.sample(n, sampler, steps, seed, ctx)
+        seconds = time.perf_counter() - t
+    finally:
+        progress.stop()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np.save(out_dir / "samples.npy", images.numpy().astype(np.float32))
+    save_image(images, out_dir / "samples_grid.png", nrow=int(np.ceil(np.sqrt(n))), padding=1)
+    meta = {
+        "method": method,
+        "protocol": protocol,
+        "n": n,
+        "sampler": sampler,
+        "steps": steps,
+        "seed": seed,
+        "pretrain_cache": ctx.info.get("pretrain_cache"),
+        "seconds": seconds,
+        "shape": list(images.shape),
+        "range": "[0, 1] = protocol HU window",
+    }
+    (out_dir / "samples.json").write_text(json.dumps(meta, indent=1))
+    out.print(
+        f"wrote {n} samples ({sampler}) to {out_dir} in {seconds:.1f}s "
+        f"({n / seconds:.2f} images/s)",
+        highlight=False,
+    )
+
+
+def _check_device(device: str) -> None:
+    from benchmark.errors import ConfigError
+
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise ConfigError(f"--device {device}: expected auto, cpu, cuda or cuda:N")
 
 
 def main() -> None:

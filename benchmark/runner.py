@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from benchmark.metrics.segmentation import score_case
 
 from benchmark.config import apply_overrides, config_dict
 from benchmark.data.reader import DatasetIndex, read_label
@@ -27,6 +26,7 @@ from benchmark.data.slicestore import Preprocessing, SliceStore, build_slice_sto
 from benchmark.data.source import cache_root, resolve_dataset
 from benchmark.errors import DatasetError
 from benchmark.method import Method, RunContext, SliceSet
+from benchmark.metrics.segmentation import score_case
 from benchmark.progress import Progress
 from benchmark.protocol import (
     Budget,
@@ -160,14 +160,19 @@ class RunOutcome:
     record: RunRecord | None = None
 
 
-def _pretrain(method: Method, prep: Prepared, ctx: RunContext, progress: Progress) -> None:
-    index = prep.data.index
+def run_pretraining(
+    method: Method, protocol: Protocol, index: DatasetIndex, ctx: RunContext, progress: Progress
+) -> None:
+    """Preprocess the unlabeled pool and call `method.pretrain` with its cache folder.
+
+    The folder is keyed by `method.pretrain_key(seed)` and the pool's content hash, so every
+    run (and every method) with the same key shares one pretraining.
+    """
     if not index.unlabeled:
         raise DatasetError(
             f"{index.root}: method '{method.name}' pretrains on unlabeled slices but the data set "
             f"has no unlabeled folder (imagesUnlabeled/)"
         )
-    protocol = prep.data.protocol
     store = build_slice_store(
         index.unlabeled,
         Preprocessing(protocol.window_hu, protocol.slice_size),
@@ -175,11 +180,41 @@ def _pretrain(method: Method, prep: Prepared, ctx: RunContext, progress: Progres
         progress=progress.callback("preprocess unlabeled"),
     )
     unlabeled = SliceSet(store, np.arange(len(store)), labeled=False)
-    key = stable_hash({"pretrain": method.pretrain_key(), "pool": store.key, "seed": ctx.seed})
+    key = stable_hash({"pretrain": method.pretrain_key(ctx.seed), "pool": store.key})
     ctx.cache_dir = cache_root() / "pretrain" / key
     ctx.cache_dir.mkdir(parents=True, exist_ok=True)
     ctx.info["pretrain_cache"] = key
     method.pretrain(unlabeled, ctx)
+
+
+def pretrained_method(
+    protocol_name: str,
+    method_name: str,
+    overrides: list[str],
+    device: str,
+    data: Path | None,
+    seed: int,
+    progress: Progress,
+) -> tuple[Method, RunContext]:
+    """A method after (cached) pretraining, for `bench pretrain` and `bench sample`."""
+    from benchmark.errors import UnknownMethodError
+
+    protocol = load_protocol(protocol_name)
+    method_cls = get_method(method_name)
+    if not method_cls.uses_pretraining:
+        raise UnknownMethodError(f"method '{method_name}' has no pretraining")
+    config = apply_overrides(method_cls.Config, overrides)
+    index = resolve_dataset(protocol, data, progress)
+    ctx = RunContext(
+        device=resolve_device(device),
+        seed=seed,
+        num_classes=protocol.num_classes,
+        cache_dir=cache_root() / "pretrain",
+        progress=progress,
+    )
+    method = method_cls(config)
+    run_pretraining(method, protocol, index, ctx, progress)
+    return method, ctx
 
 
 def predict_case(method: Method, store: SliceStore, case_id: str) -> np.ndarray:
@@ -219,7 +254,7 @@ def execute(prep: Prepared, progress: Progress) -> RunOutcome:
         method = prep.method_cls(prep.config)
         if prep.method_cls.uses_pretraining:
             t = time.perf_counter()
-            _pretrain(method, prep, ctx, progress)
+            run_pretraining(method, protocol, data.index, ctx, progress)
             phases["pretrain"] = time.perf_counter() - t
         t = time.perf_counter()
         method.fit(SliceSet(data.store, prep.budget_rows, labeled=True), ctx)

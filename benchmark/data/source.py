@@ -34,7 +34,9 @@ def resolve_dataset(protocol: Protocol, data: Path | None, progress: Progress) -
         out = phantom_dir(protocol)
         if not (out / "dataset.json").exists():
             settings = PhantomSettings(**protocol.dataset.phantom)
-            progress.console.print(f"generating the phantom data set into {out}", highlight=False)
+            progress.console.print(
+                f"generating the phantom data set into {out}", highlight=False, soft_wrap=True
+            )
             write_phantom(
                 out,
                 settings,
