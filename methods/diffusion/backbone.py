@@ -1,0 +1,50 @@
+"""What both diffusion-transfer methods share: the cached DDPM backbone behind the Method API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from monai.networks.nets import DiffusionModelUNet
+
+from benchmark.method import Method, RunContext, SliceSet
+from methods.diffusion.model import DDPMConfig, model_resolution
+from methods.diffusion.pretrain import pretrain_ddpm
+from methods.diffusion.sampling import sample
+
+
+class DiffusionTransfer(Method):
+    """Base of `diffusion-linear` and `diffusion-decoder`: one DDPM per pretraining config."""
+
+    uses_pretraining = True
+    backbone: DiffusionModelUNet
+
+    def pretrain_key(self, seed: int) -> dict[str, Any]:
+        # Same key for both methods and every fine-tuning seed: the DDPM has its own seed.
+        return {"family": "ddpm", **self.config.pretrain_fields()}
+
+    def pretrain(self, unlabeled: SliceSet, ctx: RunContext) -> None:
+        cfg: DDPMConfig = self.config
+        self.backbone, meta = pretrain_ddpm(cfg, unlabeled, ctx.cache_dir, ctx.device, ctx.progress)
+        self.resolution = model_resolution(cfg, unlabeled.slice_size)
+        ctx.info["pretrain"] = {
+            "cached": meta["cached"],
+            "steps": meta["step"],
+            "sha256": meta["sha256"][:16],
+            "final_loss": sum(meta["losses"][-50:]) / max(1, len(meta["losses"][-50:])),
+        }
+
+    def sample(
+        self, n: int, sampler: str, steps: int | None, seed: int, ctx: RunContext
+    ) -> torch.Tensor:
+        """(n, 1, R, R) samples in [0, 1] from the pretrained DDPM (call after `pretrain`)."""
+        return sample(
+            self.backbone,
+            self.config,
+            n,
+            self.resolution,
+            sampler,
+            steps,
+            seed,
+            progress=ctx.progress,
+        )

@@ -1,0 +1,94 @@
+"""`diffusion-decoder`: the DDPM's encoder frozen, its decoder and a new head fine-tuned."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from monai.networks.nets import DiffusionModelUNet
+from torch import nn
+
+from benchmark.method import RunContext, SliceSet
+from benchmark.supervised import SupervisedConfig, predict_supervised, train_supervised
+from methods.diffusion.backbone import DiffusionTransfer
+from methods.diffusion.model import DDPMConfig, build_scheduler, model_resolution, to_model_input
+
+
+@dataclass(frozen=True)
+class DiffusionDecoderConfig(SupervisedConfig, DDPMConfig):
+    """DDPM pretraining (shared with diffusion-linear) plus decoder fine-tuning, which uses the
+    same supervised recipe as the U-Net baselines."""
+
+    timestep: int = 50
+    """Diffusion timestep at which the decoder is fine-tuned and applied."""
+    noise_seed: int = 0
+    """Seed of the fixed noise added at `timestep`."""
+
+
+class NoisedSegmenter(nn.Module):
+    """(N, 1, S, S) in [0, 1] → (N, K, S, S) logits through the DDPM UNet at a fixed timestep.
+
+    `conv_in`, `time_embed`, `down_blocks` and `middle_block` are frozen; `up_blocks` and a new
+    output head (GroupNorm, SiLU, 3×3 conv to K classes) train.
+    """
+
+    def __init__(
+        self,
+        unet: DiffusionModelUNet,
+        cfg: DiffusionDecoderConfig,
+        num_classes: int,
+        slice_size: int,
+    ):
+        super().__init__()
+        self.unet = unet
+        self.resolution = model_resolution(cfg, slice_size)
+        self.slice_size = slice_size
+        self.timestep = cfg.timestep
+        for part in (unet.conv_in, unet.time_embed, unet.down_blocks, unet.middle_block):
+            part.requires_grad_(False)
+        width = cfg.channels[0]
+        unet.out = nn.Sequential(
+            nn.GroupNorm(cfg.norm_num_groups, width),
+            nn.SiLU(),
+            nn.Conv2d(width, num_classes, 3, padding=1),
+        )
+        scheduler = build_scheduler(cfg)
+        self.register_buffer("alpha_bar", scheduler.alphas_cumprod[cfg.timestep].float())
+        gen = torch.Generator().manual_seed(cfg.noise_seed)
+        self.register_buffer(
+            "noise", torch.randn(1, 1, self.resolution, self.resolution, generator=gen)
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x0 = to_model_input(images, self.resolution)
+        a = self.alpha_bar
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * self.noise
+        t = torch.full((len(x0),), self.timestep, device=x0.device, dtype=torch.long)
+        logits = self.unet(xt, t)
+        if logits.shape[-1] != self.slice_size:
+            logits = F.interpolate(
+                logits,
+                size=(self.slice_size, self.slice_size),
+                mode="bilinear",
+                align_corners=False,
+            )
+        return logits
+
+
+class DiffusionDecoder(DiffusionTransfer):
+    """Pretrained DDPM encoder frozen; decoder + head fine-tuned with the shared recipe."""
+
+    name = "diffusion-decoder"
+    summary = "DDPM pretrained on unlabeled slices; encoder frozen, decoder + head fine-tuned"
+    Config = DiffusionDecoderConfig
+
+    def fit(self, labeled: SliceSet, ctx: RunContext) -> None:
+        torch.manual_seed(ctx.seed)
+        self.model = NoisedSegmenter(
+            self.backbone, self.config, ctx.num_classes, labeled.slice_size
+        )
+        ctx.info["final_loss"] = train_supervised(self.model, self.config, labeled, ctx)[-1]
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        return predict_supervised(self.model, images, self.config.predict_batch_size)

@@ -1,0 +1,196 @@
+"""`diffusion-linear`: a frozen DDPM backbone and a linear pixel classifier on its features."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceCELoss
+from torch import nn
+
+from benchmark.method import RunContext, SliceSet
+from methods.diffusion.backbone import DiffusionTransfer
+from methods.diffusion.features import DEFAULT_TIMESTEPS, DecoderTaps
+from methods.diffusion.model import DDPMConfig, build_scheduler, model_resolution
+
+
+@dataclass(frozen=True)
+class DiffusionLinearConfig(DDPMConfig):
+    """DDPM pretraining (shared with diffusion-decoder) plus the linear head."""
+
+    tap_timesteps: tuple[int, ...] = DEFAULT_TIMESTEPS
+    """Timesteps whose features are concatenated (Baranchuk et al.: 50, 150, 250)."""
+    noise_seed: int = 0
+    """Seed of the fixed noise per timestep."""
+    iterations: int = 500
+    """Optimizer steps of the linear head."""
+    batch_size: int = 8
+    """Slices per head step."""
+    lr: float = 1e-3
+    """Adam learning rate of the head (Baranchuk et al.)."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay of the head."""
+    feature_memory_mb: int = 2048
+    """Cached labeled features above this size go to a disk memory map instead of RAM."""
+    predict_batch_size: int = 32
+    """Slices per forward pass when extracting features."""
+
+
+class FeatureBank:
+    """Tapped features of a slice set, computed once, kept in float16 (RAM or disk memmap).
+
+    Features stay at each block's own resolution; the head upsamples per batch.
+    """
+
+    def __init__(
+        self,
+        taps: DecoderTaps,
+        slices: SliceSet,
+        batch_size: int,
+        memory_mb: int,
+        device: torch.device,
+        progress=None,
+    ):
+        probe = taps(slices.images(np.arange(1)).to(device))
+        shapes = [tuple(f.shape[1:]) for f in probe]
+        total_mb = len(slices) * sum(int(np.prod(s)) for s in shapes) * 2 / 2**20
+        self._tmp = None
+        if total_mb > memory_mb:
+            self._tmp = tempfile.TemporaryDirectory(prefix="labelbench-features-")
+            self.arrays = [
+                np.lib.format.open_memmap(
+                    f"{self._tmp.name}/f{i}.npy", "w+", np.float16, (len(slices), *s)
+                )
+                for i, s in enumerate(shapes)
+            ]
+        else:
+            self.arrays = [np.empty((len(slices), *s), np.float16) for s in shapes]
+        self.on_disk = self._tmp is not None
+        self.megabytes = total_mb
+        starts = range(0, len(slices), batch_size)
+        for start in progress.track(starts, "features", len(starts)) if progress else starts:
+            idx = np.arange(start, min(start + batch_size, len(slices)))
+            for arr, f in zip(self.arrays, taps(slices.images(idx).to(device)), strict=True):
+                arr[idx] = f.cpu().numpy().astype(np.float16)
+
+    def get(self, idx: np.ndarray, device: torch.device) -> list[torch.Tensor]:
+        return [
+            torch.from_numpy(np.asarray(a[np.sort(idx)])).to(device).float() for a in self.arrays
+        ]
+
+
+class LinearHead(nn.Module):
+    """A 1×1 convolution over the standardised, upsampled, concatenated tapped features.
+
+    Computed as Σ_i upsample(W_i · f_i) + b: bilinear upsampling and a 1×1 convolution are
+    both linear and upsampling weights sum to one, so this equals the 1×1 convolution of the
+    concatenation at full size, at a fraction of the memory and time.
+    """
+
+    def __init__(self, channels: list[int], num_classes: int, size: int):
+        super().__init__()
+        self.size = size
+        self.convs = nn.ModuleList(nn.Conv2d(c, num_classes, 1, bias=False) for c in channels)
+        self.bias = nn.Parameter(torch.zeros(num_classes))
+        for i, c in enumerate(channels):
+            self.register_buffer(f"mean{i}", torch.zeros(1, c, 1, 1))
+            self.register_buffer(f"std{i}", torch.ones(1, c, 1, 1))
+
+    def set_stats(self, feats: list[torch.Tensor]) -> None:
+        for i, f in enumerate(feats):
+            getattr(self, f"mean{i}").copy_(f.mean((0, 2, 3), keepdim=True))
+            getattr(self, f"std{i}").copy_(f.std((0, 2, 3), keepdim=True).clamp_min(1e-4))
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        out = self.bias.view(1, -1, 1, 1)
+        for i, (conv, f) in enumerate(zip(self.convs, feats, strict=True)):
+            z = conv((f - getattr(self, f"mean{i}")) / getattr(self, f"std{i}"))
+            if z.shape[-1] != self.size:
+                z = F.interpolate(
+                    z, size=(self.size, self.size), mode="bilinear", align_corners=False
+                )
+            out = out + z
+        return out
+
+
+class DiffusionLinear(DiffusionTransfer):
+    """Frozen DDPM decoder features at several timesteps → linear (1×1 conv) pixel classifier."""
+
+    name = "diffusion-linear"
+    summary = "DDPM pretrained on unlabeled slices, frozen; linear head on decoder features"
+    Config = DiffusionLinearConfig
+
+    def _taps(self, ctx: RunContext, slice_size: int) -> DecoderTaps:
+        cfg = self.config
+        return DecoderTaps(
+            self.backbone.to(ctx.device),
+            build_scheduler(cfg),
+            model_resolution(cfg, slice_size),
+            cfg.tap_blocks,
+            cfg.tap_timesteps,
+            cfg.noise_seed,
+        )
+
+    def fit(self, labeled: SliceSet, ctx: RunContext) -> None:
+        cfg = self.config
+        self.device = ctx.device
+        self.taps = self._taps(ctx, labeled.slice_size)
+        bank = FeatureBank(
+            self.taps,
+            labeled,
+            cfg.predict_batch_size,
+            cfg.feature_memory_mb,
+            ctx.device,
+            ctx.progress,
+        )
+        ctx.info["features"] = {
+            "channels": sum(self.taps.channels),
+            "megabytes": round(bank.megabytes, 1),
+            "on_disk": bank.on_disk,
+        }
+        self.head = train_head(bank, labeled, cfg, ctx, self.taps.channels)
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        bs = self.config.predict_batch_size
+        out = []
+        for i in range(0, len(images), bs):
+            feats = self.taps(images[i : i + bs].to(self.device))
+            out.append(self.head(feats).argmax(1).cpu())
+        return torch.cat(out)
+
+
+def train_head(
+    bank: FeatureBank,
+    labeled: SliceSet,
+    cfg: DiffusionLinearConfig,
+    ctx: RunContext,
+    channels: list[int],
+) -> LinearHead:
+    """Train the linear head on cached features with Dice + cross-entropy."""
+    torch.manual_seed(ctx.seed)
+    head = LinearHead(channels, ctx.num_classes, labeled.slice_size).to(ctx.device)
+    stats_idx = np.arange(min(len(labeled), 64))
+    head.set_stats(bank.get(stats_idx, ctx.device))
+    labels = labeled.labels().to(ctx.device)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.iterations, 1))
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
+    batches = labeled.batches(cfg.batch_size, np.random.default_rng(ctx.seed))
+    task = ctx.progress.task("fit head", cfg.iterations)
+    losses = []
+    for _ in range(cfg.iterations):
+        idx = np.sort(next(batches))
+        loss = loss_fn(head(bank.get(idx, ctx.device)), labels[torch.from_numpy(idx)][:, None])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        task.advance(loss=losses[-1])
+    task.close()
+    ctx.info["final_loss"] = losses[-1] if losses else None
+    return head.eval()

@@ -1,0 +1,191 @@
+"""DDPM pretraining on unlabeled slices, resumable and cached.
+
+The cache folder (given by the runner, keyed by the content hash of the pretraining config
+and the unlabeled pool) holds `checkpoint.pt` while training runs (model, EMA, optimizer,
+LR schedule, step, RNG state; rewritten atomically every `checkpoint_every` steps) and
+`model.pt` (EMA weights) when done. Each file has a `.json` beside it with its SHA-256 and
+config: a file that does not match is rebuilt, never loaded blindly, and loading uses
+`torch.load(..., weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from monai.networks.nets import DiffusionModelUNet
+
+from benchmark.method import SliceSet
+from benchmark.progress import Progress
+from methods.diffusion.model import (
+    DDPMConfig,
+    build_scheduler,
+    build_unet,
+    model_resolution,
+    to_model_input,
+)
+
+log = logging.getLogger("labelbench.diffusion")
+
+MODEL = "model.pt"
+CHECKPOINT = "checkpoint.pt"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_verified(obj: dict[str, Any], path: Path, meta: dict[str, Any]) -> None:
+    """Write `obj` with torch.save and `<path>.json` with its hash, both atomically."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    digest = _sha256(tmp)
+    os.replace(tmp, path)
+    side = path.with_suffix(".json")
+    side.with_suffix(".json.tmp").write_text(json.dumps({**meta, "sha256": digest}, indent=1))
+    os.replace(side.with_suffix(".json.tmp"), side)
+
+
+def load_verified(
+    path: Path, expect: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """Load `path` if its hash and the recorded config match; otherwise delete it and say why."""
+    side = path.with_suffix(".json")
+    if not path.exists():
+        return None
+    reason = None
+    try:
+        meta = json.loads(side.read_text())
+        if meta.get("sha256") != _sha256(path):
+            reason = "its SHA-256 does not match"
+        elif meta.get("config") != expect:
+            reason = "it was made with another config"
+        else:
+            return torch.load(path, map_location="cpu", weights_only=True), meta
+    except (OSError, ValueError, RuntimeError) as exc:
+        reason = f"it cannot be read ({exc})"
+    log.warning("rebuilding %s: %s", path, reason)
+    path.unlink(missing_ok=True)
+    side.unlink(missing_ok=True)
+    return None
+
+
+def _config_json(cfg: DDPMConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(cfg.pretrain_fields()))
+
+
+def load_pretrained(cfg: DDPMConfig, cache_dir: Path) -> DiffusionModelUNet | None:
+    """The cached EMA model, or None when the cache lacks a valid one."""
+    loaded = load_verified(Path(cache_dir) / MODEL, _config_json(cfg))
+    if loaded is None:
+        return None
+    model = build_unet(cfg)
+    model.load_state_dict(loaded[0]["ema"])
+    return model.eval()
+
+
+def pretrain_ddpm(
+    cfg: DDPMConfig,
+    unlabeled: SliceSet,
+    cache_dir: Path,
+    device: torch.device,
+    progress: Progress,
+) -> tuple[DiffusionModelUNet, dict[str, Any]]:
+    """Train (or resume, or load from cache) the DDPM; returns the EMA model and its metadata."""
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    expect = _config_json(cfg)
+    cached = load_verified(cache_dir / MODEL, expect)
+    if cached is not None:
+        model = build_unet(cfg)
+        model.load_state_dict(cached[0]["ema"])
+        return model.to(device).eval(), {**cached[1], "cached": True}
+
+    res = model_resolution(cfg, unlabeled.slice_size)
+    torch.manual_seed(cfg.pretrain_seed)
+    model = build_unet(cfg).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.pretrain_lr, weight_decay=0.0)
+    warmup = max(1, min(500, cfg.pretrain_iterations // 10))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+    scheduler = build_scheduler(cfg)
+    gen = torch.Generator().manual_seed(cfg.pretrain_seed)
+    step, losses = 0, []
+    resumed = load_verified(cache_dir / CHECKPOINT, expect)
+    if resumed is not None:
+        state = resumed[0]
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        gen.set_state(state["rng"])
+        step, losses = int(state["step"]), list(state["losses"].tolist())
+        progress.console.print(
+            f"resuming DDPM pretraining at step {step}/{cfg.pretrain_iterations}"
+        )
+    else:
+        progress.console.print(
+            f"no cached DDPM for this config and unlabeled pool: pretraining "
+            f"{cfg.pretrain_iterations} steps on {len(unlabeled)} slices at {res}×{res} "
+            f"({cache_dir.name})",
+            highlight=False,
+        )
+    amp = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if device.type == "cuda" and cfg.mixed_precision
+        else nullcontext()
+    )
+    task = progress.task("DDPM pretraining", cfg.pretrain_iterations)
+    task.advance(step)
+    model.train()
+    while step < cfg.pretrain_iterations:
+        idx = torch.randint(len(unlabeled), (cfg.pretrain_batch_size,), generator=gen).numpy()
+        x0 = to_model_input(unlabeled.images(idx), res).to(device)
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        t = torch.randint(0, cfg.train_timesteps, (cfg.pretrain_batch_size,), generator=gen).to(
+            device
+        )
+        xt = scheduler.add_noise(original_samples=x0, noise=noise, timesteps=t)
+        with amp:
+            pred = model(xt, t)
+        loss = F.mse_loss(pred.float(), noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+                pe.lerp_(pm, 1 - cfg.ema_decay)
+        step += 1
+        losses.append(loss.item())
+        task.advance(loss=losses[-1])
+        if step % cfg.checkpoint_every == 0 and step < cfg.pretrain_iterations:
+            state = {
+                "model": model.state_dict(),
+                "ema": ema.state_dict(),
+                "opt": opt.state_dict(),
+                "sched": sched.state_dict(),
+                "rng": gen.get_state(),
+                "step": step,
+                "losses": torch.tensor(losses),
+            }
+            save_verified(state, cache_dir / CHECKPOINT, {"config": expect, "step": step})
+    task.close()
+    meta = {"config": expect, "step": step, "losses": losses, "resolution": res}
+    save_verified({"ema": ema.state_dict()}, cache_dir / MODEL, meta)
+    (cache_dir / CHECKPOINT).unlink(missing_ok=True)
+    (cache_dir / CHECKPOINT).with_suffix(".json").unlink(missing_ok=True)
+    return ema.eval(), {**meta, "sha256": _sha256(cache_dir / MODEL), "cached": False}

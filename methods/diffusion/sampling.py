@@ -1,0 +1,58 @@
+"""Sampling from the pretrained DDPM (ancestral DDPM or deterministic DDIM)."""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.nets import DiffusionModelUNet
+
+from benchmark.progress import Progress
+from methods.diffusion.model import DDPMConfig, build_scheduler, from_model_output
+
+SAMPLERS = ("ddpm", "ddim")
+
+
+@torch.no_grad()
+def sample(
+    model: DiffusionModelUNet,
+    cfg: DDPMConfig,
+    n: int,
+    resolution: int,
+    sampler: str = "ddpm",
+    steps: int | None = None,
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: Progress | None = None,
+) -> torch.Tensor:
+    """`n` samples (n, 1, R, R) in [0, 1]. `steps` defaults to T for DDPM and 50 for DDIM."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, not {sampler!r}")
+    device = next(model.parameters()).device
+    model.eval()
+    scheduler = build_scheduler(cfg, sampler)
+    steps = steps or (cfg.train_timesteps if sampler == "ddpm" else 50)
+    scheduler.set_timesteps(steps, device=device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    out = []
+    n_batches = -(-n // batch_size)
+    task = (
+        progress.task(f"sampling ({sampler}, {steps} steps)", n_batches * steps)
+        if progress
+        else None
+    )
+    for start in range(0, n, batch_size):
+        m = min(batch_size, n - start)
+        x = torch.randn(m, 1, resolution, resolution, generator=gen, device=device)
+        for t in scheduler.timesteps:
+            ts = torch.full((m,), int(t), device=device, dtype=torch.long)
+            eps = model(x, ts)
+            x, _ = (
+                scheduler.step(eps, int(t), x, generator=gen)
+                if sampler == "ddpm"
+                else scheduler.step(eps, int(t), x)
+            )
+            if task:
+                task.advance()
+        out.append(from_model_output(x).cpu())
+    if task:
+        task.close()
+    return torch.cat(out)

@@ -1,0 +1,217 @@
+"""Diffusion transfer at tiny sizes on the CPU: pretraining, cache, resume, features, methods."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from benchmark.cli import app
+from benchmark.data.reader import discover
+from benchmark.data.slicestore import Preprocessing, build_slice_store
+from benchmark.method import SliceSet
+from benchmark.progress import Progress
+from methods.diffusion.features import DecoderTaps
+from methods.diffusion.linear import LinearHead
+from methods.diffusion.model import DDPMConfig, build_scheduler
+from methods.diffusion.pretrain import CHECKPOINT, MODEL, load_pretrained, pretrain_ddpm
+
+TINY = DDPMConfig(
+    resolution=16,
+    channels=(8, 16, 16),
+    attention_levels=(False, False, False),
+    num_head_channels=8,
+    norm_num_groups=8,
+    pretrain_iterations=60,
+    pretrain_batch_size=8,
+    pretrain_lr=2e-3,
+    checkpoint_every=20,
+    tap_blocks=(0, 1),
+)
+TINY_SET = [
+    "resolution=16",
+    "channels=8,16,16",
+    "attention_levels=false,false,false",
+    "num_head_channels=8",
+    "norm_num_groups=8",
+    "pretrain_iterations=4",
+    "pretrain_batch_size=4",
+    "checkpoint_every=2",
+    "tap_blocks=0,1",
+    "iterations=3",
+    "batch_size=2",
+]
+QUIET = Progress(quiet=True)
+
+
+@pytest.fixture
+def unlabeled(tiny_dataset, isolated) -> SliceSet:
+    index = discover(tiny_dataset)
+    store = build_slice_store(
+        index.labeled, Preprocessing((-160.0, 240.0), 32), isolated, known_labels=range(1, 14)
+    )
+    return SliceSet(store, np.arange(len(store)), labeled=True)
+
+
+def test_pretraining_loss_decreases_and_is_cached(unlabeled, tmp_path):
+    model, meta = pretrain_ddpm(TINY, unlabeled, tmp_path, torch.device("cpu"), QUIET)
+    losses = meta["losses"]
+    assert len(losses) == 60 and not meta["cached"]
+    assert np.mean(losses[-15:]) < 0.8 * np.mean(losses[:15])
+    assert (tmp_path / MODEL).exists() and not (tmp_path / CHECKPOINT).exists()
+    again, meta2 = pretrain_ddpm(TINY, unlabeled, tmp_path, torch.device("cpu"), QUIET)
+    assert (
+        meta2["cached"]
+        and meta2["sha256"] == json.loads((tmp_path / "model.json").read_text())["sha256"]
+    )
+    for a, b in zip(model.parameters(), again.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+class Dies(SliceSet):
+    """Raises after `calls` reads, like a pretraining killed half-way."""
+
+    def __init__(self, base: SliceSet, calls: int):
+        super().__init__(base.store, base.rows, labeled=False)
+        self.calls = calls
+
+    def images(self, idx=None):
+        self.calls -= 1
+        if self.calls < 0:
+            raise KeyboardInterrupt
+        return super().images(idx)
+
+
+def test_killed_pretraining_resumes_at_the_checkpoint(unlabeled, tmp_path):
+    cfg = replace(TINY, pretrain_iterations=10, checkpoint_every=4)
+    reference, _ = pretrain_ddpm(cfg, unlabeled, tmp_path / "a", torch.device("cpu"), QUIET)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain_ddpm(cfg, Dies(unlabeled, 9), tmp_path / "b", torch.device("cpu"), QUIET)
+    ckpt = json.loads((tmp_path / "b" / "checkpoint.json").read_text())
+    assert ckpt["step"] == 8 and not (tmp_path / "b" / MODEL).exists()
+    resumed, meta = pretrain_ddpm(cfg, unlabeled, tmp_path / "b", torch.device("cpu"), QUIET)
+    assert meta["step"] == 10 and len(meta["losses"]) == 10
+    # same RNG, optimizer and schedule state: the resumed model is the uninterrupted one
+    for a, b in zip(reference.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_corrupt_or_mismatched_cache_is_rebuilt(unlabeled, tmp_path, caplog):
+    cfg = replace(TINY, pretrain_iterations=4, checkpoint_every=2)
+    pretrain_ddpm(cfg, unlabeled, tmp_path, torch.device("cpu"), QUIET)
+    assert load_pretrained(cfg, tmp_path) is not None
+    raw = bytearray((tmp_path / MODEL).read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    (tmp_path / MODEL).write_bytes(bytes(raw))
+    assert load_pretrained(cfg, tmp_path) is None
+    assert "SHA-256 does not match" in caplog.text and not (tmp_path / MODEL).exists()
+    _, meta = pretrain_ddpm(cfg, unlabeled, tmp_path, torch.device("cpu"), QUIET)
+    assert not meta["cached"]
+    side = tmp_path / "model.json"
+    doc = json.loads(side.read_text())
+    doc["config"]["pretrain_lr"] = 123.0
+    side.write_text(json.dumps(doc))
+    assert load_pretrained(cfg, tmp_path) is None and "another config" in caplog.text
+
+
+def test_features_have_documented_shape_and_are_deterministic(unlabeled):
+    cfg = replace(TINY, pretrain_iterations=2)
+    torch.manual_seed(0)
+    from methods.diffusion.model import build_unet
+
+    taps = DecoderTaps(build_unet(cfg), build_scheduler(cfg), 16, (0, 1), (50, 150, 250))
+    x = unlabeled.images(np.arange(3))
+    a, b = taps(x), taps(x)
+    # 3 timesteps × 2 blocks; with 3 levels block 0 is at half resolution, block 1 at full
+    assert [tuple(f.shape) for f in a] == [(3, 16, 8, 8), (3, 16, 16, 16)] * 3
+    assert taps.channels == [16, 16] * 3
+    for fa, fb in zip(a, b, strict=True):
+        assert torch.equal(fa, fb)
+    assert not torch.equal(a[0], a[2])  # different timesteps differ
+
+
+def test_linear_head_equals_conv_of_concatenated_upsampled_features():
+    torch.manual_seed(0)
+    feats = [torch.randn(2, 4, 8, 8), torch.randn(2, 3, 16, 16)]
+    head = LinearHead([4, 3], num_classes=5, size=16)
+    head.set_stats(feats)
+    up = [
+        torch.nn.functional.interpolate(
+            (f - getattr(head, f"mean{i}")) / getattr(head, f"std{i}"),
+            size=(16, 16),
+            mode="bilinear",
+            align_corners=False,
+        )
+        for i, f in enumerate(feats)
+    ]
+    weight = torch.cat([c.weight for c in head.convs], 1)
+    expected = torch.nn.functional.conv2d(torch.cat(up, 1), weight, head.bias)
+    torch.testing.assert_close(head(feats), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_both_methods_run_share_one_pretraining_and_sample(tmp_path):
+    results = tmp_path / "runs"
+    cli = CliRunner()
+    outputs = []
+    for method in ("diffusion-linear", "diffusion-decoder"):
+        args = ["run", "-m", method, "-b", "4slices", "-p", "tiny", "--results", str(results)]
+        for s in TINY_SET:
+            args += ["--set", s]
+        r = cli.invoke(app, args)
+        assert r.exit_code == 0, r.output
+        outputs.append(r.output)
+    assert "no cached DDPM" in outputs[0] and "no cached DDPM" not in outputs[1]
+    with sqlite3.connect(results / "labelbench.sqlite") as conn:
+        rows = conn.execute("SELECT method, info FROM runs WHERE status = 'completed'").fetchall()
+        assert conn.execute("SELECT count(*) FROM case_metrics").fetchone()[0] == 2 * 2 * 13
+    keys = {json.loads(info)["pretrain_cache"] for _, info in rows}
+    assert len(rows) == 2 and len(keys) == 1
+    out = tmp_path / "samples"
+    args = [
+        "sample",
+        "-m",
+        "diffusion-linear",
+        "--n",
+        "3",
+        "--sampler",
+        "ddim",
+        "--steps",
+        "2",
+        "--out",
+        str(out),
+        "-p",
+        "tiny",
+    ]
+    for s in TINY_SET:
+        args += ["--set", s]
+    r = cli.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    samples = np.load(out / "samples.npy")
+    assert samples.shape == (3, 1, 16, 16) and 0 <= samples.min() <= samples.max() <= 1
+    assert (out / "samples_grid.png").stat().st_size > 100
+
+
+def test_predictions_have_slice_shape_and_label_range(unlabeled, tmp_path):
+    from benchmark.method import RunContext
+    from methods.diffusion.decoder import DiffusionDecoder, DiffusionDecoderConfig
+    from methods.diffusion.linear import DiffusionLinear, DiffusionLinearConfig
+
+    for cls, cfg_cls in (
+        (DiffusionLinear, DiffusionLinearConfig),
+        (DiffusionDecoder, DiffusionDecoderConfig),
+    ):
+        from benchmark.config import apply_overrides
+
+        method = cls(apply_overrides(cfg_cls, TINY_SET))
+        ctx = RunContext(torch.device("cpu"), 0, 14, Path(tmp_path), QUIET)
+        method.pretrain(SliceSet(unlabeled.store, unlabeled.rows, labeled=False), ctx)
+        method.fit(SliceSet(unlabeled.store, unlabeled.rows[:4], labeled=True), ctx)
+        pred = method.predict(unlabeled.images(np.arange(5)))
+        assert pred.shape == (5, 32, 32) and pred.dtype == torch.int64
+        assert int(pred.min()) >= 0 and int(pred.max()) < 14
