@@ -3,18 +3,13 @@
 The cache folder (given by the runner, keyed by the content hash of the pretraining config
 and the unlabeled pool) holds `checkpoint.pt` while training runs (model, EMA, optimizer,
 LR schedule, step, RNG state; rewritten atomically every `checkpoint_every` steps) and
-`model.pt` (EMA weights) when done. Each file has a `.json` beside it with its SHA-256 and
-config: a file that does not match is rebuilt, never loaded blindly, and loading uses
-`torch.load(..., weights_only=True)`.
+`model.pt` (EMA weights) when done, both hash-checked (`benchmark.checkpoint`).
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
-import logging
-import os
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -23,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from monai.networks.nets import DiffusionModelUNet
 
+from benchmark.checkpoint import load_verified, save_verified, sha256_file
 from benchmark.method import SliceSet
 from benchmark.progress import Progress
 from methods.diffusion.model import (
@@ -33,53 +29,8 @@ from methods.diffusion.model import (
     to_model_input,
 )
 
-log = logging.getLogger("labelbench.diffusion")
-
 MODEL = "model.pt"
 CHECKPOINT = "checkpoint.pt"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def save_verified(obj: dict[str, Any], path: Path, meta: dict[str, Any]) -> None:
-    """Write `obj` with torch.save and `<path>.json` with its hash, both atomically."""
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    digest = _sha256(tmp)
-    os.replace(tmp, path)
-    side = path.with_suffix(".json")
-    side.with_suffix(".json.tmp").write_text(json.dumps({**meta, "sha256": digest}, indent=1))
-    os.replace(side.with_suffix(".json.tmp"), side)
-
-
-def load_verified(
-    path: Path, expect: dict[str, Any]
-) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """Load `path` if its hash and the recorded config match; otherwise delete it and say why."""
-    side = path.with_suffix(".json")
-    if not path.exists():
-        return None
-    reason = None
-    try:
-        meta = json.loads(side.read_text())
-        if meta.get("sha256") != _sha256(path):
-            reason = "its SHA-256 does not match"
-        elif meta.get("config") != expect:
-            reason = "it was made with another config"
-        else:
-            return torch.load(path, map_location="cpu", weights_only=True), meta
-    except (OSError, ValueError, RuntimeError) as exc:
-        reason = f"it cannot be read ({exc})"
-    log.warning("rebuilding %s: %s", path, reason)
-    path.unlink(missing_ok=True)
-    side.unlink(missing_ok=True)
-    return None
 
 
 def _config_json(cfg: DDPMConfig) -> dict[str, Any]:
@@ -188,4 +139,4 @@ def pretrain_ddpm(
     save_verified({"ema": ema.state_dict()}, cache_dir / MODEL, meta)
     (cache_dir / CHECKPOINT).unlink(missing_ok=True)
     (cache_dir / CHECKPOINT).with_suffix(".json").unlink(missing_ok=True)
-    return ema.eval(), {**meta, "sha256": _sha256(cache_dir / MODEL), "cached": False}
+    return ema.eval(), {**meta, "sha256": sha256_file(cache_dir / MODEL), "cached": False}
