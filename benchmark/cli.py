@@ -410,6 +410,10 @@ def _check_device(device: str) -> None:
 
 
 def main() -> None:
+    import warnings
+
+    # Emitted by a dependency at import time; not actionable for users of the CLI.
+    warnings.filterwarnings("ignore", message="`torch.jit.interface` is deprecated")
     app()
 
 

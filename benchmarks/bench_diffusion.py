@@ -20,7 +20,7 @@ import torch
 from monai.losses import DiceCELoss
 
 from benchmark.config import apply_overrides
-from benchmark.method import RunContext, SliceSet
+from benchmark.method import SliceSet
 from benchmark.progress import Progress
 from benchmark.protocol import load_protocol
 from benchmark.runner import load_data, pretrained_method

@@ -24,10 +24,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", default="unet-scratch")
     parser.add_argument("--budget", default="1pct")
+    parser.add_argument("--cache", type=Path, help="cache folder to fill (must be empty; "
+                        "default: a temporary one)")
     parser.add_argument("extra", nargs="*", help="more `bench run` arguments")
     args = parser.parse_args()
+    if args.cache and args.cache.exists() and any(args.cache.iterdir()):
+        parser.error(f"{args.cache} is not empty: the measurement needs a fresh cache")
     with tempfile.TemporaryDirectory() as tmp:
-        env = dict(os.environ, LABELBENCH_CACHE=str(Path(tmp) / "cache"))
+        cache = args.cache or Path(tmp) / "cache"
+        env = dict(os.environ, LABELBENCH_CACHE=str(cache))
         cmd = [
             sys.executable,
             "-m",

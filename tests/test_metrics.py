@@ -172,3 +172,26 @@ def test_rejects_bad_input():
         score_case(labels.astype(float), labels, (1, 1, 1), {1: "x"}, {1: 1.0})
     with pytest.raises(ValueError):
         score_case(labels, labels, (1, 1, 1), {1: "x"}, {})
+
+
+@pytest.mark.slow
+def test_phantom_case_matches_monai_for_every_organ():
+    """A default-size phantom case (512², anisotropic) with a perturbed prediction."""
+    from benchmark.data.phantom import PhantomSettings, generate_case
+
+    _, gt, spacing = generate_case(PhantomSettings(), 0)
+    gt = np.ascontiguousarray(gt)
+    rng = np.random.default_rng(0)
+    pred = np.zeros_like(gt)
+    for label in range(1, 14):
+        mask = gt == label
+        mask = ndimage.binary_dilation(mask) if rng.random() < 0.5 else ndimage.binary_erosion(mask)
+        pred[np.roll(mask, int(rng.integers(-2, 3)), axis=int(rng.integers(0, 2)))] = label
+    organs = {i: str(i) for i in range(1, 14)}
+    tol = dict(zip(range(1, 14), (5, 3, 3, 5, 2, 2, 2, 2, 2, 3, 5, 7, 3), strict=True))
+    ours = score_case(pred, gt, spacing, organs, tol)
+    for label in organs:
+        p, g = pred == label, gt == label
+        assert ours[label][0] == pytest.approx(monai_dice(p, g), abs=1e-6)
+        expected_nsd = monai_nsd(p, g, spacing, tol[label]) if ours[label][0] >= 0.2 else 0.0
+        assert ours[label][1] == pytest.approx(expected_nsd, abs=1e-6)

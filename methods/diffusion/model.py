@@ -32,6 +32,7 @@ class DDPMConfig:
             "pretrain_batch_size": 16,
             "pretrain_iterations": 100_000,
             "pretrain_lr": 1e-4,
+            "ema_decay": 0.9999,
             "checkpoint_every": 5_000,
             "tap_blocks": (1, 2, 3),
         },
@@ -55,15 +56,15 @@ class DDPMConfig:
     """T, the number of diffusion steps."""
     beta_schedule: str = "linear_beta"
     """MONAI schedule name (linear_beta, scaled_linear_beta, sigmoid_beta, cosine)."""
-    pretrain_lr: float = 2e-4
+    pretrain_lr: float = 5e-4
     """AdamW learning rate of pretraining (constant after a short warm-up)."""
     pretrain_batch_size: int = 16
     """Slices per pretraining step."""
-    pretrain_iterations: int = 3000
+    pretrain_iterations: int = 800
     """Optimizer steps of pretraining."""
-    ema_decay: float = 0.999
+    ema_decay: float = 0.99
     """Exponential moving average of the weights; the EMA model is the one transferred."""
-    checkpoint_every: int = 250
+    checkpoint_every: int = 100
     """Steps between resumable checkpoints."""
     mixed_precision: bool = True
     """bf16 autocast on CUDA (ignored on CPU)."""

@@ -1,0 +1,95 @@
+"""Label efficiency on a protocol: mean DSC per method and budget over several seeds.
+
+Runs `bench run` for every method × budget (all seeds in one call), skipping runs already
+completed in the results store, then prints the table of mean DSC (over seeds and test
+cases) and writes the report with `bench report`.
+
+    python benchmarks/label_efficiency.py --methods unet-scratch,diffusion-linear \
+        --budgets 4slices,1pct,10pct --seeds 0,1,2 [--results runs] [--out reports/phantom]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmark.store import ResultsStore
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", default="unet-scratch,diffusion-linear,diffusion-decoder")
+    parser.add_argument("--budgets", default="4slices,1pct,10pct")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--protocol", default="phantom")
+    parser.add_argument("--results", type=Path, default=Path("runs"))
+    parser.add_argument("--out", type=Path, default=None, help="report folder")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    seeds = [s for seed in args.seeds.split(",") for s in ("--seed", seed)]
+    methods, budgets = args.methods.split(","), args.budgets.split(",")
+    for method in methods:
+        for budget in budgets:
+            cmd = [
+                sys.executable,
+                "-m",
+                "benchmark.cli",
+                "run",
+                "--method",
+                method,
+                "--budget",
+                budget,
+                "--protocol",
+                args.protocol,
+                "--results",
+                str(args.results),
+                "--device",
+                args.device,
+                "--quiet",
+                *seeds,
+            ]
+            print("$", " ".join(cmd[2:]), flush=True)
+            subprocess.run(cmd, check=False)
+    store = ResultsStore(args.results)
+    runs = store.runs(protocol=args.protocol)
+    runs = runs[runs.method.isin(methods) & runs.budget.isin(budgets)]
+    metrics = store.metrics(runs.run_id)
+    per_case = metrics.groupby(["run_id", "case_id"]).dsc.mean().reset_index()
+    per_case = per_case.merge(runs[["run_id", "method", "budget", "seed"]], on="run_id")
+    table = per_case.groupby(["method", "budget"]).dsc.mean().unstack("budget")
+    seeds_n = runs.groupby(["method", "budget"]).seed.nunique().unstack("budget")
+    print("\nmean DSC over seeds and test cases (seeds per cell in brackets)")
+    header = "| method | " + " | ".join(budgets) + " |"
+    print(header)
+    print("|" + "---|" * (len(budgets) + 1))
+    for method in methods:
+        cells = []
+        for b in budgets:
+            if (
+                method in table.index
+                and b in table.columns
+                and table.loc[method, b] == table.loc[method, b]
+            ):
+                cells.append(f"{table.loc[method, b]:.3f} ({int(seeds_n.loc[method, b])})")
+            else:
+                cells.append("n/a")
+        print(f"| {method} | " + " | ".join(cells) + " |")
+    report = [
+        sys.executable,
+        "-m",
+        "benchmark.cli",
+        "report",
+        "--protocol",
+        args.protocol,
+        "--results",
+        str(args.results),
+    ]
+    if args.out:
+        report += ["--out", str(args.out)]
+    subprocess.run(report, check=False)
+
+
+if __name__ == "__main__":
+    main()
