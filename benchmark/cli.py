@@ -163,7 +163,8 @@ def report(
     if runs.empty:
         raise StoreError(f"{store.path}: no completed runs for protocol '{name}'")
     metrics = store.metrics(runs.run_id)
-    path = write_report(name, runs, metrics, out_dir or Path("reports") / name)
+    generative = store.generative(protocol=name)
+    path = write_report(name, runs, metrics, out_dir or Path("reports") / name, generative)
     out.print(f"wrote {path}", highlight=False)
 
 
@@ -398,6 +399,98 @@ def sample(
     out.print(
         f"wrote {n} samples ({sampler}) to {out_dir} in {seconds:.1f}s "
         f"({n / seconds:.2f} images/s)",
+        highlight=False,
+    )
+
+
+@app.command()
+@user_errors
+def fidelity(
+    method: Annotated[str, typer.Option("--method", "-m", help="A generative method.")],
+    protocol: ProtocolOpt = "phantom",
+    n: Annotated[
+        int | None,
+        typer.Option("--n", help="Samples and real test slices (default: all, at most 1000)."),
+    ] = None,
+    sampler: Annotated[str, typer.Option("--sampler", help="ddpm or ddim.")] = "ddpm",
+    steps: Annotated[
+        int | None, typer.Option("--steps", help="Sampling steps (default T / 50).")
+    ] = None,
+    inception_weights: Annotated[
+        Path | None,
+        typer.Option(
+            "--inception-weights",
+            help="Inception file weights-inception-2015-12-05-6726825d.pth (else "
+            "$LABELBENCH_INCEPTION_WEIGHTS, else torch's hub cache); never downloaded.",
+        ),
+    ] = None,
+    set_: SetOpt = None,
+    device: DeviceOpt = "auto",
+    data: DataOpt = None,
+    seed: Annotated[
+        int, typer.Option("--seed", "-s", help="Seed of sampling and of the real-slice draw.")
+    ] = 0,
+    results: ResultsOpt = Path("runs"),
+    quiet: QuietOpt = False,
+    extractor: Annotated[
+        str,
+        typer.Option(
+            "--feature-extractor", hidden=True, help="inception, or stand-in (tests only)."
+        ),
+    ] = "inception",
+) -> None:
+    """FID, sFID, precision, recall, F1, KID and MS-SSIM of METHOD's samples vs. test slices."""
+    from benchmark.fidelity import FidelityRequest, evaluate_fidelity, prepare_fidelity
+    from benchmark.progress import Progress
+    from benchmark.store import ResultsStore
+
+    _check_device(device)
+    request = FidelityRequest(
+        method=method,
+        protocol=protocol,
+        n=n,
+        sampler=sampler,
+        steps=steps,
+        seed=seed,
+        device=device,
+        results=results,
+        overrides=list(set_ or []),
+        data=data,
+        inception_weights=inception_weights,
+        extractor=extractor,
+    )
+    progress = Progress(quiet=quiet, console=err)
+    try:
+        outcome = evaluate_fidelity(prepare_fidelity(request, progress), progress)
+    finally:
+        progress.stop()
+    rec = outcome.record
+    table = Table(
+        title=f"{method} · {rec.sampler} {rec.steps} steps · N = {rec.n} · seed {rec.seed} "
+        f"({rec.gen_id})"
+    )
+    for col in ("FID ↓", "sFID ↓", "precision ↑", "recall ↑", "F1 ↑", "KID ↓", "MS-SSIM"):
+        table.add_column(col, justify="right")
+    table.add_row(
+        f"{rec.fid:.2f}",
+        f"{rec.sfid:.2f}",
+        f"{rec.precision:.3f}",
+        f"{rec.recall:.3f}",
+        f"{rec.f1:.3f}",
+        f"{rec.kid:.4f} ± {rec.kid_std:.4f}",
+        f"{rec.ms_ssim:.3f}",
+    )
+    out.print(table)
+    if rec.extractor != "inception":
+        out.print(
+            f"[yellow]features: {rec.extractor} (not Inception); not FID values[/yellow]",
+            highlight=False,
+        )
+    ph = rec.phases
+    out.print(
+        f"sampling {ph['sample']:.1f}s ({rec.n / max(ph['sample'], 1e-9):.2f} images/s); "
+        f"metrics {ph['metrics']:.1f}s; diversity {ph['diversity']:.1f}s; "
+        f"wall {rec.wall_s:.1f}s; {rec.device}; stored in {ResultsStore(results).path}",
         highlight=False,
     )
 

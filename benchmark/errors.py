@@ -34,6 +34,10 @@ class StoreError(LabelbenchError):
     """The results store cannot be opened or is inconsistent."""
 
 
+class WeightsError(LabelbenchError):
+    """A pretrained weights file a metric needs (Inception for FID) is missing or unreadable."""
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """Return ' (did you mean: a, b?)' for the closest names, or '' when none is close."""
     close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)

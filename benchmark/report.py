@@ -443,6 +443,54 @@ def _section(
     return out
 
 
+def _generative_section(gen: pd.DataFrame) -> list[str]:
+    """Table of `bench fidelity` rows (one per stored evaluation), or nothing when none."""
+    if gen is None or gen.empty:
+        return []
+    gen = gen.sort_values(["method", "sampler", "steps", "n", "seed", "finished_at"], kind="stable")
+    seeds = gen["seed"].nunique() > 1
+    hashes = gen["protocol_hash"].nunique() > 1
+    stand_in = gen["extractor"] != "inception"
+    header = ["method", "sampler", "steps", "N"] + (["seed"] if seeds else [])
+    header += ["FID ↓", "sFID ↓", "P ↑", "R ↑", "F1 ↑", "KID ↓", "MS-SSIM"]
+    header += ["protocol hash"] if hashes else []
+    rows = []
+    for r, alt in zip(gen.itertuples(), stand_in, strict=True):
+        row = [f"{r.method} †" if alt else r.method, r.sampler, str(r.steps), str(r.n)]
+        row += [str(r.seed)] if seeds else []
+        row += [f"{r.fid:.2f}", f"{r.sfid:.2f}", _f3(r.precision), _f3(r.recall), _f3(r.f1)]
+        row += [f"{r.kid:.4f}", _f3(r.ms_ssim)]
+        row += [f"`{r.protocol_hash}`"] if hashes else []
+        rows.append(row)
+    out = [
+        "## Generative quality",
+        "",
+        "Samples of each pretrained generative model against as many real slices drawn from "
+        "the held-out test cases, both at the model's resolution. FID and sFID: Fréchet "
+        "distances of Inception-v3 pool features and of its Mixed_6d spatial features (first "
+        "7 channels, 17 × 17, as in guided-diffusion); P / R / F1: precision, recall and their "
+        "F1 on the pool features (k = 3); KID: kernel inception distance; MS-SSIM: mean "
+        "pairwise MS-SSIM among the samples (lower = more diverse). Computed with "
+        "torch-fidelity; N is the number of samples and of real slices.",
+        "",
+        _md_table(header, rows, "llrr" + "r" * (len(header) - 4)),
+        "",
+    ]
+    if stand_in.any():
+        out += [
+            "† Stand-in features (a fixed-seed random conv net, not Inception): these numbers "
+            "are not FID values and compare only with other † rows.",
+            "",
+        ]
+    if hashes:
+        out += [
+            "> **⚠️ These rows were made under different protocol hashes; rows under different "
+            "hashes are not comparable.**",
+            "",
+        ]
+    return out
+
+
 def _provenance(runs: pd.DataFrame) -> list[str]:
     seen: dict[str, Counter] = {}
     for raw in runs["versions"]:
@@ -492,9 +540,17 @@ def _check_metrics(protocol: str, runs: pd.DataFrame, metrics: pd.DataFrame) -> 
 
 
 def render_markdown(
-    protocol: str, runs: pd.DataFrame, metrics: pd.DataFrame, plot_name: str | None = None
+    protocol: str,
+    runs: pd.DataFrame,
+    metrics: pd.DataFrame,
+    plot_name: str | None = None,
+    generative: pd.DataFrame | None = None,
 ) -> str:
-    """The leaderboard as Markdown; `plot_name` (a path relative to the .md) is embedded."""
+    """The leaderboard as Markdown; `plot_name` (a path relative to the .md) is embedded.
+
+    `generative` (the store's `generative` rows) adds a generative-quality section for the
+    rows of this protocol, when there are any.
+    """
     runs = _select_protocol(protocol, runs)
     _check_metrics(protocol, runs, metrics)
     hashes = _hash_order(runs)
@@ -543,6 +599,8 @@ def render_markdown(
                 "",
             ]
             out += _section(sub, metrics, 3, plot_name if ph == shown else None)
+    if generative is not None and "protocol" in generative:
+        out += _generative_section(generative[generative["protocol"] == protocol])
     out += _provenance(runs)
     return "\n".join(out).rstrip() + "\n"
 
@@ -627,12 +685,18 @@ def plot_dsc_vs_labels(summary: pd.DataFrame, out_png: Path) -> Path:
         return _atomic_write(Path(out_png), save)
 
 
-def write_report(protocol: str, runs: pd.DataFrame, metrics: pd.DataFrame, out_dir: Path) -> Path:
+def write_report(
+    protocol: str,
+    runs: pd.DataFrame,
+    metrics: pd.DataFrame,
+    out_dir: Path,
+    generative: pd.DataFrame | None = None,
+) -> Path:
     """Write out_dir/LEADERBOARD.md and out_dir/dsc_vs_labels.png; return the .md path."""
     runs = _select_protocol(protocol, runs)
     _check_metrics(protocol, runs, metrics)
     out_dir = Path(out_dir)
-    markdown = render_markdown(protocol, runs, metrics, plot_name=PLOT_NAME)
+    markdown = render_markdown(protocol, runs, metrics, PLOT_NAME, generative)
     # Different protocol hashes are not comparable: the plot shows one (the newest) only.
     shown = runs[runs["protocol_hash"] == _plot_hash(runs, metrics)]
     plot_dsc_vs_labels(summarize(shown, metrics), out_dir / PLOT_NAME)

@@ -57,9 +57,43 @@ CREATE TABLE IF NOT EXISTS case_metrics (
     nsd REAL NOT NULL,
     PRIMARY KEY (run_id, case_id, organ_id)
 );
+CREATE TABLE IF NOT EXISTS generative (
+    gen_id TEXT PRIMARY KEY,
+    gen_key TEXT NOT NULL UNIQUE,
+    protocol TEXT NOT NULL,
+    protocol_hash TEXT NOT NULL,
+    dataset_key TEXT NOT NULL,
+    split_hash TEXT NOT NULL,
+    method TEXT NOT NULL,
+    pretrain_cache TEXT NOT NULL,
+    config TEXT NOT NULL,
+    sampler TEXT NOT NULL,
+    steps INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    seed INTEGER NOT NULL,
+    extractor TEXT NOT NULL,
+    extractor_weights TEXT NOT NULL,
+    real_ids TEXT NOT NULL,
+    fid REAL NOT NULL,
+    sfid REAL NOT NULL,
+    precision REAL NOT NULL,
+    recall REAL NOT NULL,
+    f1 REAL NOT NULL,
+    kid REAL NOT NULL,
+    kid_std REAL NOT NULL,
+    ms_ssim REAL NOT NULL,
+    versions TEXT NOT NULL,
+    git_commit TEXT NOT NULL,
+    device TEXT NOT NULL,
+    phases TEXT NOT NULL,
+    wall_s REAL NOT NULL,
+    info TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    finished_at TEXT NOT NULL
+);
 """
 
-JSON_COLUMNS = ("config", "budget_ids", "versions", "phases", "info")
+JSON_COLUMNS = ("config", "budget_ids", "versions", "phases", "info", "real_ids")
 
 
 @dataclass
@@ -86,6 +120,50 @@ class RunRecord:
     phases: dict[str, float]
     wall_s: float
     peak_mem_mb: float
+    info: dict[str, Any]
+    started_at: str
+    finished_at: str
+
+
+@dataclass
+class GenerativeRecord:
+    """One `bench fidelity`: samples of a pretrained model scored against real test slices.
+
+    Keyed like a run: `gen_key` hashes the protocol, data, split, method, config, pretraining
+    cache key, sampler, steps, n, seed and feature extractor (with its weights file).
+    Metrics: fid, sfid, kid, kid_std (lower is better); precision, recall, f1 (higher is
+    better); ms_ssim (mean pairwise MS-SSIM of the samples; lower is more diverse).
+    """
+
+    gen_id: str
+    gen_key: str
+    protocol: str
+    protocol_hash: str
+    dataset_key: str
+    split_hash: str
+    method: str
+    pretrain_cache: str
+    config: dict[str, Any]
+    sampler: str
+    steps: int
+    n: int
+    seed: int
+    extractor: str
+    extractor_weights: str
+    real_ids: list[str]
+    fid: float
+    sfid: float
+    precision: float
+    recall: float
+    f1: float
+    kid: float
+    kid_std: float
+    ms_ssim: float
+    versions: dict[str, str]
+    git_commit: str
+    device: str
+    phases: dict[str, float]
+    wall_s: float
     info: dict[str, Any]
     started_at: str
     finished_at: str
@@ -164,3 +242,23 @@ class ResultsStore:
             return pd.read_sql_query(
                 f"SELECT * FROM case_metrics WHERE run_id IN ({marks})", conn, params=ids
             )
+
+    def write_generative(self, record: GenerativeRecord) -> None:
+        """Insert a generative-quality row in one transaction, replacing one with the same key."""
+        values = {
+            k: json.dumps(v, sort_keys=True) if k in JSON_COLUMNS else v
+            for k, v in record.__dict__.items()
+        }
+        cols = ", ".join(values)
+        marks = ", ".join(f":{k}" for k in values)
+        with closing(self._connect()) as conn, conn:
+            conn.execute("DELETE FROM generative WHERE gen_key = ?", (record.gen_key,))
+            conn.execute(f"INSERT INTO generative ({cols}) VALUES ({marks})", values)
+
+    def generative(self, protocol: str | None = None) -> pd.DataFrame:
+        """Generative-quality rows as a DataFrame (JSON columns left as JSON text)."""
+        sql, args = "SELECT * FROM generative", []
+        if protocol is not None:
+            sql, args = sql + " WHERE protocol = ?", [protocol]
+        with closing(self._connect()) as conn:
+            return pd.read_sql_query(sql + " ORDER BY finished_at", conn, params=args)

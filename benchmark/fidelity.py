@@ -1,0 +1,275 @@
+"""`bench fidelity`: samples of a pretrained generative method against held-out real slices.
+
+`prepare_fidelity` checks everything the user gave (method can sample, sampler, N, weights
+file, protocol, enough real test slices) before any sampling; `evaluate_fidelity` then loads
+the (cached) pretrained model, samples, scores (FID, sFID, precision, recall, F1, KID, and
+MS-SSIM diversity) and writes one row of the store's `generative` table in one transaction.
+
+Real slices come only from the protocol's test cases (never a training or validation
+slice): N of them, drawn with the seed, resized to the samples' resolution.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from benchmark.config import apply_overrides, config_dict
+from benchmark.errors import ConfigError, UnknownMethodError
+from benchmark.method import SliceSet
+from benchmark.metrics.generative import (
+    EXTRACTORS,
+    KID_MAX_SUBSET,
+    PRC_NEIGHBORHOOD,
+    compute_fidelity,
+    mean_pairwise_ms_ssim,
+    resolve_inception_weights,
+)
+from benchmark.progress import Progress
+from benchmark.protocol import load_protocol, stable_hash
+from benchmark.provenance import describe_device, git_commit, resolve_device, versions
+from benchmark.registry import get_method, installed_methods
+from benchmark.runner import DataContext, load_data, pretrained_method
+from benchmark.store import GenerativeRecord, ResultsStore
+
+SAMPLERS = ("ddpm", "ddim")
+DEFAULT_N = 1000
+MS_SSIM_PAIRS = 5000
+
+
+@dataclass
+class FidelityRequest:
+    """One `bench fidelity` as the user asked for it."""
+
+    method: str
+    protocol: str = "phantom"
+    n: int | None = None
+    """Samples and real slices; None = all test slices, at most 1000."""
+    sampler: str = "ddpm"
+    steps: int | None = None
+    """None = the method's default (T for DDPM, 50 for DDIM)."""
+    seed: int = 0
+    device: str = "auto"
+    results: Path = Path("runs")
+    overrides: list[str] = field(default_factory=list)
+    data: Path | None = None
+    inception_weights: Path | None = None
+    extractor: str = "inception"
+
+
+@dataclass
+class PreparedFidelity:
+    request: FidelityRequest
+    data: DataContext
+    config: Any
+    weights: Path | None
+    n: int
+    real_rows: np.ndarray
+    phases: dict[str, float]
+
+
+@dataclass
+class FidelityOutcome:
+    record: GenerativeRecord
+    scores: dict[str, float]
+    samples: torch.Tensor
+
+
+def generative_methods() -> list[str]:
+    """Installed methods that can sample."""
+    names = []
+    for name, entry in installed_methods().items():
+        try:
+            if callable(getattr(entry.load(), "sample", None)):
+                names.append(name)
+        except Exception:  # a broken plugin must not hide the others
+            continue
+    return names
+
+
+def real_test_rows(data: DataContext, n: int | None, seed: int) -> np.ndarray:
+    """Slice-store rows of N test-case slices drawn with `seed` (sorted); ConfigError if too few."""
+    rows = np.concatenate(
+        [data.store.rows_of_case(c) for c in data.split.test] or [np.zeros(0, np.int64)]
+    )
+    available = len(rows)
+    if n is None:
+        n = min(DEFAULT_N, available)
+    if n > available:
+        raise ConfigError(
+            f"--n {n}: protocol '{data.protocol.name}' has only {available} slices in its "
+            f"{len(data.split.test)} test cases (real slices never come from training cases); "
+            f"use --n {available} or fewer"
+        )
+    if n < PRC_NEIGHBORHOOD + 1:
+        raise ConfigError(
+            f"--n {n}: need at least {PRC_NEIGHBORHOOD + 1} samples and real slices "
+            f"(precision / recall use k = {PRC_NEIGHBORHOOD} neighbours)"
+        )
+    drawn = np.random.default_rng(seed).choice(available, size=n, replace=False)
+    return np.sort(rows[drawn])
+
+
+def real_images(data: DataContext, rows: np.ndarray, size: int) -> torch.Tensor:
+    """(N, 1, size, size) real slices in [0, 1], resized like the DDPM's training input."""
+    images = SliceSet(data.store, rows, labeled=False).images()
+    if images.shape[-1] != size:
+        images = F.interpolate(
+            images, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        ).clamp(0, 1)
+    return images
+
+
+def prepare_fidelity(
+    request: FidelityRequest, progress: Progress, data: DataContext | None = None
+) -> PreparedFidelity:
+    """Validate the request and load the protocol's data; raises a `LabelbenchError`."""
+    t0 = time.perf_counter()
+    method_cls = get_method(request.method)
+    if not callable(getattr(method_cls, "sample", None)):
+        can = ", ".join(generative_methods()) or "none installed"
+        raise UnknownMethodError(
+            f"method '{request.method}' cannot sample (not generative); methods that can: {can}"
+        )
+    if request.sampler not in SAMPLERS:
+        raise ConfigError(f"--sampler {request.sampler}: expected one of {', '.join(SAMPLERS)}")
+    if request.steps is not None and request.steps < 1:
+        raise ConfigError(f"--steps {request.steps}: must be at least 1")
+    if request.extractor not in EXTRACTORS:
+        raise ConfigError(
+            f"feature extractor {request.extractor}: expected one of {', '.join(EXTRACTORS)}"
+        )
+    config = apply_overrides(method_cls.Config, request.overrides)
+    weights = None
+    if EXTRACTORS[request.extractor][1].needs_weights:
+        weights = resolve_inception_weights(request.inception_weights)
+    protocol = data.protocol if data else load_protocol(request.protocol)
+    t_data = time.perf_counter()
+    data = data or load_data(protocol, request.data, progress)
+    t_data = time.perf_counter() - t_data
+    rows = real_test_rows(data, request.n, request.seed)
+    phases = {"data": t_data, "prepare": time.perf_counter() - t0 - t_data}
+    return PreparedFidelity(request, data, config, weights, len(rows), rows, phases)
+
+
+def _default_steps(config: Any, sampler: str) -> int:
+    # The same defaults as methods.diffusion.sampling.sample: T for DDPM, 50 for DDIM.
+    return int(getattr(config, "train_timesteps", 1000)) if sampler == "ddpm" else 50
+
+
+def _file_digest(path: Path | None) -> str:
+    from benchmark.checkpoint import sha256_file
+
+    return f"{path.name} sha256:{sha256_file(path)[:16]}" if path else "none"
+
+
+def evaluate_fidelity(prep: PreparedFidelity, progress: Progress) -> FidelityOutcome:
+    """Sample, score and store. Phases: data, prepare, pretrain, sample, metrics, diversity."""
+    req, data = prep.request, prep.data
+    phases = dict(prep.phases)
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    t_run = time.perf_counter()
+    device = resolve_device(req.device)
+    steps = req.steps or _default_steps(prep.config, req.sampler)
+
+    t = time.perf_counter()
+    # Seed 0 as in `bench sample`: the DDPM has its own pretraining seed in its config.
+    model, ctx = pretrained_method(
+        req.protocol, req.method, req.overrides, req.device, req.data, 0, progress
+    )
+    phases["pretrain"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    samples = model.sample(prep.n, req.sampler, steps, req.seed, ctx).cpu()
+    phases["sample"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    real = real_images(data, prep.real_rows, int(samples.shape[-1]))
+    task = progress.task(f"features ({req.extractor})", 2 * prep.n)
+    try:
+        scores = compute_fidelity(
+            samples,
+            real,
+            prep.weights,
+            extractor=req.extractor,
+            device=device,
+            seed=req.seed,
+            on_batch=task.advance,
+        )
+    finally:
+        task.close()
+    phases["metrics"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    ms_ssim, pairs = mean_pairwise_ms_ssim(samples, MS_SSIM_PAIRS, req.seed)
+    phases["diversity"] = time.perf_counter() - t
+
+    protocol = data.protocol
+    pretrain_cache = ctx.info.get("pretrain_cache", "")
+    weights = _file_digest(prep.weights)
+    key = stable_hash(
+        {
+            "protocol": protocol.hash,
+            "dataset": data.store.key,
+            "split": data.split.hash,
+            "method": req.method,
+            "config": config_dict(prep.config),
+            "pretrain_cache": pretrain_cache,
+            "sampler": req.sampler,
+            "steps": steps,
+            "n": prep.n,
+            "seed": req.seed,
+            "extractor": req.extractor,
+            "weights": weights,
+        }
+    )
+    record = GenerativeRecord(
+        gen_id=f"{key[:12]}-{uuid.uuid4().hex[:8]}",
+        gen_key=key,
+        protocol=protocol.name,
+        protocol_hash=protocol.hash,
+        dataset_key=data.store.key,
+        split_hash=data.split.hash,
+        method=req.method,
+        pretrain_cache=pretrain_cache,
+        config=config_dict(prep.config),
+        sampler=req.sampler,
+        steps=steps,
+        n=prep.n,
+        seed=req.seed,
+        extractor=req.extractor,
+        extractor_weights=weights,
+        real_ids=[data.store.slice_id(r) for r in prep.real_rows],
+        fid=scores["fid"],
+        sfid=scores["sfid"],
+        precision=scores["precision"],
+        recall=scores["recall"],
+        f1=scores["f1"],
+        kid=scores["kid"],
+        kid_std=scores["kid_std"],
+        ms_ssim=ms_ssim,
+        versions=versions(),
+        git_commit=git_commit(),
+        device=describe_device(device),
+        phases={k: round(v, 3) for k, v in phases.items()},
+        wall_s=round(sum(prep.phases.values()) + time.perf_counter() - t_run, 3),
+        info={
+            "prc_neighborhood": PRC_NEIGHBORHOOD,
+            "kid_subset_size": min(KID_MAX_SUBSET, prep.n),
+            "ms_ssim_pairs": pairs,
+            "resolution": int(samples.shape[-1]),
+            "pretrain": ctx.info.get("pretrain", {}),
+        },
+        started_at=started,
+        finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    ResultsStore(req.results).write_generative(record)
+    return FidelityOutcome(record, scores, samples)
