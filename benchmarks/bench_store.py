@@ -17,8 +17,8 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from benchmark.data.phantom import PhantomSettings, write_phantom
 
+from benchmark.data.phantom import PhantomSettings, write_phantom
 from benchmark.data.reader import discover
 from benchmark.data.slicestore import Preprocessing, build_slice_store, resize_slices, window
 from benchmark.method import SliceSet

@@ -1,0 +1,90 @@
+"""What `simclr` and `mae` share: a cached, self-supervised encoder inside `unet-scratch`'s U-Net.
+
+Pretraining (label-free, on the protocol's unlabeled slices) trains `model.encoder` of the
+`smp.Unet` that `unet-scratch` builds; its weights are cached as `encoder.pt` in the run's
+pretraining folder (keyed by the content hash of the pretraining fields and the unlabeled
+pool), hash-checked by `benchmark.checkpoint`, and shared by every budget and fine-tuning
+seed. Fine-tuning is `unet-scratch`'s exactly: the same seeded random initialisation of the
+whole U-Net, then the pretrained encoder weights loaded over it, then `train_supervised`
+with the same config fields, iterations, loss and augmentation. The only difference from
+`unet-scratch` is the encoder's initial weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from baselines.unet_scratch import UNetConfig, build_unet
+from benchmark.checkpoint import load_verified, save_verified, sha256_file
+from benchmark.method import Method, RunContext, SliceSet
+from benchmark.supervised import SupervisedConfig, predict_supervised, train_supervised
+
+ENCODER = "encoder.pt"
+
+
+def pretrain_fields(config: UNetConfig) -> dict[str, Any]:
+    """The fields that define the pretrained encoder: all but the fine-tuning recipe's."""
+    recipe = {f.name for f in dataclasses.fields(SupervisedConfig)} | {"preset"}
+    fields = dataclasses.asdict(config)
+    # JSON round trip: tuples become lists, as in the cache's side file.
+    return json.loads(json.dumps({k: v for k, v in fields.items() if k not in recipe}))
+
+
+class PretrainedEncoderUNet(Method):
+    """Base of the encoder-pretraining baselines; subclasses implement `train_encoder`."""
+
+    uses_pretraining = True
+    family: ClassVar[str]
+    encoder_state: dict[str, torch.Tensor]
+
+    def pretrain_key(self, seed: int) -> dict[str, Any]:
+        # The config's pretrain_seed, not the run seed: one encoder for every budget and seed.
+        return {"family": self.family, **pretrain_fields(self.config)}
+
+    def train_encoder(
+        self, unlabeled: SliceSet, ctx: RunContext
+    ) -> tuple[dict[str, torch.Tensor], list[float]]:
+        """Pretrain from scratch; returns the encoder's state dict and the loss per step."""
+        raise NotImplementedError
+
+    def pretrain(self, unlabeled: SliceSet, ctx: RunContext) -> None:
+        expect = pretrain_fields(self.config)
+        path = Path(ctx.cache_dir) / ENCODER
+        cached = load_verified(path, expect)
+        if cached is not None:
+            state, meta = cached[0]["encoder"], cached[1]
+        else:
+            ctx.progress.console.print(
+                f"no cached {self.family} encoder for this config and unlabeled pool: "
+                f"pretraining on {len(unlabeled)} slices ({Path(ctx.cache_dir).name})",
+                highlight=False,
+            )
+            state, losses = self.train_encoder(unlabeled, ctx)
+            state = {k: v.detach().cpu() for k, v in state.items()}
+            meta = {"config": expect, "steps": len(losses), "losses": losses}
+            save_verified({"encoder": state}, path, meta)
+            meta = {**meta, "sha256": sha256_file(path)}
+        self.encoder_state = state
+        tail = meta["losses"][-20:]
+        ctx.info["pretrain"] = {
+            "family": self.family,
+            "cached": cached is not None,
+            "steps": meta["steps"],
+            "sha256": meta["sha256"][:16],
+            "first_loss": round(float(meta["losses"][0]), 4) if meta["losses"] else None,
+            "final_loss": round(sum(tail) / max(1, len(tail)), 4),
+        }
+
+    def fit(self, labeled: SliceSet, ctx: RunContext) -> None:
+        torch.manual_seed(ctx.seed)
+        self.model = build_unet(self.config, ctx.num_classes)  # as unet-scratch, then:
+        self.model.encoder.load_state_dict(self.encoder_state)
+        ctx.info["final_loss"] = train_supervised(self.model, self.config, labeled, ctx)[-1]
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        return predict_supervised(self.model, images, self.config.predict_batch_size)

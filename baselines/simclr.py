@@ -1,0 +1,180 @@
+"""`simclr`: SimCLR (Chen et al. 2020) pretraining of `unet-scratch`'s encoder, then fine-tuning.
+
+Pretraining: two random views of each unlabeled slice (`benchmark.augment.ct_view`: random
+resized crop with a small rotation, gamma / contrast / brightness jitter, Gaussian blur; no
+colour jitter, grayscale or flips), the U-Net's encoder (`smp.Unet(...).encoder`, ResNet-18
+by default), global average pooling of its deepest features, a 2-layer MLP projection head,
+and the NT-Xent loss (normalised temperature-scaled cross-entropy over the 2B views of a
+batch, each view's positive its sibling, the 2B - 2 others negatives). AdamW with warm-up
+and cosine decay. The projection head is dropped; the encoder is cached (see
+`baselines.pretrained_unet`).
+
+Fine-tuning is `unet-scratch`'s recipe exactly (same U-Net, seeded initialisation,
+iterations, Dice + CE loss, augmentation); only the encoder's initial weights differ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from baselines.pretrained_unet import PretrainedEncoderUNet
+from baselines.unet_scratch import UNetConfig, build_unet
+from benchmark.augment import ct_view
+from benchmark.method import RunContext, SliceSet
+from benchmark.progress import Progress
+
+
+@dataclass(frozen=True)
+class SimCLRConfig(UNetConfig):
+    """`unet-scratch`'s config plus SimCLR pretraining; defaults are the `cpu` preset.
+
+    `--set preset=gpu` pretrains longer, with larger batches, on full-size views.
+    """
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "cpu": {},
+        "gpu": {
+            "pretrain_iterations": 5000,
+            "pretrain_batch_size": 256,
+            "view_size": 0,
+            "pretrain_lr": 2e-3,
+        },
+    }
+
+    preset: str = "cpu"
+    """Named starting point for the pretraining fields: cpu or gpu."""
+    pretrain_iterations: int = 150
+    """Optimizer steps of pretraining."""
+    pretrain_batch_size: int = 32
+    """Slices per step (2 views each)."""
+    pretrain_lr: float = 1e-3
+    """AdamW learning rate (linear warm-up over 10 % of the steps, then cosine to 0)."""
+    pretrain_weight_decay: float = 1e-4
+    """AdamW weight decay of pretraining."""
+    temperature: float = 0.2
+    """NT-Xent temperature."""
+    projection_dim: int = 128
+    """Output size of the projection head."""
+    projection_hidden: int = 512
+    """Hidden size of the projection head."""
+    view_size: int = 64
+    """Side of each view in pixels (0 = the slice size); smaller is faster on a CPU."""
+    crop_scale_min: float = 0.25
+    """Smallest crop, as a fraction of the slice area."""
+    pretrain_seed: int = 0
+    """Seed of pretraining; one encoder serves every fine-tuning seed and budget."""
+
+
+class SimCLRModel(nn.Module):
+    """Encoder → global average pool → MLP projection → L2-normalised embedding."""
+
+    def __init__(self, encoder: nn.Module, feature_dim: int, hidden: int, out: int):
+        super().__init__()
+        self.encoder = encoder
+        self.projector = nn.Sequential(
+            nn.Linear(feature_dim, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, out),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.encoder(x)[-1].mean(dim=(2, 3))
+        return F.normalize(self.projector(h), dim=1)
+
+
+def build_simclr(cfg: SimCLRConfig) -> SimCLRModel:
+    encoder = build_unet(cfg, num_classes=2).encoder
+    return SimCLRModel(encoder, encoder.out_channels[-1], cfg.projection_hidden, cfg.projection_dim)
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """NT-Xent loss of L2-normalised embeddings (B, D) of two views of the same B images."""
+    z = torch.cat([z1, z2])
+    sim = z @ z.t() / temperature
+    sim.fill_diagonal_(float("-inf"))  # a view is not its own negative
+    b = len(z1)
+    target = torch.cat([torch.arange(b, 2 * b), torch.arange(b)]).to(z.device)
+    return F.cross_entropy(sim, target)
+
+
+def two_views(
+    images: torch.Tensor, gen: torch.Generator, cfg: SimCLRConfig, size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two independent random views (B, 1, size, size) of each image."""
+    scale = (cfg.crop_scale_min, 1.0)
+    first = ct_view(images, gen, size, crop_scale=scale)
+    return first, ct_view(images, gen, size, crop_scale=scale)
+
+
+def sample_batch(n: int, batch_size: int, gen: torch.Generator) -> np.ndarray:
+    """Indices of a batch: distinct while the pool allows (a repeat would be a false negative)."""
+    if n >= batch_size:
+        return torch.randperm(n, generator=gen)[:batch_size].numpy()
+    return torch.randint(n, (batch_size,), generator=gen).numpy()
+
+
+def train_simclr(
+    cfg: SimCLRConfig,
+    unlabeled: SliceSet,
+    device: torch.device,
+    progress: Progress,
+    model: SimCLRModel | None = None,
+) -> tuple[SimCLRModel, list[float]]:
+    """Pretrain (a new model unless one is given); returns it and the loss per step."""
+    torch.manual_seed(cfg.pretrain_seed)
+    model = (model or build_simclr(cfg)).to(device).train()
+    size = cfg.view_size or unlabeled.slice_size
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=cfg.pretrain_lr, weight_decay=cfg.pretrain_weight_decay
+    )
+    steps = cfg.pretrain_iterations
+    warmup = max(1, steps // 10)
+    sched = torch.optim.lr_scheduler.SequentialLR(
+        opt,
+        [
+            torch.optim.lr_scheduler.LinearLR(opt, 1 / warmup, 1.0, warmup),
+            torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps - warmup)),
+        ],
+        milestones=[warmup],
+    )
+    gen = torch.Generator().manual_seed(cfg.pretrain_seed)
+    losses: list[float] = []
+    task = progress.task("SimCLR pretraining", steps)
+    for _ in range(steps):
+        idx = sample_batch(len(unlabeled), cfg.pretrain_batch_size, gen)
+        v1, v2 = two_views(unlabeled.images(idx), gen, cfg, size)
+        loss = nt_xent(model(v1.to(device)), model(v2.to(device)), cfg.temperature)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        task.advance(loss=losses[-1])
+    task.close()
+    return model.eval(), losses
+
+
+class SimCLR(PretrainedEncoderUNet):
+    """SimCLR-pretrained encoder in `unet-scratch`'s U-Net, fine-tuned with its recipe."""
+
+    name = "simclr"
+    family = "simclr"
+    summary = (
+        "U-Net encoder pretrained with SimCLR (NT-Xent, CT augmentations) on the unlabeled "
+        "slices; fine-tuned with unet-scratch's recipe (same iterations, Dice + CE loss): "
+        "only the initialisation differs"
+    )
+    Config = SimCLRConfig
+
+    def train_encoder(
+        self, unlabeled: SliceSet, ctx: RunContext
+    ) -> tuple[dict[str, torch.Tensor], list[float]]:
+        model, losses = train_simclr(self.config, unlabeled, ctx.device, ctx.progress)
+        return model.encoder.state_dict(), losses
