@@ -31,6 +31,8 @@ from methods.diffusion.model import (
 
 MODEL = "model.pt"
 CHECKPOINT = "checkpoint.pt"
+LOG_EVERY = 10
+"""Pretraining steps between host syncs of the loss (a sync per step stalls a GPU)."""
 
 
 def _config_json(cfg: DDPMConfig) -> dict[str, Any]:
@@ -101,6 +103,15 @@ def pretrain_ddpm(
     task = progress.task("DDPM pretraining", cfg.pretrain_iterations)
     task.advance(step)
     model.train()
+    ema_params, model_params = list(ema.parameters()), list(model.parameters())
+    pending: list[torch.Tensor] = []  # losses still on the device: one host sync per LOG_EVERY
+
+    def flush() -> None:
+        if pending:
+            losses.extend(torch.stack(pending).tolist())
+            task.advance(len(pending), loss=losses[-1])
+            pending.clear()
+
     while step < cfg.pretrain_iterations:
         idx = torch.randint(len(unlabeled), (cfg.pretrain_batch_size,), generator=gen).numpy()
         x0 = to_model_input(unlabeled.images(idx), res).to(device)
@@ -118,11 +129,11 @@ def pretrain_ddpm(
         opt.step()
         sched.step()
         with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                pe.lerp_(pm, 1 - cfg.ema_decay)
+            torch._foreach_lerp_(ema_params, model_params, 1 - cfg.ema_decay)
         step += 1
-        losses.append(loss.item())
-        task.advance(loss=losses[-1])
+        pending.append(loss.detach())
+        if step % LOG_EVERY == 0 or step % cfg.checkpoint_every == 0:
+            flush()
         if step % cfg.checkpoint_every == 0 and step < cfg.pretrain_iterations:
             state = {
                 "model": model.state_dict(),
@@ -134,6 +145,7 @@ def pretrain_ddpm(
                 "losses": torch.tensor(losses),
             }
             save_verified(state, cache_dir / CHECKPOINT, {"config": expect, "step": step})
+    flush()
     task.close()
     meta = {"config": expect, "step": step, "losses": losses, "resolution": res}
     save_verified({"ema": ema.state_dict()}, cache_dir / MODEL, meta)
