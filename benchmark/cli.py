@@ -160,10 +160,10 @@ def report(
     if not store.path.exists():
         raise StoreError(f"{store.path}: no results store here; run `bench run` first")
     runs = store.runs(protocol=name)
-    if runs.empty:
+    generative = store.generative(protocol=name)
+    if runs.empty and generative.empty:
         raise StoreError(f"{store.path}: no completed runs for protocol '{name}'")
     metrics = store.metrics(runs.run_id)
-    generative = store.generative(protocol=name)
     path = write_report(name, runs, metrics, out_dir or Path("reports") / name, generative)
     out.print(f"wrote {path}", highlight=False)
 

@@ -692,10 +692,28 @@ def write_report(
     out_dir: Path,
     generative: pd.DataFrame | None = None,
 ) -> Path:
-    """Write out_dir/LEADERBOARD.md and out_dir/dsc_vs_labels.png; return the .md path."""
+    """Write out_dir/LEADERBOARD.md and out_dir/dsc_vs_labels.png; return the .md path.
+
+    With no segmentation runs but generative rows, the report holds the generative section only.
+    """
+    out_dir = Path(out_dir)
+    if (runs is None or runs.empty) and generative is not None and not generative.empty:
+        gen = generative[generative["protocol"] == protocol]
+        if not gen.empty:
+            markdown = "\n".join(
+                [
+                    f"# Leaderboard: {protocol}",
+                    "",
+                    "No completed segmentation runs yet (`bench run`); generative quality only.",
+                    "",
+                    *_generative_section(gen),
+                ]
+            ).rstrip()
+            return _atomic_write(
+                out_dir / MD_NAME, lambda tmp: tmp.write_text(markdown + "\n", encoding="utf-8")
+            )
     runs = _select_protocol(protocol, runs)
     _check_metrics(protocol, runs, metrics)
-    out_dir = Path(out_dir)
     markdown = render_markdown(protocol, runs, metrics, PLOT_NAME, generative)
     # Different protocol hashes are not comparable: the plot shows one (the newest) only.
     shown = runs[runs["protocol_hash"] == _plot_hash(runs, metrics)]

@@ -274,6 +274,12 @@ def test_fidelity_command_stores_a_row_and_report_shows_it(tmp_path, isolated):
     real_ids = json.loads(row.real_ids)
     assert len(set(real_ids)) == 8 and {i.split(":")[0] for i in real_ids} <= set(ctx.split.test)
 
+    # Before any segmentation run, `bench report` shows the generative section alone.
+    r = _invoke("report", "-p", "tiny", "--results", str(results), "--out", str(tmp_path / "g"))
+    assert r.exit_code == 0, r.output
+    md = (tmp_path / "g" / "LEADERBOARD.md").read_text()
+    assert "## Generative quality" in md and "No completed segmentation runs" in md
+
     # `bench report` adds the section next to the segmentation runs of the same protocol.
     runs, metrics = synthetic()
     store = ResultsStore(results)
