@@ -495,6 +495,96 @@ def fidelity(
     )
 
 
+def _names(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+@app.command()
+@user_errors
+def sweep(
+    methods: Annotated[str, typer.Option("--methods", help="Comma-separated method names.")],
+    budgets: Annotated[
+        str, typer.Option("--budgets", help="Comma-separated budget names.")
+    ] = "4slices,1pct,10pct",
+    seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated seeds.")] = "0,1,2",
+    protocol: ProtocolOpt = "phantom",
+    executor: Annotated[
+        str, typer.Option("--executor", help="local (processes on this machine) or ray.")
+    ] = "local",
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", help="Runs at a time on the local executor.")
+    ] = 1,
+    ray_address: Annotated[
+        str | None,
+        typer.Option("--ray-address", help="Ray cluster to join (default: start a local one)."),
+    ] = None,
+    cpus_per_run: Annotated[
+        int, typer.Option("--cpus-per-run", help="CPUs each Ray task declares.")
+    ] = 1,
+    device: DeviceOpt = "auto",
+    results: ResultsOpt = Path("runs"),
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="key=value for every method, or method:key=value."),
+    ] = None,
+    data: DataOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Re-run completed runs.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run every METHOD × BUDGET × SEED not yet in the store; exit code = runs that failed."""
+    from benchmark.progress import Progress
+    from benchmark.sweep import SweepRequest, run_sweep
+
+    _check_device(device)
+    request = SweepRequest(
+        methods=_names(methods),
+        budgets=_names(budgets),
+        seeds=[_int_seed(s) for s in _names(seeds)],
+        protocol=protocol,
+        device=device,
+        results=results,
+        overrides=list(set_ or []),
+        data=data,
+        executor=executor,
+        jobs=jobs,
+        ray_address=ray_address,
+        cpus_per_run=cpus_per_run,
+        force=force,
+    )
+    progress = Progress(quiet=quiet, console=err)
+
+    def report(f: Any) -> None:
+        label = f"{f.method} · {f.budget} · seed {f.seed}"
+        if f.status == "skipped":
+            out.print(f"{label}: already completed as run {f.run_id}", highlight=False)
+        elif f.status == "failed":
+            err.print(f"[red]{label}: run {f.run_id} failed:[/red] {f.error}", highlight=False)
+        else:
+            out.print(f"{label}: mean DSC {f.dsc:.3f} (run {f.run_id})", highlight=False)
+
+    try:
+        result = run_sweep(request, progress, report)
+    finally:
+        progress.stop()
+    failed = result.count("failed")
+    out.print(
+        f"sweep: {result.count('completed')} completed, {result.count('skipped')} already "
+        f"done, {failed} failed; results in {results}",
+        highlight=False,
+    )
+    if failed:
+        raise typer.Exit(min(failed, 100))
+
+
+def _int_seed(text: str) -> int:
+    from benchmark.errors import ConfigError
+
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"--seeds: {text!r} is not an integer") from None
+
+
 def _check_device(device: str) -> None:
     from benchmark.errors import ConfigError
 

@@ -226,12 +226,84 @@ def predict_case(method: Method, store: SliceStore, case_id: str) -> np.ndarray:
     return upsample_labels(pred, (shape[0], shape[1]))
 
 
+MetricRow = tuple[str, int, str, float, float]
+"""(case_id, organ_id, organ, dsc, nsd): one row of the store's case_metrics."""
+
+
 def execute(prep: Prepared, progress: Progress) -> RunOutcome:
     """Run a prepared run and record it; a run that raises is recorded as failed."""
-    req, data, protocol = prep.request, prep.data, prep.data.protocol
-    store = ResultsStore(req.results)
-    if not req.force and (done := store.completed_run(prep.run_key)):
+    store = ResultsStore(prep.request.results)
+    if not prep.request.force and (done := store.completed_run(prep.run_key)):
         return RunOutcome(done, "skipped")
+    record, rows = perform(prep, progress)
+    store.write_run(record, rows)
+    return outcome(record, rows)
+
+
+def outcome(record: RunRecord, rows: list[MetricRow]) -> RunOutcome:
+    """What `bench run` prints of a recorded run."""
+    if record.status == "failed":
+        return RunOutcome(record.run_id, "failed", error=record.error, record=record)
+    table = pd.DataFrame(rows, columns=["case_id", "organ_id", "organ", "dsc", "nsd"])
+    per_organ = table.groupby(["organ_id", "organ"], as_index=False)[["dsc", "nsd"]].mean()
+    return RunOutcome(record.run_id, "completed", per_organ=per_organ, record=record)
+
+
+def failed_record(
+    prep: Prepared, error: str, device: str = "", info: dict | None = None
+) -> RunRecord:
+    """The record of a run that never ran to its end (its worker died, its pretraining failed)."""
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    return _record(prep, f"{prep.run_key[:12]}-{uuid.uuid4().hex[:8]}", error, device, {}, 0.0,
+                   0.0, info or {}, now, now)  # fmt: skip
+
+
+def _record(
+    prep: Prepared,
+    run_id: str,
+    error: str | None,
+    device: str,
+    phases: dict[str, float],
+    wall_s: float,
+    peak_mem_mb: float,
+    info: dict[str, Any],
+    started: str,
+    finished: str,
+) -> RunRecord:
+    protocol = prep.data.protocol
+    return RunRecord(
+        run_id=run_id,
+        run_key=prep.run_key,
+        status="failed" if error else "completed",
+        error=error,
+        protocol=protocol.name,
+        protocol_hash=protocol.hash,
+        dataset_key=prep.data.store.key,
+        split_hash=prep.data.split.hash,
+        method=prep.request.method,
+        config=config_dict(prep.config),
+        budget=prep.budget.name,
+        n_labeled=len(prep.budget_ids),
+        budget_ids=prep.budget_ids,
+        seed=prep.request.seed,
+        versions=versions(),
+        git_commit=git_commit(),
+        device=device,
+        phases={k: round(v, 3) for k, v in phases.items()},
+        wall_s=round(wall_s, 3),
+        peak_mem_mb=round(peak_mem_mb, 1),
+        info=info,
+        started_at=started,
+        finished_at=finished,
+    )
+
+
+def perform(prep: Prepared, progress: Progress) -> tuple[RunRecord, list[MetricRow]]:
+    """Pretrain (cached), fit, predict and score one run; touches no results store.
+
+    A run that raises comes back as a failed record with the error, and no metric rows.
+    """
+    req, data, protocol = prep.request, prep.data, prep.data.protocol
     device = resolve_device(req.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -245,7 +317,7 @@ def execute(prep: Prepared, progress: Progress) -> RunOutcome:
         cache_dir=cache_root() / "pretrain",
         progress=progress,
     )
-    rows: list[tuple[str, int, str, float, float]] = []
+    rows: list[MetricRow] = []
     error = None
     t_run = time.perf_counter()
     try:
@@ -282,34 +354,16 @@ def execute(prep: Prepared, progress: Progress) -> RunOutcome:
         error = f"{type(exc).__name__}: {exc}"
         ctx.log.debug(traceback.format_exc())
         rows = []
-    record = RunRecord(
-        run_id=run_id,
-        run_key=prep.run_key,
-        status="failed" if error else "completed",
-        error=error,
-        protocol=protocol.name,
-        protocol_hash=protocol.hash,
-        dataset_key=data.store.key,
-        split_hash=data.split.hash,
-        method=req.method,
-        config=config_dict(prep.config),
-        budget=prep.budget.name,
-        n_labeled=len(prep.budget_ids),
-        budget_ids=prep.budget_ids,
-        seed=req.seed,
-        versions=versions(),
-        git_commit=git_commit(),
-        device=describe_device(device),
-        phases={k: round(v, 3) for k, v in phases.items()},
-        wall_s=round(sum(prep.phases.values()) + time.perf_counter() - t_run, 3),
-        peak_mem_mb=round(peak_memory_mb(device), 1),
-        info=ctx.info,
-        started_at=started,
-        finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    record = _record(
+        prep,
+        run_id,
+        error,
+        describe_device(device),
+        phases,
+        sum(prep.phases.values()) + time.perf_counter() - t_run,
+        peak_memory_mb(device),
+        ctx.info,
+        started,
+        datetime.now(UTC).isoformat(timespec="seconds"),
     )
-    store.write_run(record, rows)
-    if error:
-        return RunOutcome(run_id, "failed", error=error, record=record)
-    table = pd.DataFrame(rows, columns=["case_id", "organ_id", "organ", "dsc", "nsd"])
-    per_organ = table.groupby(["organ_id", "organ"], as_index=False)[["dsc", "nsd"]].mean()
-    return RunOutcome(run_id, "completed", per_organ=per_organ, record=record)
+    return record, rows

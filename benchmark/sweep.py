@@ -1,0 +1,383 @@
+"""`bench sweep`: a grid of methods × budgets × seeds as one command.
+
+The driver validates the whole grid before any work, loads the protocol's data once, skips
+runs already completed in the results store, runs each distinct pretraining once before the
+fine-tuning runs that need it, and runs the rest on an executor:
+
+- `local`: in this process (`jobs=1`), or `jobs` runs at a time, each in its own spawned
+  process (a run whose process dies is retried once, then recorded as failed);
+- `ray`: one Ray task per run with its CPU / GPU needs declared, the fine-tuning tasks
+  depending on their pretraining task; Ray retries a task whose worker dies once.
+
+Workers never touch the SQLite store: they return their record and metric rows, and the
+driver alone writes each run in its own transaction as it finishes. A sweep killed halfway
+keeps every finished run, and started again does only the missing ones.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmark.config import apply_overrides
+from benchmark.data.source import cache_root
+from benchmark.errors import ConfigError
+from benchmark.method import RunContext
+from benchmark.progress import Progress
+from benchmark.protocol import load_protocol, stable_hash
+from benchmark.provenance import resolve_device
+from benchmark.registry import get_method
+from benchmark.runner import (
+    DataContext,
+    MetricRow,
+    Prepared,
+    RunRequest,
+    failed_record,
+    load_data,
+    perform,
+    prepare,
+    run_pretraining,
+)
+from benchmark.store import ResultsStore, RunRecord
+
+EXECUTORS = ("local", "ray")
+
+
+@dataclass
+class SweepRequest:
+    """A grid as the user asked for it."""
+
+    methods: list[str]
+    budgets: list[str]
+    seeds: list[int]
+    protocol: str = "phantom"
+    device: str = "auto"
+    results: Path = Path("runs")
+    overrides: list[str] = field(default_factory=list)
+    """`key=value` for every method of the grid, `method:key=value` for one."""
+    data: Path | None = None
+    executor: str = "local"
+    jobs: int = 1
+    """Runs at a time on the local executor."""
+    ray_address: str | None = None
+    cpus_per_run: int = 1
+    """CPUs each Ray task declares (and the torch threads it uses)."""
+    force: bool = False
+
+
+@dataclass
+class Finished:
+    """One run of the grid as it ended: completed, skipped (already in the store) or failed."""
+
+    method: str
+    budget: str
+    seed: int
+    run_id: str
+    status: str
+    dsc: float | None = None
+    error: str | None = None
+
+
+@dataclass
+class SweepResult:
+    runs: list[Finished]
+
+    def count(self, status: str) -> int:
+        return sum(r.status == status for r in self.runs)
+
+
+def method_overrides(overrides: list[str], method: str) -> list[str]:
+    """The `--set` items that apply to `method` (`key=v`, or `method:key=v`)."""
+    mine = []
+    for item in overrides:
+        head, eq, _ = item.partition("=")
+        scope, colon, _ = head.rpartition(":")
+        if not eq:
+            raise ConfigError(f"--set {item!r}: expected key=value or method:key=value")
+        if not colon:
+            mine.append(item)
+        elif scope == method:
+            mine.append(item[len(scope) + 1 :])
+    return mine
+
+
+def plan(
+    req: SweepRequest, progress: Progress
+) -> tuple[DataContext, list[Prepared], list[Finished]]:
+    """Validate the grid, load the data once; the runs still to do and those already done."""
+    if req.executor not in EXECUTORS:
+        raise ConfigError(f"--executor {req.executor!r}: choose one of {', '.join(EXECUTORS)}")
+    if req.jobs < 1 or req.cpus_per_run < 1:
+        raise ConfigError("--jobs and --cpus-per-run must be at least 1")
+    if not (req.methods and req.budgets and req.seeds):
+        raise ConfigError("a sweep needs at least one method, one budget and one seed")
+    resolve_device(req.device)
+    protocol = load_protocol(req.protocol)
+    scopes = {item.partition("=")[0].rpartition(":")[0] for item in req.overrides} - {""}
+    for scope in sorted(scopes - set(req.methods)):
+        raise ConfigError(f"--set {scope}:…: method '{scope}' is not in --methods")
+    for method in req.methods:  # every name, budget and --set checked before any work
+        apply_overrides(get_method(method).Config, method_overrides(req.overrides, method))
+    for budget in req.budgets:
+        protocol.budget(budget)
+    data = load_data(protocol, req.data, progress)
+    store = ResultsStore(req.results)
+    pending, done = [], []
+    for method in req.methods:
+        for budget in req.budgets:
+            for seed in req.seeds:
+                run = RunRequest(
+                    method=method,
+                    budget=budget,
+                    protocol=protocol.name,
+                    seed=seed,
+                    device=req.device,
+                    results=req.results,
+                    overrides=method_overrides(req.overrides, method),
+                    data=req.data,
+                    force=req.force,
+                )
+                prep = prepare(run, progress, data)
+                if not req.force and (run_id := store.completed_run(prep.run_key)):
+                    done.append(Finished(method, budget, seed, run_id, "skipped"))
+                else:
+                    pending.append(prep)
+    return data, pending, done
+
+
+def pretraining_groups(pending: list[Prepared]) -> dict[str, list[Prepared]]:
+    """Runs that need a pretraining, grouped by what identifies it (shared across methods)."""
+    groups: dict[str, list[Prepared]] = {}
+    for prep in pending:
+        if prep.method_cls.uses_pretraining:
+            key = stable_hash(prep.method_cls(prep.config).pretrain_key(prep.request.seed))
+            groups.setdefault(key, []).append(prep)
+    return groups
+
+
+def worker_env() -> dict[str, str]:
+    """What a worker process needs to see the same cache, protocols and plugins as the driver."""
+    env = {"LABELBENCH_CACHE": str(cache_root().resolve())}
+    if "LABELBENCH_PROTOCOLS" in os.environ:
+        env["LABELBENCH_PROTOCOLS"] = os.environ["LABELBENCH_PROTOCOLS"]
+    prefixes = {sys.prefix, sys.base_prefix}
+    extra = [p for p in sys.path if p and os.path.isdir(p) and not p.startswith(tuple(prefixes))]
+    if extra:
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(extra))
+    return env
+
+
+def _set_threads(n: int | None) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def run_point(
+    request: RunRequest, env: dict[str, str], threads: int | None = None, _after: Any = None
+) -> tuple[RunRecord, list[MetricRow]]:
+    """A worker's whole run: data from the shared cache, fit, predict, score. No store access."""
+    os.environ.update(env)
+    _set_threads(threads)
+    progress = Progress(quiet=True)
+    return perform(prepare(request, progress), progress)
+
+
+def pretrain_point(request: RunRequest, env: dict[str, str], threads: int | None = None) -> str:
+    """A worker's pretraining for `request`'s method and seed; returns the cache key."""
+    os.environ.update(env)
+    _set_threads(threads)
+    progress = Progress(quiet=True)
+    prep = prepare(request, progress)
+    return _pretrain(prep, progress)
+
+
+def _pretrain(prep: Prepared, progress: Progress) -> str:
+    data = prep.data
+    ctx = RunContext(
+        device=resolve_device(prep.request.device),
+        seed=prep.request.seed,
+        num_classes=data.protocol.num_classes,
+        cache_dir=cache_root() / "pretrain",
+        progress=progress,
+    )
+    run_pretraining(prep.method_cls(prep.config), data.protocol, data.index, ctx, progress)
+    return str(ctx.info.get("pretrain_cache", ""))
+
+
+Report = Callable[[Finished], None]
+
+
+def run_sweep(req: SweepRequest, progress: Progress, report: Report | None = None) -> SweepResult:
+    """Run the grid; `report` is called once per run as it finishes (skipped ones first)."""
+    report = report or (lambda f: None)
+    _, pending, done = plan(req, progress)
+    for f in done:
+        report(f)
+    store = ResultsStore(req.results)
+    finished = list(done)
+    task = progress.task(f"sweep ({len(pending)} to run, {len(done)} done)", len(pending))
+
+    def record(prep: Prepared, rec: RunRecord, rows: list[MetricRow]) -> None:
+        store.write_run(rec, rows)  # the driver alone writes, one transaction per run
+        dsc = None
+        if rec.status == "completed" and rows:
+            per_case: dict[str, list[float]] = {}
+            for case_id, _, _, d, _ in rows:
+                per_case.setdefault(case_id, []).append(d)
+            dsc = sum(sum(v) / len(v) for v in per_case.values()) / len(per_case)
+        f = Finished(
+            prep.request.method,
+            prep.budget.name,
+            prep.request.seed,
+            rec.run_id,
+            rec.status,
+            dsc,
+            rec.error,
+        )
+        finished.append(f)
+        report(f)
+        task.advance()
+
+    if req.executor == "ray":
+        _run_ray(req, pending, record)
+    else:
+        _run_local(req, pending, record, progress)
+    task.close()
+    return SweepResult(finished)
+
+
+# --------------------------------------------------------------------------- local
+
+
+def _run_local(
+    req: SweepRequest,
+    pending: list[Prepared],
+    record: Callable[[Prepared, RunRecord, list[MetricRow]], None],
+    progress: Progress,
+) -> None:
+    todo = list(pending)
+    for group in pretraining_groups(pending).values():
+        try:
+            _pretrain(group[0], progress)
+        except Exception as exc:  # every run that needs it fails with the reason, once
+            error = f"pretraining failed: {type(exc).__name__}: {exc}"
+            for prep in group:
+                record(prep, failed_record(prep, error), [])
+                todo.remove(prep)
+    if req.jobs == 1:
+        for prep in todo:
+            record(prep, *perform(prep, progress))
+        return
+    _run_processes(req, todo, record)
+
+
+def _child(request: RunRequest, env: dict[str, str], threads: int, out: str) -> None:
+    result = run_point(request, env, threads)
+    tmp = out + ".tmp"
+    with open(tmp, "wb") as f:
+        pickle.dump(result, f)
+    os.replace(tmp, out)
+
+
+def _run_processes(
+    req: SweepRequest,
+    todo: list[Prepared],
+    record: Callable[[Prepared, RunRecord, list[MetricRow]], None],
+) -> None:
+    """`req.jobs` runs at a time, each in a spawned process; a dead one is retried once."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    env = worker_env()
+    threads = max(1, (os.cpu_count() or 1) // req.jobs)
+    queue = [(prep, 0) for prep in todo]
+    running: dict[Any, tuple[Prepared, int, Path]] = {}
+    with tempfile.TemporaryDirectory(prefix="labelbench-sweep-") as tmp:
+        while queue or running:
+            while queue and len(running) < req.jobs:
+                prep, attempt = queue.pop(0)
+                out = Path(tmp) / f"{prep.run_key}-{attempt}.pkl"
+                proc = ctx.Process(
+                    target=_child, args=(prep.request, env, threads, str(out)), daemon=True
+                )
+                proc.start()
+                running[proc] = (prep, attempt, out)
+            for proc in [p for p in running if not p.is_alive()]:
+                prep, attempt, out = running.pop(proc)
+                proc.join()
+                if out.exists():
+                    with out.open("rb") as f:
+                        record(prep, *pickle.load(f))
+                elif attempt == 0:
+                    queue.insert(0, (prep, 1))
+                else:
+                    error = f"worker process died twice (exit code {proc.exitcode})"
+                    record(prep, failed_record(prep, error, info={"attempts": 2}), [])
+            time.sleep(0.05)
+
+
+# --------------------------------------------------------------------------- ray
+
+
+def _run_ray(
+    req: SweepRequest,
+    pending: list[Prepared],
+    record: Callable[[Prepared, RunRecord, list[MetricRow]], None],
+) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--executor ray needs Ray: pip install 'ray>=2.9'") from None
+    env = worker_env()
+    started_here = not ray.is_initialized()
+    if started_here:
+        if req.ray_address:
+            ray.init(address=req.ray_address, runtime_env={"env_vars": env}, log_to_driver=False)
+        else:
+            ray.init(
+                num_cpus=os.cpu_count(),
+                include_dashboard=False,
+                runtime_env={"env_vars": env},
+                log_to_driver=False,
+            )
+    try:
+        _submit_and_collect(ray, req, pending, record, env)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _submit_and_collect(ray: Any, req: SweepRequest, pending, record, env) -> None:
+    gpus = 1 if req.device.startswith("cuda") else 0
+    opts = {"num_cpus": req.cpus_per_run, "num_gpus": gpus, "max_retries": 1}
+    pretrain_task = ray.remote(pretrain_point).options(**opts)
+    run_task = ray.remote(run_point).options(**opts)
+    after: dict[str, Any] = {}
+    for key, group in pretraining_groups(pending).items():
+        after[key] = pretrain_task.remote(group[0].request, env, req.cpus_per_run)
+    owner = {
+        id(p): k for k, group in pretraining_groups(pending).items() for p in group
+    }  # which pretraining each run waits for
+    refs = {}
+    for prep in pending:
+        dep = after.get(owner.get(id(prep), ""))
+        refs[run_task.remote(prep.request, env, req.cpus_per_run, dep)] = prep
+    while refs:
+        ready, _ = ray.wait(list(refs), num_returns=1)
+        prep = refs.pop(ready[0])
+        try:
+            rec, rows = ray.get(ready[0])
+        except ray.exceptions.RayError as exc:
+            reason = str(exc).strip().splitlines()
+            error = f"{type(exc).__name__}: {reason[-1] if reason else ''}".strip()
+            rec, rows = failed_record(prep, error, info={"executor": "ray"}), []
+        record(prep, rec, rows)

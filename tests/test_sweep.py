@@ -1,0 +1,281 @@
+"""`bench sweep`: a grid in one command, pretraining once, failures recorded, no lost rows.
+
+Methods here come from a toy third-party package (a nearest-class-mean classifier, fast on
+the tiny phantom) with variants that fail, kill their worker, or take their time, so that
+every path of the sweep runs for real: real processes, a real local Ray cluster, a real
+SQLite store.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from benchmark.cli import app
+from benchmark.errors import ConfigError
+from benchmark.store import ResultsStore
+from benchmark.sweep import method_overrides
+
+TOY = '''
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from benchmark.method import Method
+
+
+@dataclass(frozen=True)
+class Config:
+    sleep: float = 0.0
+
+
+def _mark(name):
+    folder = Path(os.environ["TOY_MARKS"])
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}-{os.getpid()}-{uuid.uuid4().hex[:6]}").touch()
+
+
+class ToyMean(Method):
+    """Nearest class-mean intensity, with a label-free 'pretraining' of the pool's mean."""
+
+    name = "toy-mean"
+    summary = "toy: nearest class-mean intensity"
+    Config = Config
+    uses_pretraining = True
+
+    def pretrain_key(self, seed):
+        return {"toy": "mean"}  # one pretraining for every seed and budget
+
+    def pretrain(self, unlabeled, ctx):
+        cached = ctx.cache_dir / "stats.json"
+        if not cached.exists():
+            _mark("pretrain")
+            cached.write_text(json.dumps({"n": len(unlabeled)}))
+
+    def fit(self, labeled, ctx):
+        time.sleep(self.config.sleep)
+        x, y = labeled.images()[:, 0], labeled.labels()
+        self.means = torch.tensor(
+            [x[y == k].mean() if (y == k).any() else 10.0 for k in range(ctx.num_classes)]
+        )
+
+    def predict(self, images):
+        return (images - self.means.view(1, -1, 1, 1)).abs().argmin(1)
+
+
+class ToyFail(ToyMean):
+    name = "toy-fail"
+    uses_pretraining = False
+
+    def fit(self, labeled, ctx):
+        raise ValueError("toy failure")
+
+
+class ToyCrash(ToyMean):
+    name = "toy-crash"
+    uses_pretraining = False
+
+    def fit(self, labeled, ctx):
+        _mark("crash")
+        os._exit(3)
+'''
+
+
+@pytest.fixture
+def toy(tmp_path, monkeypatch):
+    """Install the toy package (a dist-info with entry points) and a folder for its marks."""
+    site = tmp_path / "site"
+    (site / "toy_methods").mkdir(parents=True)
+    (site / "toy_methods" / "__init__.py").write_text(TOY)
+    info = site / "toy_methods-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-methods\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        textwrap.dedent("""
+        [labelbench.methods]
+        toy-mean = toy_methods:ToyMean
+        toy-fail = toy_methods:ToyFail
+        toy-crash = toy_methods:ToyCrash
+        """)
+    )
+    monkeypatch.syspath_prepend(str(site))
+    marks = tmp_path / "marks"
+    monkeypatch.setenv("TOY_MARKS", str(marks))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    )
+    yield marks
+    sys.modules.pop("toy_methods", None)
+
+
+def marks(folder, name: str) -> int:
+    return len(list(folder.glob(f"{name}-*"))) if folder.exists() else 0
+
+
+def sweep(results, *args: str):
+    return CliRunner().invoke(
+        app, ["sweep", "-p", "tiny", "--results", str(results), "-q", "--device", "cpu", *args]
+    )
+
+
+def completed(results) -> list[tuple[str, str, int]]:
+    runs = ResultsStore(results).runs()
+    return sorted(zip(runs.method, runs.budget, runs.seed, strict=True))
+
+
+def test_local_sweep_runs_the_grid_pretrains_once_and_skips_what_is_done(tmp_path, toy):
+    results = tmp_path / "runs"
+    r = sweep(
+        results, "--methods", "toy-mean", "--budgets", "4slices,1pct", "--seeds", "0,1", "-j", "2"
+    )
+    assert r.exit_code == 0, r.output
+    assert completed(results) == [("toy-mean", b, s) for b in ("1pct", "4slices") for s in (0, 1)]
+    assert marks(toy, "pretrain") == 1, "one pretraining, before the runs that share it"
+    metrics = ResultsStore(results).metrics(ResultsStore(results).runs().run_id)
+    assert len(metrics) == 4 * 2 * 13  # runs × test cases × organs
+    assert "4 completed, 0 already done, 0 failed" in r.output
+
+    again = sweep(results, "--methods", "toy-mean", "--budgets", "4slices,1pct", "--seeds", "0,1,2")
+    assert again.exit_code == 0, again.output
+    assert "2 completed, 4 already done, 0 failed" in again.output
+    assert marks(toy, "pretrain") == 1
+    assert len(completed(results)) == 6
+
+
+def test_failed_runs_are_recorded_the_sweep_goes_on_and_the_exit_code_counts_them(tmp_path, toy):
+    results = tmp_path / "runs"
+    r = sweep(results, "--methods", "toy-fail,toy-mean", "--budgets", "4slices", "--seeds", "0,1")
+    assert r.exit_code == 2, r.output
+    assert "2 completed, 0 already done, 2 failed" in r.output
+    with sqlite3.connect(results / "labelbench.sqlite") as conn:
+        rows = conn.execute("SELECT method, status, error FROM runs ORDER BY method").fetchall()
+    assert [(m, s) for m, s, _ in rows] == [("toy-fail", "failed")] * 2 + [
+        ("toy-mean", "completed")
+    ] * 2
+    assert all("toy failure" in e for m, _, e in rows if m == "toy-fail")
+
+
+def test_a_dead_worker_is_retried_once_then_recorded_as_failed(tmp_path, toy):
+    results = tmp_path / "runs"
+    r = sweep(
+        results,
+        "--methods",
+        "toy-crash,toy-mean",
+        "--budgets",
+        "4slices",
+        "--seeds",
+        "0",
+        "-j",
+        "2",
+    )
+    assert r.exit_code == 1, r.output
+    assert marks(toy, "crash") == 2, "one retry, then recorded"
+    failed = ResultsStore(results).runs(status="failed")
+    assert list(failed.method) == ["toy-crash"] and "died twice" in failed.error.iloc[0]
+    assert completed(results) == [("toy-mean", "4slices", 0)]
+
+
+def test_bad_grid_is_one_line_before_any_work(tmp_path, toy):
+    results = tmp_path / "runs"
+    for args, message in (
+        (["--methods", "toy-maen"], "toy-mean"),
+        (["--methods", "toy-mean", "--budgets", "1pc"], "1pct"),
+        (["--methods", "toy-mean", "--set", "toy-mean:nope=1"], "nope"),
+        (["--methods", "toy-mean", "--set", "other:sleep=1"], "not in --methods"),
+        (["--methods", "toy-mean", "--executor", "slurm"], "local, ray"),
+        (["--methods", "toy-mean", "--seeds", "a"], "not an integer"),
+    ):
+        r = sweep(results, *args)
+        errors = [line for line in r.output.splitlines() if line.startswith("error:")]
+        assert r.exit_code == 2 and len(errors) == 1 and message in errors[0], r.output
+    assert not (results / "labelbench.sqlite").exists()
+
+
+def test_set_items_are_scoped_by_method():
+    items = ["lr=0.1", "unet-scratch:iterations=5", "simclr:pretrain:x=1"]
+    assert method_overrides(items, "unet-scratch") == ["lr=0.1", "iterations=5"]
+    assert method_overrides(items, "mae") == ["lr=0.1"]
+    with pytest.raises(ConfigError):
+        method_overrides(["lr"], "mae")
+
+
+def _bench(*args: str, results) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "benchmark.cli", "sweep", "-p", "tiny", "-q"]
+    cmd += ["--device", "cpu", "--results", str(results), *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_a_killed_sweep_started_again_finishes_only_the_missing_runs(tmp_path, toy):
+    results = tmp_path / "runs"
+    grid = ["--methods", "toy-mean", "--budgets", "4slices,1pct", "--seeds", "0,1"]
+    proc = _bench(*grid, "--set", "sleep=1.5", results=results)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (
+        (results / "labelbench.sqlite").exists() and completed(results)
+    ):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first = ResultsStore(results).runs()
+    assert 1 <= len(first) < 4, "killed halfway"
+    again = sweep(results, *grid, "--set", "sleep=1.5")
+    assert again.exit_code == 0, again.output
+    assert f"{4 - len(first)} completed, {len(first)} already done" in again.output
+    after = ResultsStore(results).runs()
+    assert set(first.run_id) <= set(after.run_id) and len(after) == 4
+
+
+def test_two_sweeps_writing_one_results_folder_at_once_lose_no_rows(tmp_path, toy):
+    results = tmp_path / "runs"
+    sweep(results, "--methods", "toy-mean", "--budgets", "4slices", "--seeds", "9")  # data cached
+    a = _bench(
+        "--methods", "toy-mean", "--budgets", "4slices,1pct", "--seeds", "0,1", results=results
+    )
+    b = _bench(
+        "--methods", "toy-mean", "--budgets", "4slices,1pct", "--seeds", "2,3", results=results
+    )
+    assert a.wait(300) == 0, a.stdout.read()
+    assert b.wait(300) == 0, b.stdout.read()
+    runs = ResultsStore(results).runs()
+    assert len(runs) == 9 and runs.run_key.nunique() == 9
+    assert len(ResultsStore(results).metrics(runs.run_id)) == 9 * 2 * 13
+
+
+@pytest.mark.slow
+def test_ray_executor_on_a_real_local_cluster(tmp_path, toy):
+    results = tmp_path / "runs"
+    r = sweep(
+        results, "--methods", "toy-mean,toy-crash,toy-fail", "--budgets", "4slices,1pct",
+        "--seeds", "0", "--executor", "ray",
+    )  # fmt: skip
+    assert r.exit_code == 4, r.output
+    assert completed(results) == [("toy-mean", "1pct", 0), ("toy-mean", "4slices", 0)]
+    assert marks(toy, "pretrain") == 1
+    assert marks(toy, "crash") == 4, "each crashing task ran twice: Ray retried it once"
+    failed = ResultsStore(results).runs(status="failed")
+    assert sorted(failed.method) == ["toy-crash"] * 2 + ["toy-fail"] * 2
+    again = sweep(
+        results,
+        "--methods",
+        "toy-mean",
+        "--budgets",
+        "4slices,1pct",
+        "--seeds",
+        "0",
+        "--executor",
+        "ray",
+    )
+    assert again.exit_code == 0 and "0 completed, 2 already done" in again.output
