@@ -21,6 +21,8 @@ N_BOOT = 2000
 ALPHA = 0.05
 BOOT_SEED = 0
 PLOT_NAME = "dsc_vs_labels.png"
+HEATMAP_NAME = "organ_dsc_heatmap.png"
+HTML_NAME = "LEADERBOARD.html"
 MD_NAME = "LEADERBOARD.md"
 
 SUMMARY_COLUMNS = [
@@ -87,6 +89,70 @@ def _case_ci(
     by_case = rows.groupby("case_id")[column].agg(["sum", "count"])
     return _cluster_bootstrap(
         by_case["sum"].to_numpy(), by_case["count"].to_numpy(), n_boot, ALPHA, seed
+    )
+
+
+def holm(p_values: Iterable[float]) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1); NaNs stay NaN."""
+    p = np.asarray(list(p_values), dtype=float)
+    out = np.full_like(p, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m, running = len(order), 0.0
+    for i, k in enumerate(order):
+        running = max(running, min(1.0, (m - i) * p[k]))
+        out[k] = running
+    return out
+
+
+def paired_tests(runs: pd.DataFrame, metrics: pd.DataFrame, metric: str = "dsc") -> pd.DataFrame:
+    """Per budget, methods ranked by mean `metric`, each tested against the best.
+
+    Pairs are the (seed, test case) units both methods were scored on; the test is scipy's
+    two-sided Wilcoxon signed-rank test of the per-case organ-mean scores, and the p-values of
+    one budget are Holm-corrected together. Columns: budget, rank, method, mean, pairs, p,
+    p_holm (NaN for the best method itself, or with no pairs).
+    """
+    from scipy.stats import wilcoxon
+
+    _require_runs(runs)
+    scores = _case_scores(runs, metrics)
+    rows = []
+    for budget in _budget_order(runs):
+        sub = scores[scores.budget == budget]
+        table = sub.pivot_table(
+            index=["seed", "case_id"], columns="method", values=metric, aggfunc="mean"
+        )
+        means = sub.groupby("method")[metric].mean().sort_values(ascending=False, kind="stable")
+        if means.empty:
+            continue
+        best = means.index[0]
+        p_raw = []
+        for method in means.index:
+            pair = table[[best, method]].dropna()
+            if method == best or pair.empty:
+                p_raw.append(np.nan)
+                continue
+            diff = pair[best] - pair[method]
+            if np.allclose(diff, 0):
+                p_raw.append(1.0)
+                continue
+            p_raw.append(float(wilcoxon(pair[best], pair[method]).pvalue))
+        adjusted = holm(p_raw)
+        for rank, (method, mean) in enumerate(means.items(), start=1):
+            rows.append(
+                {
+                    "budget": budget,
+                    "rank": rank,
+                    "method": method,
+                    "mean": float(mean),
+                    "pairs": int(table[[best, method]].dropna().shape[0]),
+                    "p": p_raw[rank - 1],
+                    "p_holm": float(adjusted[rank - 1]),
+                }
+            )
+    return pd.DataFrame(
+        rows, columns=["budget", "rank", "method", "mean", "pairs", "p", "p_holm"]
     )
 
 
@@ -352,6 +418,71 @@ def _score_table(
     return _md_table(header, rows, "l" + "r" * len(budgets))
 
 
+def _ranking(
+    runs: pd.DataFrame,
+    metrics: pd.DataFrame,
+    summary: pd.DataFrame,
+    level: int,
+    n_by_budget: dict[str, float],
+) -> list[str]:
+    """Per budget: methods ranked by mean DSC, a paired test against the best, and cost."""
+    h = "#" * level
+    tests = {"dsc": paired_tests(runs, metrics, "dsc"), "nsd": paired_tests(runs, metrics, "nsd")}
+    cost = _cost_table(runs).set_index(["method", "budget"])
+    unit, scale = _time_unit(float(cost["wall_s"].max()))
+
+    def vs_best(t: pd.DataFrame, method: str) -> str:
+        r = t[t.method == method].iloc[0]
+        if r["rank"] == 1:
+            return "best"
+        if pd.isna(r["p_holm"]):
+            return "no pairs"
+        mark = " ▼" if r["p_holm"] < ALPHA else ""
+        return f"{r['p_holm']:.3g}{mark}"
+
+    out = [
+        f"{h} Ranking per budget",
+        "",
+        "Methods ranked by mean DSC. *p vs best*: two-sided paired Wilcoxon signed-rank test "
+        "of each method's per-case scores against the best method's on the same (seed, test "
+        "case) pairs, Holm-corrected over the methods of the budget; ▼ marks a method "
+        f"significantly below the best (adjusted p < {ALPHA}). NSD is tested the same way "
+        "against the method best in NSD. Cost: mean wall time per run, largest peak memory.",
+        "",
+    ]
+    for budget in _budget_order(runs):
+        t_dsc = tests["dsc"][tests["dsc"].budget == budget]
+        t_nsd = tests["nsd"][tests["nsd"].budget == budget]
+        sub = summary[summary.budget == budget].set_index("method")
+        rows = []
+        for r in t_dsc.itertuples():
+            s_ = sub.loc[r.method]
+            c = cost.loc[(r.method, budget)]
+            rows.append(
+                [
+                    str(r.rank),
+                    r.method,
+                    f"{_f3(s_['dsc'])} [{_f3(s_['dsc_lo'])}, {_f3(s_['dsc_hi'])}]",
+                    vs_best(t_dsc, r.method),
+                    f"{_f3(s_['nsd'])} [{_f3(s_['nsd_lo'])}, {_f3(s_['nsd_hi'])}]",
+                    vs_best(t_nsd, r.method),
+                    f"{int(s_['seeds'])} × {int(s_['cases'])}",
+                    f"{c['wall_s'] / scale:,.1f}",
+                    f"{c['peak_mem_mb']:,.0f}",
+                    str(c["device"]),
+                ]
+            )
+        header = ["#", "method", "DSC [95% CI]", "p vs best", "NSD [95% CI]", "p vs best"]
+        header += ["seeds × cases", f"wall ({unit})", "peak MB", "device"]
+        out += [
+            f"{h}# {_budget_header(budget, n_by_budget[budget])}",
+            "",
+            _md_table(header, rows, "rlrrrrrrrl"),
+            "",
+        ]
+    return out
+
+
 def _section(
     runs: pd.DataFrame, metrics: pd.DataFrame, level: int, plot_name: str | None
 ) -> list[str]:
@@ -384,6 +515,7 @@ def _section(
     ]
     if plot_name:
         out += [f"![Mean DSC vs. labeled training slices]({plot_name})", ""]
+    out += _ranking(runs, metrics, summary, level, n_by_budget)
 
     tables = per_organ(runs, metrics)
     organs = next(iter(tables.values())).columns if tables else []
@@ -396,6 +528,8 @@ def _section(
         + (f" Abbreviations: {legend}." if legend else ""),
         "",
     ]
+    if plot_name:
+        out += [f"![Per-organ DSC heatmap]({HEATMAP_NAME})", ""]
     for budget, table in tables.items():
         cols = {m: {} for m in table.index}
         for organ in table.columns:
@@ -685,6 +819,99 @@ def plot_dsc_vs_labels(summary: pd.DataFrame, out_png: Path) -> Path:
         return _atomic_write(Path(out_png), save)
 
 
+def plot_organ_heatmap(tables: dict[str, pd.DataFrame], out_png: Path) -> Path:
+    """Per-organ mean DSC, methods × organs, one panel per budget (values written in cells)."""
+    import seaborn as sns
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    tables = {b: t for b, t in tables.items() if not t.empty}
+    if not tables:
+        raise ValueError("nothing to plot: no per-organ DSC")
+    organs = next(iter(tables.values())).columns
+    short = _short_organs(organs)
+    heights = [max(1, len(t)) for t in tables.values()]
+    with sns.axes_style("white"), sns.plotting_context("notebook", font_scale=0.8):
+        fig = Figure(
+            figsize=(1.0 + 0.62 * len(organs), 1.2 + 0.42 * sum(heights) + 0.5 * len(tables)),
+            dpi=150,
+            layout="constrained",
+        )
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(len(tables), 1, squeeze=False, height_ratios=heights)[:, 0]
+        for i, (ax, (budget, table)) in enumerate(zip(axes, tables.items(), strict=True)):
+            sns.heatmap(
+                table.rename(columns=short).astype(float),
+                vmin=0,
+                vmax=1,
+                cmap="viridis",
+                annot=True,
+                fmt=".2f",
+                annot_kws={"fontsize": 7},
+                cbar=i == 0,
+                cbar_kws={"label": "mean DSC"} if i == 0 else None,
+                ax=ax,
+            )
+            ax.set_title(budget, loc="left", fontsize="medium")
+            ax.set_ylabel("")
+            ax.set_xlabel("" if i < len(tables) - 1 else "organ")
+            ax.tick_params(axis="x", labelrotation=45 if i == len(tables) - 1 else 0)
+            if i < len(tables) - 1:
+                ax.set_xticklabels([])
+
+        def save(tmp: Path) -> None:
+            fig.savefig(tmp, format="png")
+
+        return _atomic_write(Path(out_png), save)
+
+
+def render_html(markdown_text: str, folder: Path) -> str:
+    """A self-contained HTML page of the leaderboard: the Markdown rendered, images inlined."""
+    import base64
+    import html as html_lib
+
+    import markdown as md_lib
+
+    body = md_lib.markdown(markdown_text, extensions=["tables"])
+
+    def inline(match: re.Match) -> str:
+        name = html_lib.unescape(match.group(1))
+        path = Path(folder) / name
+        if "/" in name or not path.is_file():
+            return match.group(0)
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        return f'src="data:image/png;base64,{data}"'
+
+    body = re.sub(r'src="([^"]+\.png)"', inline, body)
+    title = next(
+        (line[2:] for line in markdown_text.splitlines() if line.startswith("# ")), "Leaderboard"
+    )
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{html_lib.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 75rem; margin: 2rem auto;
+       padding: 0 1rem; line-height: 1.45; color: #222; }}
+table {{ border-collapse: collapse; margin: 0.5rem 0 1.25rem; font-size: 0.9rem; }}
+th, td {{ border: 1px solid #ccc; padding: 0.25rem 0.5rem; }}
+th {{ background: #f3f3f3; }}
+tr:nth-child(even) td {{ background: #fafafa; }}
+td[style*="right"], th[style*="right"] {{ font-variant-numeric: tabular-nums; }}
+img {{ max-width: 100%; height: auto; }}
+code {{ background: #f3f3f3; padding: 0 0.2rem; }}
+blockquote {{ border-left: 4px solid #d9534f; margin: 0; padding: 0.25rem 1rem; }}
+</style>
+</head>
+<body>
+{body}
+</body>
+</html>
+"""
+
+
 def write_report(
     protocol: str,
     runs: pd.DataFrame,
@@ -692,7 +919,7 @@ def write_report(
     out_dir: Path,
     generative: pd.DataFrame | None = None,
 ) -> Path:
-    """Write out_dir/LEADERBOARD.md and out_dir/dsc_vs_labels.png; return the .md path.
+    """Write LEADERBOARD.md, LEADERBOARD.html and the plots into out_dir; return the .md path.
 
     With no segmentation runs but generative rows, the report holds the generative section only.
     """
@@ -709,14 +936,19 @@ def write_report(
                     *_generative_section(gen),
                 ]
             ).rstrip()
+            page = render_html(markdown, out_dir)
+            _atomic_write(out_dir / HTML_NAME, lambda tmp: tmp.write_text(page, encoding="utf-8"))
             return _atomic_write(
                 out_dir / MD_NAME, lambda tmp: tmp.write_text(markdown + "\n", encoding="utf-8")
             )
     runs = _select_protocol(protocol, runs)
     _check_metrics(protocol, runs, metrics)
     markdown = render_markdown(protocol, runs, metrics, PLOT_NAME, generative)
-    # Different protocol hashes are not comparable: the plot shows one (the newest) only.
+    # Different protocol hashes are not comparable: the plots show one (the newest) only.
     shown = runs[runs["protocol_hash"] == _plot_hash(runs, metrics)]
     plot_dsc_vs_labels(summarize(shown, metrics), out_dir / PLOT_NAME)
-    # The plot goes first so the Markdown never links to a missing image.
+    plot_organ_heatmap(per_organ(shown, metrics), out_dir / HEATMAP_NAME)
+    # Plots first, so the Markdown and HTML never link to a missing image.
+    page = render_html(markdown, out_dir)
+    _atomic_write(out_dir / HTML_NAME, lambda tmp: tmp.write_text(page, encoding="utf-8"))
     return _atomic_write(out_dir / MD_NAME, lambda tmp: tmp.write_text(markdown, encoding="utf-8"))

@@ -1,7 +1,7 @@
 """Label efficiency on a protocol: mean DSC per method and budget over several seeds.
 
-Runs `bench run` for every method × budget (all seeds in one call), skipping runs already
-completed in the results store, then prints the table of mean DSC (over seeds and test
+Runs the grid with `bench sweep` (which skips runs already completed in the results store
+and pretrains each model once), then prints the table of mean DSC (over seeds and test
 cases) and writes the report with `bench report`.
 
     python benchmarks/label_efficiency.py --methods unet-scratch,diffusion-linear \
@@ -28,30 +28,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="report folder")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
-    seeds = [s for seed in args.seeds.split(",") for s in ("--seed", seed)]
     methods, budgets = args.methods.split(","), args.budgets.split(",")
-    for method in methods:
-        for budget in budgets:
-            cmd = [
-                sys.executable,
-                "-m",
-                "benchmark.cli",
-                "run",
-                "--method",
-                method,
-                "--budget",
-                budget,
-                "--protocol",
-                args.protocol,
-                "--results",
-                str(args.results),
-                "--device",
-                args.device,
-                "--quiet",
-                *seeds,
-            ]
-            print("$", " ".join(cmd[2:]), flush=True)
-            subprocess.run(cmd, check=False)
+    cmd = [sys.executable, "-m", "benchmark.cli", "sweep", "--methods", args.methods]
+    cmd += ["--budgets", args.budgets, "--seeds", args.seeds, "--protocol", args.protocol]
+    cmd += ["--results", str(args.results), "--device", args.device, "--quiet"]
+    print("$", " ".join(cmd[2:]), flush=True)
+    subprocess.run(cmd, check=False)  # failed runs are recorded; the table shows the rest
     store = ResultsStore(args.results)
     runs = store.runs(protocol=args.protocol)
     runs = runs[runs.method.isin(methods) & runs.budget.isin(budgets)]

@@ -10,6 +10,8 @@ import pytest
 
 from benchmark.report import (
     bootstrap_ci,
+    holm,
+    paired_tests,
     per_organ,
     plot_dsc_vs_labels,
     render_markdown,
@@ -225,7 +227,14 @@ def test_write_report_writes_markdown_and_png(tmp_path):
 
     image = matplotlib.image.imread(png)
     assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 200
-    assert sorted(p.name for p in out.iterdir()) == ["LEADERBOARD.md", "dsc_vs_labels.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "LEADERBOARD.html",
+        "LEADERBOARD.md",
+        "dsc_vs_labels.png",
+        "organ_dsc_heatmap.png",
+    ]
+    heat = matplotlib.image.imread(out / "organ_dsc_heatmap.png")
+    assert heat.ndim == 3 and heat.shape[0] > 200 and heat.shape[1] > 200
     with pytest.raises(ValueError, match="no completed runs"):
         write_report("tiny", runs.iloc[0:0], metrics, tmp_path / "empty")
 
@@ -234,3 +243,109 @@ def test_plot_accepts_a_summary(tmp_path):
     runs, metrics = synthetic(methods=("solo",), budgets={"4slices": 4})
     path = plot_dsc_vs_labels(summarize(runs, metrics, n_boot=50), tmp_path / "p.png")
     assert path.stat().st_size > 0
+
+
+# --------------------------------------------------------------------------- paired tests
+
+
+def test_holm_matches_a_hand_computed_example():
+    got = holm([0.01, 0.04, 0.03, np.nan])
+    # sorted 0.01, 0.03, 0.04 → 3·0.01, max(0.03, 2·0.03), max(0.06, 1·0.04); NaN untouched
+    np.testing.assert_allclose(got[:3], [0.03, 0.06, 0.06])
+    assert np.isnan(got[3])
+    assert holm([0.5, 0.9]).max() <= 1.0
+
+
+def _paired(case_dsc: dict[str, list[float]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    runs, metrics = [], []
+    for method, values in case_dsc.items():
+        rid = f"{method}-run"
+        runs.append(run_row(rid, method, "1pct", 0, 8))
+        for c, d in enumerate(values):
+            metrics.append(
+                {"run_id": rid, "case_id": f"c{c}", "organ_id": 1, "organ": "liver", "dsc": d,
+                 "nsd": d}
+            )  # fmt: skip
+    return pd.DataFrame(runs), pd.DataFrame(metrics)
+
+
+def test_paired_wilcoxon_against_the_best_with_holm():
+    from scipy.stats import wilcoxon
+
+    rng = np.random.default_rng(1)
+    best = rng.uniform(0.6, 0.9, 10)
+    worse = best - rng.uniform(0.05, 0.1, 10)  # below the best on every case
+    close = best + rng.normal(0, 0.01, 10)  # indistinguishable
+    same = best.copy()
+    runs, metrics = _paired({"a": best, "b": worse, "c": close, "d": same})
+    t = paired_tests(runs, metrics).set_index("method")
+    assert t.loc["a", "rank"] == 1 or t.loc["c", "rank"] == 1
+    top = t[t["rank"] == 1].index[0]
+    assert np.isnan(t.loc[top, "p"])
+    p_b = wilcoxon({"a": best, "c": close, "d": same}[top], worse).pvalue
+    assert t.loc["b", "p"] == pytest.approx(p_b)
+    assert t.loc["b", "p_holm"] < 0.05 and t.loc["b", "pairs"] == 10
+    assert t.loc["b", "p_holm"] >= t.loc["b", "p"]
+    others = [m for m in "acd" if m != top]
+    assert all(t.loc[m, "p_holm"] > 0.05 for m in others)
+
+
+def test_report_ranks_methods_and_marks_significant_losses():
+    rng = np.random.default_rng(2)
+    best = rng.uniform(0.6, 0.9, 10)
+    twin = best + rng.normal(0, 0.01, 10)  # no consistent difference
+    runs, metrics = _paired({"good": best, "bad": best - 0.2, "twin": twin})
+    md = render_markdown("tiny", runs, metrics)
+    section = md[md.index("## Ranking per budget") :]
+    lines = [line for line in section.splitlines() if line.startswith("| ")]
+    assert "best" in lines[1] and ("| good" in lines[1] or "| twin" in lines[1])
+    assert "| bad" in lines[3] and "▼" in lines[3]
+    assert "▼" not in lines[2]
+
+
+def test_html_report_is_self_contained(tmp_path):
+    runs, metrics = synthetic()
+    write_report("tiny", runs, metrics, tmp_path)
+    page = (tmp_path / "LEADERBOARD.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 2
+    assert 'src="dsc_vs_labels.png"' not in page and "<table>" in page
+    assert "Ranking per budget" in page
+
+
+def _browser() -> str | None:
+    import shutil
+
+    return next(
+        (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p),
+        None,
+    )
+
+
+@pytest.mark.slow
+def test_html_report_renders_in_a_headless_browser(tmp_path):
+    """Chromium (installed by .ci/run) loads the page offline: every table and inlined plot."""
+    import re
+    import subprocess
+
+    browser = _browser()
+    assert browser, "no chromium on PATH: install Debian's chromium (see .ci/run)"
+    runs, metrics = synthetic()
+    write_report("tiny", runs, metrics, tmp_path)
+    page = (tmp_path / "LEADERBOARD.html").read_text()
+    probe = (
+        "<script>addEventListener('load', () => { const im = [...document.images]; "
+        "document.body.dataset.check = [im.length, im.filter(i => i.complete && "
+        "i.naturalWidth > 100).length, document.querySelectorAll('table').length].join(','); "
+        "});</script>"
+    )
+    (tmp_path / "probe.html").write_text(page.replace("</body>", probe + "</body>"))
+    dom = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+         "--dump-dom", (tmp_path / "probe.html").as_uri()],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout  # fmt: skip
+    found = re.search(r'data-check="(\d+),(\d+),(\d+)"', dom)
+    assert found, dom[:2000]
+    images, loaded, tables = map(int, found.groups())
+    assert images == loaded == 2
+    assert tables == page.count("<table>") >= 5
