@@ -314,21 +314,51 @@ def pretrain(
     seed: Annotated[
         int, typer.Option("--seed", "-s", help="Run seed (if the method uses it).")
     ] = 0,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            "--nproc",
+            help="Processes for data-parallel (DDP) pretraining, launched with torchrun; "
+            "one GPU each with --device cuda, gloo on CPU.",
+        ),
+    ] = 1,
     quiet: QuietOpt = False,
 ) -> None:
     """Pretrain METHOD on the protocol's unlabeled slices (cached; resumes when interrupted)."""
+    import os
     import time
 
+    from benchmark.errors import ConfigError
     from benchmark.progress import Progress
     from benchmark.runner import pretrained_method
 
     _check_device(device)
-    progress = Progress(quiet=quiet, console=err)
+    if nproc < 1:
+        raise ConfigError("--nproc must be at least 1")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if nproc > 1 and world == 1:  # not under torchrun yet: launch it, one process per rank
+        args = ["pretrain", "--method", method, "--protocol", protocol, "--device", device]
+        args += ["--seed", str(seed)]  # each rank sees WORLD_SIZE instead of --nproc
+        args += [a for item in set_ or [] for a in ("--set", item)]
+        args += ["--data", str(data)] if data else []
+        args += ["--quiet"] if quiet else []
+        raise typer.Exit(_torchrun(nproc, args))
+    rank = 0
+    if world > 1:  # one rank of torchrun: its own GPU (nccl) or the CPU (gloo)
+        device = _init_distributed(device)
+        rank = int(os.environ.get("RANK", "0"))
+    progress = Progress(quiet=quiet or rank > 0, console=err)
     t = time.perf_counter()
     try:
         _, ctx = pretrained_method(protocol, method, list(set_ or []), device, data, seed, progress)
     finally:
         progress.stop()
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if rank > 0:
+        return
     info = json.dumps(ctx.info.get("pretrain", {}))
     out.print(
         f"pretrained {method} in {time.perf_counter() - t:.1f}s: cache {ctx.cache_dir} {info}",
@@ -493,6 +523,32 @@ def fidelity(
         f"wall {rec.wall_s:.1f}s; {rec.device}; stored in {ResultsStore(results).path}",
         highlight=False,
     )
+
+
+def _torchrun(nproc: int, args: list[str]) -> int:
+    """Run `bench ARGS` under torch.distributed.run with `nproc` local processes."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    cmd += [f"--nproc-per-node={nproc}", "-m", "benchmark.cli", *args]
+    return subprocess.run(cmd, check=False).returncode
+
+
+def _init_distributed(device: str) -> str:
+    """Join the process group torchrun describes in the environment; returns this rank's
+    device: `cuda:LOCAL_RANK` with nccl when CUDA is asked for (or `auto` finds it), else gloo."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if cuda:
+        torch.cuda.set_device(local)
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return f"cuda:{local}" if cuda else "cpu"
 
 
 def _names(text: str) -> list[str]:

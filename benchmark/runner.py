@@ -11,10 +11,11 @@ from __future__ import annotations
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -46,6 +47,8 @@ from benchmark.provenance import (
 )
 from benchmark.registry import get_method
 from benchmark.store import ResultsStore, RunRecord
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -160,6 +163,21 @@ class RunOutcome:
     record: RunRecord | None = None
 
 
+def _rank_zero_first(fn: Callable[[], T]) -> T:
+    """Call `fn` on rank 0 of a torch.distributed group first (it fills a cache the other
+    ranks then read); outside a distributed run just call it."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return fn()
+    if dist.get_rank() == 0:
+        result = fn()
+        dist.barrier()
+        return result
+    dist.barrier()
+    return fn()
+
+
 def run_pretraining(
     method: Method, protocol: Protocol, index: DatasetIndex, ctx: RunContext, progress: Progress
 ) -> None:
@@ -173,12 +191,15 @@ def run_pretraining(
             f"{index.root}: method '{method.name}' pretrains on unlabeled slices but the data set "
             f"has no unlabeled folder (imagesUnlabeled/)"
         )
-    store = build_slice_store(
-        index.unlabeled,
-        Preprocessing(protocol.window_hu, protocol.slice_size),
-        cache_root(),
-        progress=progress.callback("preprocess unlabeled"),
-    )
+    def build() -> SliceStore:
+        return build_slice_store(
+            index.unlabeled,
+            Preprocessing(protocol.window_hu, protocol.slice_size),
+            cache_root(),
+            progress=progress.callback("preprocess unlabeled"),
+        )
+
+    store = _rank_zero_first(build)
     unlabeled = SliceSet(store, np.arange(len(store)), labeled=False)
     key = stable_hash({"pretrain": method.pretrain_key(ctx.seed), "pool": store.key})
     ctx.cache_dir = cache_root() / "pretrain" / key
@@ -204,7 +225,7 @@ def pretrained_method(
     if not method_cls.uses_pretraining:
         raise UnknownMethodError(f"method '{method_name}' has no pretraining")
     config = apply_overrides(method_cls.Config, overrides)
-    index = resolve_dataset(protocol, data, progress)
+    index = _rank_zero_first(lambda: resolve_dataset(protocol, data, progress))
     ctx = RunContext(
         device=resolve_device(device),
         seed=seed,

@@ -24,6 +24,7 @@ from benchmark.method import SliceSet
 from benchmark.progress import Progress
 from benchmark.protocol import load_protocol
 from benchmark.runner import load_data, pretrained_method
+from methods.diffusion.features import by_resolution
 from methods.diffusion.linear import DiffusionLinearConfig, FeatureBank, LinearHead
 
 
@@ -50,7 +51,7 @@ def head_speedup(steps: int) -> tuple[float, float, float]:
     rng = np.random.default_rng(0)
 
     def run(get_feats) -> float:
-        head = LinearHead(taps.channels, ctx.num_classes, labeled.slice_size)
+        head = LinearHead(taps.group_channels, ctx.num_classes, labeled.slice_size)
         head.set_stats(bank.get(np.arange(len(labeled)), ctx.device))
         opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr)
         t0 = time.perf_counter()
@@ -63,7 +64,7 @@ def head_speedup(steps: int) -> tuple[float, float, float]:
         return (time.perf_counter() - t0) / steps
 
     cached = run(lambda idx: bank.get(idx, ctx.device))
-    recomputed = run(lambda idx: taps(labeled.images(idx)))
+    recomputed = run(lambda idx: by_resolution(taps(labeled.images(idx))))
     return cached, recomputed, setup
 
 

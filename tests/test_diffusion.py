@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,7 +20,7 @@ from benchmark.data.reader import discover
 from benchmark.data.slicestore import Preprocessing, build_slice_store
 from benchmark.method import SliceSet
 from benchmark.progress import Progress
-from methods.diffusion.features import DecoderTaps
+from methods.diffusion.features import DecoderTaps, by_resolution
 from methods.diffusion.linear import LinearHead
 from methods.diffusion.model import DDPMConfig, build_scheduler
 from methods.diffusion.pretrain import CHECKPOINT, MODEL, load_pretrained, pretrain_ddpm
@@ -131,6 +134,10 @@ def test_features_have_documented_shape_and_are_deterministic(unlabeled):
     # 3 timesteps × 2 blocks; with 3 levels block 0 is at half resolution, block 1 at full
     assert [tuple(f.shape) for f in a] == [(3, 16, 8, 8), (3, 16, 16, 16)] * 3
     assert taps.channels == [16, 16] * 3
+    grouped = by_resolution(a)  # one tensor per resolution, timesteps × blocks concatenated
+    assert [tuple(f.shape) for f in grouped] == [(3, 48, 8, 8), (3, 48, 16, 16)]
+    assert taps.group_channels == [48, 48]
+    torch.testing.assert_close(grouped[1][:, 16:32], a[3])  # timestep 150, block 1
     for fa, fb in zip(a, b, strict=True):
         assert torch.equal(fa, fb)
     assert not torch.equal(a[0], a[2])  # different timesteps differ
@@ -215,3 +222,27 @@ def test_predictions_have_slice_shape_and_label_range(unlabeled, tmp_path):
         pred = method.predict(unlabeled.images(np.arange(5)))
         assert pred.shape == (5, 32, 32) and pred.dtype == torch.int64
         assert int(pred.min()) >= 0 and int(pred.max()) < 14
+
+
+@pytest.mark.slow
+def test_ddp_pretraining_on_two_gloo_processes_takes_the_same_steps_as_one(tmp_path):
+    """`bench pretrain --nproc 2` (torchrun, gloo, CPU) writes the same checkpoint format as
+    one process, and, each rank training on its shard of the same batch, the same weights."""
+    cmd = [sys.executable, "-m", "benchmark.cli", "pretrain", "-m", "diffusion-linear"]
+    cmd += ["-p", "tiny", "--device", "cpu", "-q", *(a for s in TINY_SET for a in ("--set", s))]
+    models = {}
+    for nproc in (2, 1):
+        cache = tmp_path / f"cache{nproc}"
+        env = dict(os.environ, LABELBENCH_CACHE=str(cache), OMP_NUM_THREADS="1")
+        r = subprocess.run(
+            [*cmd, "--nproc", str(nproc)], env=env, capture_output=True, text=True, timeout=600
+        )
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert r.stdout.count("pretrained diffusion-linear") == 1, r.stdout  # rank 0 only
+        (model,) = (cache / "pretrain").glob(f"*/{MODEL}")
+        meta = json.loads(model.with_suffix(".json").read_text())
+        assert meta["step"] == 4 and not (model.parent / CHECKPOINT).exists()
+        models[nproc] = torch.load(model, weights_only=True)["ema"]
+    assert models[1].keys() == models[2].keys()
+    for key, value in models[1].items():
+        torch.testing.assert_close(models[2][key], value, rtol=1e-4, atol=1e-5, msg=key)

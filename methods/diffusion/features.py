@@ -60,6 +60,11 @@ class DecoderTaps:
         for b in self.blocks:
             model.up_blocks[b].register_forward_hook(self._hook(b))
         self.channels = self._probe_channels()
+        probe = [
+            torch.zeros(1, c, *shape) for c, shape in zip(self.channels, self._shapes, strict=True)
+        ]
+        self.group_channels = [f.shape[1] for f in by_resolution(probe)]
+        """Channels of `by_resolution(features)`: one entry per distinct block resolution."""
 
     def _hook(self, block: int):
         def store(_module, _inputs, output):
@@ -70,6 +75,7 @@ class DecoderTaps:
     def _probe_channels(self) -> list[int]:
         device = next(self.model.parameters()).device
         feats = self(torch.zeros(1, 1, self.resolution, self.resolution, device=device))
+        self._shapes = [tuple(f.shape[-2:]) for f in feats]
         return [f.shape[1] for f in feats]
 
     @torch.no_grad()
@@ -85,3 +91,16 @@ class DecoderTaps:
             self.model(xt, ts)
             feats.extend(self._out[b].float() for b in self.blocks)
         return feats
+
+
+def by_resolution(feats: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Concatenate, along channels, the features that share a spatial size (first-seen order).
+
+    A linear head over the upsampled concatenation equals one over these groups (a 1×1
+    convolution splits over channel groups), with one upsampling per resolution instead of
+    one per (timestep, block).
+    """
+    groups: dict[tuple[int, ...], list[torch.Tensor]] = {}
+    for f in feats:
+        groups.setdefault(tuple(f.shape[-2:]), []).append(f)
+    return [torch.cat(g, 1) if len(g) > 1 else g[0] for g in groups.values()]

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from monai.networks.nets import DiffusionModelUNet
 
 from benchmark.checkpoint import load_verified, save_verified, sha256_file
+from benchmark.errors import ConfigError
 from benchmark.method import SliceSet
 from benchmark.progress import Progress
 from methods.diffusion.model import (
@@ -66,6 +67,14 @@ def pretrain_ddpm(
         model.load_state_dict(cached[0]["ema"])
         return model.to(device).eval(), {**cached[1], "cached": True}
 
+    rank, world = _distributed()
+    if cfg.pretrain_batch_size % world:
+        raise ConfigError(
+            f"pretrain_batch_size={cfg.pretrain_batch_size} does not split over {world} processes"
+        )
+    shard = slice(
+        rank * cfg.pretrain_batch_size // world, (rank + 1) * cfg.pretrain_batch_size // world
+    )
     res = model_resolution(cfg, unlabeled.slice_size)
     torch.manual_seed(cfg.pretrain_seed)
     model = build_unet(cfg).to(device)
@@ -104,24 +113,34 @@ def pretrain_ddpm(
     task.advance(step)
     model.train()
     ema_params, model_params = list(ema.parameters()), list(model.parameters())
+    net: torch.nn.Module = model
+    if world > 1:  # gradients averaged over ranks; checkpoints hold the bare model
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     pending: list[torch.Tensor] = []  # losses still on the device: one host sync per LOG_EVERY
 
     def flush() -> None:
         if pending:
-            losses.extend(torch.stack(pending).tolist())
+            batch = torch.stack(pending)
+            if world > 1:  # the loss of the whole batch: the mean over the ranks' shards
+                torch.distributed.all_reduce(batch)
+                batch /= world
+            losses.extend(batch.tolist())
             task.advance(len(pending), loss=losses[-1])
             pending.clear()
 
     while step < cfg.pretrain_iterations:
+        # Every rank draws the whole batch from the same generator and keeps its shard, so
+        # N processes take the same steps as one (and any of them can resume the checkpoint).
         idx = torch.randint(len(unlabeled), (cfg.pretrain_batch_size,), generator=gen).numpy()
-        x0 = to_model_input(unlabeled.images(idx), res).to(device)
-        noise = torch.randn(x0.shape, generator=gen).to(device)
-        t = torch.randint(0, cfg.train_timesteps, (cfg.pretrain_batch_size,), generator=gen).to(
-            device
-        )
+        noise = torch.randn((cfg.pretrain_batch_size, 1, res, res), generator=gen)
+        t = torch.randint(0, cfg.train_timesteps, (cfg.pretrain_batch_size,), generator=gen)
+        x0 = to_model_input(unlabeled.images(idx[shard]), res).to(device)
+        noise, t = noise[shard].to(device), t[shard].to(device)
         xt = scheduler.add_noise(original_samples=x0, noise=noise, timesteps=t)
         with amp:
-            pred = model(xt, t)
+            pred = net(xt, t)
         loss = F.mse_loss(pred.float(), noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -134,7 +153,7 @@ def pretrain_ddpm(
         pending.append(loss.detach())
         if step % LOG_EVERY == 0 or step % cfg.checkpoint_every == 0:
             flush()
-        if step % cfg.checkpoint_every == 0 and step < cfg.pretrain_iterations:
+        if rank == 0 and step % cfg.checkpoint_every == 0 and step < cfg.pretrain_iterations:
             state = {
                 "model": model.state_dict(),
                 "ema": ema.state_dict(),
@@ -148,7 +167,19 @@ def pretrain_ddpm(
     flush()
     task.close()
     meta = {"config": expect, "step": step, "losses": losses, "resolution": res}
-    save_verified({"ema": ema.state_dict()}, cache_dir / MODEL, meta)
-    (cache_dir / CHECKPOINT).unlink(missing_ok=True)
-    (cache_dir / CHECKPOINT).with_suffix(".json").unlink(missing_ok=True)
+    if rank == 0:
+        save_verified({"ema": ema.state_dict()}, cache_dir / MODEL, meta)
+        (cache_dir / CHECKPOINT).unlink(missing_ok=True)
+        (cache_dir / CHECKPOINT).with_suffix(".json").unlink(missing_ok=True)
+    if world > 1:
+        torch.distributed.barrier()  # the model file exists before any rank goes on
+    meta["world_size"] = world
     return ema.eval(), {**meta, "sha256": sha256_file(cache_dir / MODEL), "cached": False}
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size) of the torch.distributed group, or (0, 1) outside one."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
