@@ -164,7 +164,11 @@ def pretraining_groups(pending: list[Prepared]) -> dict[str, list[Prepared]]:
 
 def worker_env() -> dict[str, str]:
     """What a worker process needs to see the same cache, protocols and plugins as the driver."""
-    env = {"LABELBENCH_CACHE": str(cache_root().resolve())}
+    env = {
+        "LABELBENCH_CACHE": str(cache_root().resolve()),
+        # A dependency's import-time warning, silenced in the CLI too; workers import first.
+        "PYTHONWARNINGS": "ignore:`torch.jit.interface` is deprecated:FutureWarning",
+    }
     if "LABELBENCH_PROTOCOLS" in os.environ:
         env["LABELBENCH_PROTOCOLS"] = os.environ["LABELBENCH_PROTOCOLS"]
     prefixes = {sys.prefix, sys.base_prefix}
