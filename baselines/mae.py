@@ -21,13 +21,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.pretrained_unet import PretrainedEncoderUNet
-from baselines.simclr import sample_batch
+from baselines.pretrained_unet import PretrainedEncoderUNet, pretrain_loop
 from baselines.unet_scratch import UNetConfig
 from benchmark.errors import ConfigError
 from benchmark.method import RunContext, SliceSet
@@ -154,34 +154,12 @@ def train_mae(
     grid = size // cfg.patch_size
     torch.manual_seed(cfg.pretrain_seed)
     model = (model or MaskedAutoencoder(cfg)).to(device).train()
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=cfg.pretrain_lr, weight_decay=cfg.pretrain_weight_decay
-    )
-    steps = cfg.pretrain_iterations
-    warmup = max(1, steps // 10)
-    sched = torch.optim.lr_scheduler.SequentialLR(
-        opt,
-        [
-            torch.optim.lr_scheduler.LinearLR(opt, 1 / warmup, 1.0, warmup),
-            torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps - warmup)),
-        ],
-        milestones=[warmup],
-    )
-    gen = torch.Generator().manual_seed(cfg.pretrain_seed)
-    losses: list[float] = []
-    task = progress.task("MAE pretraining", steps)
-    for _ in range(steps):
-        idx = sample_batch(len(unlabeled), cfg.pretrain_batch_size, gen)
-        images = unlabeled.images(idx).to(device)
+
+    def step_loss(idx: np.ndarray, gen: torch.Generator) -> torch.Tensor:
         keep = random_patch_mask(len(idx), grid, cfg.mask_ratio, gen).to(device)
-        loss = masked_loss(model, images, keep, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        task.advance(loss=losses[-1])
-    task.close()
+        return masked_loss(model, unlabeled.images(idx).to(device), keep, cfg)
+
+    losses = pretrain_loop(model, cfg, len(unlabeled), step_loss, "MAE pretraining", progress)
     return model.eval(), losses
 
 

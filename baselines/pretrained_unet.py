@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from baselines.unet_scratch import UNetConfig, build_unet
 from benchmark.checkpoint import load_verified, save_verified, sha256_file
 from benchmark.method import Method, RunContext, SliceSet
+from benchmark.progress import Progress
 from benchmark.supervised import SupervisedConfig, predict_supervised, train_supervised
 
 ENCODER = "encoder.pt"
@@ -33,6 +36,55 @@ def pretrain_fields(config: UNetConfig) -> dict[str, Any]:
     fields = dataclasses.asdict(config)
     # JSON round trip: tuples become lists, as in the cache's side file.
     return json.loads(json.dumps({k: v for k, v in fields.items() if k not in recipe}))
+
+
+def sample_batch(n: int, batch_size: int, gen: torch.Generator) -> np.ndarray:
+    """Indices of a batch: distinct while the pool allows (a repeat would be a false negative)."""
+    if n >= batch_size:
+        return torch.randperm(n, generator=gen)[:batch_size].numpy()
+    return torch.randint(n, (batch_size,), generator=gen).numpy()
+
+
+def pretrain_loop(
+    model: torch.nn.Module,
+    cfg: Any,
+    n_slices: int,
+    step_loss: Callable[[np.ndarray, torch.Generator], torch.Tensor],
+    title: str,
+    progress: Progress,
+) -> list[float]:
+    """The self-supervised schedule `simclr` and `mae` share; returns the loss per step.
+
+    AdamW (`pretrain_lr`, `pretrain_weight_decay`), linear warm-up over the first tenth of
+    `pretrain_iterations`, then cosine decay; each step draws `pretrain_batch_size` slice
+    indices from a generator seeded with `pretrain_seed` and asks `step_loss(idx, gen)`.
+    """
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=cfg.pretrain_lr, weight_decay=cfg.pretrain_weight_decay
+    )
+    steps = cfg.pretrain_iterations
+    warmup = max(1, steps // 10)
+    sched = torch.optim.lr_scheduler.SequentialLR(
+        opt,
+        [
+            torch.optim.lr_scheduler.LinearLR(opt, 1 / warmup, 1.0, warmup),
+            torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps - warmup)),
+        ],
+        milestones=[warmup],
+    )
+    gen = torch.Generator().manual_seed(cfg.pretrain_seed)
+    losses: list[float] = []
+    task = progress.task(title, steps)
+    for _ in range(steps):
+        loss = step_loss(sample_batch(n_slices, cfg.pretrain_batch_size, gen), gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        task.advance(loss=losses[-1])
+    task.close()
+    return losses
 
 
 class PretrainedEncoderUNet(Method):

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.pretrained_unet import PretrainedEncoderUNet
+from baselines.pretrained_unet import PretrainedEncoderUNet, pretrain_loop
 from baselines.unet_scratch import UNetConfig, build_unet
 from benchmark.augment import ct_view
 from benchmark.method import RunContext, SliceSet
@@ -113,13 +113,6 @@ def two_views(
     return first, ct_view(images, gen, size, crop_scale=scale)
 
 
-def sample_batch(n: int, batch_size: int, gen: torch.Generator) -> np.ndarray:
-    """Indices of a batch: distinct while the pool allows (a repeat would be a false negative)."""
-    if n >= batch_size:
-        return torch.randperm(n, generator=gen)[:batch_size].numpy()
-    return torch.randint(n, (batch_size,), generator=gen).numpy()
-
-
 def train_simclr(
     cfg: SimCLRConfig,
     unlabeled: SliceSet,
@@ -131,33 +124,12 @@ def train_simclr(
     torch.manual_seed(cfg.pretrain_seed)
     model = (model or build_simclr(cfg)).to(device).train()
     size = cfg.view_size or unlabeled.slice_size
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=cfg.pretrain_lr, weight_decay=cfg.pretrain_weight_decay
-    )
-    steps = cfg.pretrain_iterations
-    warmup = max(1, steps // 10)
-    sched = torch.optim.lr_scheduler.SequentialLR(
-        opt,
-        [
-            torch.optim.lr_scheduler.LinearLR(opt, 1 / warmup, 1.0, warmup),
-            torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps - warmup)),
-        ],
-        milestones=[warmup],
-    )
-    gen = torch.Generator().manual_seed(cfg.pretrain_seed)
-    losses: list[float] = []
-    task = progress.task("SimCLR pretraining", steps)
-    for _ in range(steps):
-        idx = sample_batch(len(unlabeled), cfg.pretrain_batch_size, gen)
+
+    def step_loss(idx: np.ndarray, gen: torch.Generator) -> torch.Tensor:
         v1, v2 = two_views(unlabeled.images(idx), gen, cfg, size)
-        loss = nt_xent(model(v1.to(device)), model(v2.to(device)), cfg.temperature)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        task.advance(loss=losses[-1])
-    task.close()
+        return nt_xent(model(v1.to(device)), model(v2.to(device)), cfg.temperature)
+
+    losses = pretrain_loop(model, cfg, len(unlabeled), step_loss, "SimCLR pretraining", progress)
     return model.eval(), losses
 
 
