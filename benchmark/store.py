@@ -169,6 +169,16 @@ class GenerativeRecord:
     finished_at: str
 
 
+def _insert(table: str, record: RunRecord | GenerativeRecord) -> tuple[str, dict[str, Any]]:
+    """An INSERT of a record's fields (JSON columns serialised) and its named parameters."""
+    values = {
+        k: json.dumps(v, sort_keys=True) if k in JSON_COLUMNS else v
+        for k, v in record.__dict__.items()
+    }
+    cols, marks = ", ".join(values), ", ".join(f":{k}" for k in values)
+    return f"INSERT INTO {table} ({cols}) VALUES ({marks})", values
+
+
 class ResultsStore:
     """Open (and create) `<results_dir>/labelbench.sqlite`."""
 
@@ -203,18 +213,13 @@ class ResultsStore:
 
         A completed run replaces an earlier completed run with the same key (`--force`).
         """
-        values = {
-            k: json.dumps(v, sort_keys=True) if k in JSON_COLUMNS else v
-            for k, v in record.__dict__.items()
-        }
-        cols = ", ".join(values)
-        marks = ", ".join(f":{k}" for k in values)
+        sql, values = _insert("runs", record)
         with closing(self._connect()) as conn, conn:
             if record.status == "completed":
                 conn.execute(
                     "DELETE FROM runs WHERE run_key = ? AND status = 'completed'", (record.run_key,)
                 )
-            conn.execute(f"INSERT INTO runs ({cols}) VALUES ({marks})", values)
+            conn.execute(sql, values)
             conn.executemany(
                 "INSERT INTO case_metrics VALUES (?, ?, ?, ?, ?, ?)",
                 [(record.run_id, *m) for m in metrics],
@@ -245,15 +250,10 @@ class ResultsStore:
 
     def write_generative(self, record: GenerativeRecord) -> None:
         """Insert a generative-quality row in one transaction, replacing one with the same key."""
-        values = {
-            k: json.dumps(v, sort_keys=True) if k in JSON_COLUMNS else v
-            for k, v in record.__dict__.items()
-        }
-        cols = ", ".join(values)
-        marks = ", ".join(f":{k}" for k in values)
+        sql, values = _insert("generative", record)
         with closing(self._connect()) as conn, conn:
             conn.execute("DELETE FROM generative WHERE gen_key = ?", (record.gen_key,))
-            conn.execute(f"INSERT INTO generative ({cols}) VALUES ({marks})", values)
+            conn.execute(sql, values)
 
     def generative(self, protocol: str | None = None) -> pd.DataFrame:
         """Generative-quality rows as a DataFrame (JSON columns left as JSON text)."""
