@@ -104,10 +104,15 @@ def real_test_rows(data: DataContext, n: int | None, seed: int) -> np.ndarray:
     if n is None:
         n = min(DEFAULT_N, available)
     if n > available:
+        larger = (
+            ", or --protocol phantom-fidelity (the same phantom with 20 test cases)"
+            if data.protocol.dataset.source == "phantom" and data.protocol.n_test < 20
+            else ""
+        )
         raise ConfigError(
             f"--n {n}: protocol '{data.protocol.name}' has only {available} slices in its "
             f"{len(data.split.test)} test cases (real slices never come from training cases); "
-            f"use --n {available} or fewer"
+            f"use --n {available} or fewer{larger}"
         )
     if n < PRC_NEIGHBORHOOD + 1:
         raise ConfigError(

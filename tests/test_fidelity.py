@@ -254,7 +254,7 @@ def test_fidelity_command_stores_a_row_and_report_shows_it(tmp_path, isolated):
     results = tmp_path / "runs"
     base = ["fidelity", "-m", "diffusion-linear", "-p", "tiny", "--results", str(results), "-q"]
     base += ["--feature-extractor", "stand-in", *_tiny_set()]
-    for n, message in (("100000", "use --n"), ("2", "at least 4")):
+    for n, message in (("100000", "or --protocol phantom-fidelity"), ("2", "at least 4")):
         r = _invoke(*base, "--n", n)
         errors = [line for line in r.output.splitlines() if line.startswith("error:")]
         assert r.exit_code == 2 and len(errors) == 1 and message in errors[0], r.output

@@ -7,7 +7,7 @@ from benchmark.protocol import Budget, available_protocols, draw_budget, load_pr
 
 
 def test_builtin_protocols_load_and_hash_is_stable():
-    assert {"phantom", "flare22"} <= set(available_protocols())
+    assert {"phantom", "phantom-fidelity", "flare22"} <= set(available_protocols())
     a, b = load_protocol("phantom"), load_protocol("phantom")
     assert a.hash == b.hash and len(a.hash) == 16
     assert a.num_classes == 14 and a.labels[1] == "liver" and a.labels[13] == "left_kidney"
@@ -15,6 +15,18 @@ def test_builtin_protocols_load_and_hash_is_stable():
     f = load_protocol("flare22")
     assert f.slice_size == 256 and {"1pct", "10pct", "4slices", "100pct"} <= set(f.budgets)
     assert f.hash != a.hash
+
+
+def test_fidelity_protocol_is_the_phantom_with_a_larger_test_split():
+    # Same data, preprocessing, labels and metrics, so runs reuse the phantom's files and its
+    # cached pretraining (keyed by the unlabeled pool); only the split differs.
+    p, f = load_protocol("phantom"), load_protocol("phantom-fidelity")
+    assert f.dataset == p.dataset
+    assert (f.window_hu, f.slice_size, f.labels) == (p.window_hu, p.slice_size, p.labels)
+    assert (f.nsd_tolerance_mm, f.zrange_labels) == (p.nsd_tolerance_mm, p.zrange_labels)
+    assert f.split_seed == p.split_seed and f.n_val == p.n_val
+    assert f.n_test == 20 > p.n_test
+    assert f.hash != p.hash
 
 
 def test_unknown_protocol_suggests_close_names():
