@@ -25,7 +25,12 @@ from baselines.unet_scratch import UNetConfig, build_unet
 from benchmark.checkpoint import load_verified, save_verified, sha256_file
 from benchmark.method import Method, RunContext, SliceSet
 from benchmark.progress import Progress
-from benchmark.supervised import SupervisedConfig, predict_supervised, train_supervised
+from benchmark.supervised import (
+    SupervisedConfig,
+    optimize,
+    predict_supervised,
+    train_supervised,
+)
 
 ENCODER = "encoder.pt"
 
@@ -73,18 +78,13 @@ def pretrain_loop(
         milestones=[warmup],
     )
     gen = torch.Generator().manual_seed(cfg.pretrain_seed)
-    losses: list[float] = []
-    task = progress.task(title, steps)
-    for _ in range(steps):
-        loss = step_loss(sample_batch(n_slices, cfg.pretrain_batch_size, gen), gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        task.advance(loss=losses[-1])
-    task.close()
-    return losses
+    return optimize(
+        lambda: step_loss(sample_batch(n_slices, cfg.pretrain_batch_size, gen), gen),
+        opt,
+        sched,
+        steps,
+        progress.task(title, steps),
+    )
 
 
 class PretrainedEncoderUNet(Method):

@@ -6,6 +6,7 @@ AdamW with cosine decay, Dice + cross-entropy, the same augmentation and iterati
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +15,7 @@ from monai.losses import DiceCELoss
 
 from benchmark.augment import random_affine, random_intensity
 from benchmark.method import RunContext, SliceSet
+from benchmark.progress import Task
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,30 @@ class SupervisedConfig:
     """Slices per forward pass at prediction."""
 
 
+def optimize(
+    step_loss: Callable[[], torch.Tensor],
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    steps: int,
+    task: Task,
+) -> list[float]:
+    """`steps` optimizer and scheduler steps on `step_loss()`; closes `task`, returns the losses.
+
+    The one training loop of the project's fine-tuning, heads and self-supervised pretraining.
+    """
+    losses: list[float] = []
+    for _ in range(steps):
+        loss = step_loss()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        task.advance(loss=losses[-1])
+    task.close()
+    return losses
+
+
 def train_supervised(
     model: torch.nn.Module, config: SupervisedConfig, labeled: SliceSet, ctx: RunContext
 ) -> list[float]:
@@ -47,22 +73,17 @@ def train_supervised(
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
     gen = torch.Generator().manual_seed(ctx.seed)
     batches = labeled.batches(config.batch_size, np.random.default_rng(ctx.seed))
-    losses = []
-    task = ctx.progress.task("fit", config.iterations)
-    for _ in range(config.iterations):
+
+    def step_loss() -> torch.Tensor:
         idx = torch.from_numpy(next(batches)).to(device)
         x, y = images[idx], labels[idx]
         if config.augment:
             x, y = random_affine(x, y, gen)
             x = random_intensity(x, gen)
-        loss = loss_fn(model(x), y[:, None])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        task.advance(loss=losses[-1])
-    task.close()
+        return loss_fn(model(x), y[:, None])
+
+    task = ctx.progress.task("fit", config.iterations)
+    losses = optimize(step_loss, opt, sched, config.iterations, task)
     model.eval()
     return losses
 

@@ -12,6 +12,7 @@ from monai.losses import DiceCELoss
 from torch import nn
 
 from benchmark.method import RunContext, SliceSet
+from benchmark.supervised import optimize
 from methods.diffusion.backbone import DiffusionTransfer
 from methods.diffusion.features import DEFAULT_TIMESTEPS, DecoderTaps, by_resolution
 from methods.diffusion.model import DDPMConfig, build_scheduler, model_resolution
@@ -193,17 +194,12 @@ def train_head(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.iterations, 1))
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
     batches = labeled.batches(cfg.batch_size, np.random.default_rng(ctx.seed))
-    task = ctx.progress.task("fit head", cfg.iterations)
-    losses = []
-    for _ in range(cfg.iterations):
+
+    def step_loss() -> torch.Tensor:
         idx = np.sort(next(batches))
-        loss = loss_fn(head(bank.get(idx, ctx.device)), labels[torch.from_numpy(idx)][:, None])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        task.advance(loss=losses[-1])
-    task.close()
+        return loss_fn(head(bank.get(idx, ctx.device)), labels[torch.from_numpy(idx)][:, None])
+
+    task = ctx.progress.task("fit head", cfg.iterations)
+    losses = optimize(step_loss, opt, sched, cfg.iterations, task)
     ctx.info["final_loss"] = losses[-1] if losses else None
     return head.eval()
