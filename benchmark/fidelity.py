@@ -34,7 +34,7 @@ from benchmark.metrics.generative import (
     resolve_inception_weights,
 )
 from benchmark.progress import Progress
-from benchmark.protocol import load_protocol, stable_hash
+from benchmark.protocol import Protocol, available_protocols, load_protocol, stable_hash
 from benchmark.provenance import describe_device, git_commit, resolve_device, versions
 from benchmark.registry import get_method, installed_methods
 from benchmark.runner import DataContext, load_data, pretrained_method
@@ -43,6 +43,8 @@ from benchmark.store import GenerativeRecord, ResultsStore
 SAMPLERS = ("ddpm", "ddim")
 DEFAULT_N = 1000
 MS_SSIM_PAIRS = 5000
+FIDELITY_PROTOCOL = "phantom-fidelity"
+"""Built-in protocol: the phantom with enough held-out slices for `--n 1000`."""
 
 
 @dataclass
@@ -95,6 +97,16 @@ def generative_methods() -> list[str]:
     return names
 
 
+def _larger_test_set_hint(protocol: Protocol) -> str:
+    """', or --protocol phantom-fidelity (...)' where that protocol has more phantom test cases."""
+    if protocol.dataset.source != "phantom" or FIDELITY_PROTOCOL not in available_protocols():
+        return ""
+    larger = load_protocol(FIDELITY_PROTOCOL)
+    if larger.n_test <= protocol.n_test:
+        return ""
+    return f", or --protocol {FIDELITY_PROTOCOL} (the phantom with {larger.n_test} test cases)"
+
+
 def real_test_rows(data: DataContext, n: int | None, seed: int) -> np.ndarray:
     """Slice-store rows of N test-case slices drawn with `seed` (sorted); ConfigError if too few."""
     rows = np.concatenate(
@@ -104,15 +116,10 @@ def real_test_rows(data: DataContext, n: int | None, seed: int) -> np.ndarray:
     if n is None:
         n = min(DEFAULT_N, available)
     if n > available:
-        larger = (
-            ", or --protocol phantom-fidelity (the same phantom with 20 test cases)"
-            if data.protocol.dataset.source == "phantom" and data.protocol.n_test < 20
-            else ""
-        )
         raise ConfigError(
             f"--n {n}: protocol '{data.protocol.name}' has only {available} slices in its "
             f"{len(data.split.test)} test cases (real slices never come from training cases); "
-            f"use --n {available} or fewer{larger}"
+            f"use --n {available} or fewer{_larger_test_set_hint(data.protocol)}"
         )
     if n < PRC_NEIGHBORHOOD + 1:
         raise ConfigError(

@@ -254,7 +254,10 @@ def test_fidelity_command_stores_a_row_and_report_shows_it(tmp_path, isolated):
     results = tmp_path / "runs"
     base = ["fidelity", "-m", "diffusion-linear", "-p", "tiny", "--results", str(results), "-q"]
     base += ["--feature-extractor", "stand-in", *_tiny_set()]
-    for n, message in (("100000", "or --protocol phantom-fidelity"), ("2", "at least 4")):
+    for n, message in (
+        ("100000", "or --protocol phantom-fidelity (the phantom with 20 test cases)"),
+        ("2", "at least 4"),
+    ):
         r = _invoke(*base, "--n", n)
         errors = [line for line in r.output.splitlines() if line.startswith("error:")]
         assert r.exit_code == 2 and len(errors) == 1 and message in errors[0], r.output
@@ -342,3 +345,11 @@ def test_report_has_a_generative_section_only_with_rows():
         assert text in section
     assert "†" not in section
     assert "Generative quality" not in render_markdown("tiny", runs, metrics, generative=gen[:0])
+
+
+def test_larger_test_set_hint_only_where_the_fidelity_protocol_has_more_test_cases():
+    from benchmark.fidelity import FIDELITY_PROTOCOL, _larger_test_set_hint
+
+    fidelity = load_protocol(FIDELITY_PROTOCOL)
+    assert "20 test cases" in _larger_test_set_hint(load_protocol("phantom"))
+    assert _larger_test_set_hint(fidelity) == ""
