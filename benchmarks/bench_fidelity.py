@@ -142,8 +142,9 @@ def main() -> None:
     diversity_s = time.perf_counter() - t
     lines.append(f"diversity (MS-SSIM, {pairs} pairs): {diversity_s:.1f}s")
     lines.append(f"sampling + metrics + diversity: {sample_s + metric_s + diversity_s:.1f}s")
+    meaningless = "" if features == "Inception-v3" else " (meaningless: not Inception's weights)"
     lines.append(
-        f"scores: FID {scores['fid']:.2f}  sFID {scores['sfid']:.2f}  "
+        f"scores{meaningless}: FID {scores['fid']:.2f}  sFID {scores['sfid']:.2f}  "
         f"P {scores['precision']:.3f}  R {scores['recall']:.3f}  F1 {scores['f1']:.3f}  "
         f"KID {scores['kid']:.4f}  MS-SSIM {ms_ssim:.3f}"
     )
