@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.config import apply_overrides, config_dict
-from benchmark.errors import ConfigError, UnknownMethodError
+from benchmark.errors import ConfigError, ProtocolError, UnknownMethodError
 from benchmark.method import SliceSet
 from benchmark.metrics.generative import (
     EXTRACTORS,
@@ -34,7 +34,7 @@ from benchmark.metrics.generative import (
     resolve_inception_weights,
 )
 from benchmark.progress import Progress
-from benchmark.protocol import Protocol, available_protocols, load_protocol, stable_hash
+from benchmark.protocol import Protocol, load_protocol, stable_hash
 from benchmark.provenance import describe_device, git_commit, resolve_device, versions
 from benchmark.registry import get_method, installed_methods
 from benchmark.runner import DataContext, load_data, pretrained_method
@@ -99,9 +99,12 @@ def generative_methods() -> list[str]:
 
 def _larger_test_set_hint(protocol: Protocol) -> str:
     """', or --protocol phantom-fidelity (...)' where that protocol has more phantom test cases."""
-    if protocol.dataset.source != "phantom" or FIDELITY_PROTOCOL not in available_protocols():
+    if protocol.dataset.source != "phantom":
         return ""
-    larger = load_protocol(FIDELITY_PROTOCOL)
+    try:
+        larger = load_protocol(FIDELITY_PROTOCOL)
+    except ProtocolError:  # not installed beside the package: no hint, the error stands
+        return ""
     if larger.n_test <= protocol.n_test:
         return ""
     return f", or --protocol {FIDELITY_PROTOCOL} (the phantom with {larger.n_test} test cases)"

@@ -45,7 +45,8 @@ def optimize(
 ) -> list[float]:
     """`steps` optimizer and scheduler steps on `step_loss()`; closes `task`, returns the losses.
 
-    The one training loop of the project's fine-tuning, heads and self-supervised pretraining.
+    Shared by supervised fine-tuning, the linear head and SimCLR / MAE pretraining (DDPM
+    pretraining keeps its own loop for EMA, checkpoints and DDP).
     """
     losses: list[float] = []
     for _ in range(steps):

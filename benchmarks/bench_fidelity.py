@@ -116,7 +116,7 @@ def main() -> None:
 
     real = real_images(data, rows, int(samples.shape[-1]))
     with tempfile.TemporaryDirectory() as tmp:
-        extractor, weights = "inception", None
+        extractor, weights, meaningless = "inception", None, ""
         try:
             weights = resolve_inception_weights(args.inception_weights)
             features = "Inception-v3"
@@ -127,6 +127,7 @@ def main() -> None:
             else:
                 extractor = "stand-in"
                 features = "STAND-IN extractor, not Inception (Inception weights absent)"
+            meaningless = " (meaningless: not Inception's weights)"
             lines.append(f"note: {exc}")
         t = time.perf_counter()
         scores = compute_fidelity(
@@ -142,7 +143,6 @@ def main() -> None:
     diversity_s = time.perf_counter() - t
     lines.append(f"diversity (MS-SSIM, {pairs} pairs): {diversity_s:.1f}s")
     lines.append(f"sampling + metrics + diversity: {sample_s + metric_s + diversity_s:.1f}s")
-    meaningless = "" if features == "Inception-v3" else " (meaningless: not Inception's weights)"
     lines.append(
         f"scores{meaningless}: FID {scores['fid']:.2f}  sFID {scores['sfid']:.2f}  "
         f"P {scores['precision']:.3f}  R {scores['recall']:.3f}  F1 {scores['f1']:.3f}  "

@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 
 from benchmark.cli import app
 from benchmark.errors import WeightsError
+from benchmark.fidelity import FIDELITY_PROTOCOL, _larger_test_set_hint
 from benchmark.metrics import generative
 from benchmark.metrics.generative import (
     EXTRACTORS,
@@ -348,8 +349,6 @@ def test_report_has_a_generative_section_only_with_rows():
 
 
 def test_larger_test_set_hint_only_where_the_fidelity_protocol_has_more_test_cases():
-    from benchmark.fidelity import FIDELITY_PROTOCOL, _larger_test_set_hint
-
     fidelity = load_protocol(FIDELITY_PROTOCOL)
     assert "20 test cases" in _larger_test_set_hint(load_protocol("phantom"))
     assert _larger_test_set_hint(fidelity) == ""
