@@ -48,8 +48,10 @@ class MAEConfig(UNetConfig):
 
     preset: str = "cpu"
     """Named starting point for the pretraining fields: cpu or gpu."""
-    pretrain_iterations: int = 150
-    """Optimizer steps of pretraining."""
+    pretrain_iterations: int | None = None
+    """Optimizer steps of pretraining. None: the protocol's pretraining budget ÷
+    pretrain_batch_size (rounded up), as for every pretraining method; another value makes
+    the run off-protocol."""
     pretrain_batch_size: int = 16
     """Slices per step."""
     pretrain_lr: float = 1e-3

@@ -23,7 +23,7 @@ import torch
 
 from baselines.unet_scratch import UNetConfig, build_unet
 from benchmark.checkpoint import load_verified, save_verified, sha256_file
-from benchmark.method import Method, RunContext, SliceSet
+from benchmark.method import PRETRAIN_AND_FINETUNE, Method, RunContext, SliceSet
 from benchmark.progress import Progress
 from benchmark.supervised import (
     SupervisedConfig,
@@ -91,6 +91,7 @@ class PretrainedEncoderUNet(Method):
     """Base of the encoder-pretraining baselines; subclasses implement `train_encoder`."""
 
     uses_pretraining = True
+    compute = PRETRAIN_AND_FINETUNE
     family: ClassVar[str]
     encoder_state: dict[str, torch.Tensor]
 

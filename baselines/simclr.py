@@ -49,8 +49,10 @@ class SimCLRConfig(UNetConfig):
 
     preset: str = "cpu"
     """Named starting point for the pretraining fields: cpu or gpu."""
-    pretrain_iterations: int = 150
-    """Optimizer steps of pretraining."""
+    pretrain_iterations: int | None = None
+    """Optimizer steps of pretraining. None: the protocol's pretraining budget ÷
+    pretrain_batch_size (rounded up), as for every pretraining method; another value makes
+    the run off-protocol."""
     pretrain_batch_size: int = 32
     """Slices per step (2 views each)."""
     pretrain_lr: float = 1e-3

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import segmentation_models_pytorch as smp
 import torch
 
-from benchmark.method import Method, RunContext, SliceSet
+from benchmark.method import FINETUNE, Method, RunContext, SliceSet
 from benchmark.supervised import SupervisedConfig, predict_supervised, train_supervised
 
 
@@ -36,6 +36,7 @@ class UNetScratch(Method):
     name = "unet-scratch"
     summary = "random-init U-Net (segmentation-models-pytorch), Dice + CE on the budget only"
     Config = UNetConfig
+    compute = FINETUNE
 
     def fit(self, labeled: SliceSet, ctx: RunContext) -> None:
         torch.manual_seed(ctx.seed)

@@ -138,6 +138,29 @@ def _print_outcome(label: str, outcome: Any) -> None:
         f"wall {rec.wall_s:.1f}s ({phases}); peak memory {rec.peak_mem_mb:.0f} MB; {rec.device}",
         highlight=False,
     )
+    samples = (
+        f"{rec.finetune_samples:,} fine-tuning samples"
+        if rec.finetune_samples is not None
+        else "the method's own schedule"
+    )
+    checks = [samples]
+    if rec.val_dsc is not None:
+        checks.append(f"validation DSC {rec.val_dsc:.3f}")
+    if rec.train_dsc is not None:
+        checks.append(f"DSC on its labeled slices {rec.train_dsc:.3f}")
+    out.print("; ".join(checks), highlight=False)
+    for warning in _not_ranked(rec):
+        err.print(f"[yellow]{warning}[/yellow]", highlight=False)
+
+
+def _not_ranked(rec: Any) -> list[str]:
+    """Why a recorded run will not be ranked (empty when it will)."""
+    reasons = []
+    if rec.status == "unfit":
+        reasons.append(f"not ranked, {rec.error}")
+    if rec.off_protocol:
+        reasons.append(f"not ranked, off-protocol: {rec.off_protocol}")
+    return reasons
 
 
 @app.command()
@@ -159,12 +182,14 @@ def report(
     store = ResultsStore(results)
     if not store.path.exists():
         raise StoreError(f"{store.path}: no results store here; run `bench run` first")
-    runs = store.runs(protocol=name)
+    runs = store.runs(protocol=name, status=("completed", "unfit"))
     generative = store.generative(protocol=name)
     if runs.empty and generative.empty:
         raise StoreError(f"{store.path}: no completed runs for protocol '{name}'")
     metrics = store.metrics(runs.run_id)
-    path = write_report(name, runs, metrics, out_dir or Path("reports") / name, generative)
+    curves = store.curves(runs.run_id)
+    target = out_dir or Path("reports") / name
+    path = write_report(name, runs, metrics, target, generative, curves, store.ceilings())
     out.print(f"wrote {path}", highlight=False)
 
 
@@ -616,7 +641,8 @@ def sweep(
         elif f.status == "failed":
             err.print(f"[red]{label}: run {f.run_id} failed:[/red] {f.error}", highlight=False)
         else:
-            out.print(f"{label}: mean DSC {f.dsc:.3f} (run {f.run_id})", highlight=False)
+            unfit = f" [yellow]{f.error}[/yellow]" if f.status == "unfit" else ""
+            out.print(f"{label}: mean DSC {f.dsc:.3f} (run {f.run_id}){unfit}", highlight=False)
 
     try:
         result = run_sweep(request, progress, report)
@@ -624,8 +650,8 @@ def sweep(
         progress.stop()
     failed = result.count("failed")
     out.print(
-        f"sweep: {result.count('completed')} completed, {result.count('skipped')} already "
-        f"done, {failed} failed; results in {results}",
+        f"sweep: {result.count('completed')} completed, {result.count('unfit')} unfit, "
+        f"{result.count('skipped')} already done, {failed} failed; results in {results}",
         highlight=False,
     )
     if failed:

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmark.config import apply_overrides, config_dict
+from benchmark.compute import configure
+from benchmark.config import config_dict
 from benchmark.errors import ConfigError, ProtocolError, UnknownMethodError
 from benchmark.method import SliceSet
 from benchmark.metrics.generative import (
@@ -162,11 +163,11 @@ def prepare_fidelity(
         raise ConfigError(
             f"feature extractor {request.extractor}: expected one of {', '.join(EXTRACTORS)}"
         )
-    config = apply_overrides(method_cls.Config, request.overrides)
+    protocol = data.protocol if data else load_protocol(request.protocol)
+    config, _ = configure(method_cls, request.overrides, protocol.training)
     weights = None
     if EXTRACTORS[request.extractor][1].needs_weights:
         weights = resolve_inception_weights(request.inception_weights)
-    protocol = data.protocol if data else load_protocol(request.protocol)
     t_data = time.perf_counter()
     data = data or load_data(protocol, request.data, progress)
     t_data = time.perf_counter() - t_data

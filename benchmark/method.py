@@ -12,13 +12,23 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 
 from benchmark.data.slicestore import SliceStore
 from benchmark.progress import Progress
+
+if TYPE_CHECKING:
+    from benchmark.protocol import Training
+    from benchmark.validation import CurvePoint, Validator
+
+FINETUNE = {"finetune": ("iterations", "batch_size")}
+"""`Method.compute` of a method fine-tuned by `iterations` steps of `batch_size` slices."""
+PRETRAIN_AND_FINETUNE = {**FINETUNE, "pretrain": ("pretrain_iterations", "pretrain_batch_size")}
+"""`Method.compute` of a method that also pretrains `pretrain_iterations` steps of
+`pretrain_batch_size` unlabeled slices."""
 
 
 class SliceSet:
@@ -91,6 +101,12 @@ class RunContext:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("labelbench"))
     info: dict[str, Any] = field(default_factory=dict)
     """Facts the method wants recorded with the run (chosen plans, fallbacks)."""
+    training: Training | None = None
+    """The protocol's training budget (None outside a run, e.g. `bench pretrain`)."""
+    validator: Validator | None = None
+    """Scores a model on the protocol's validation cases; None when there are none."""
+    curve: list[CurvePoint] = field(default_factory=list)
+    """The learning curve of fine-tuning, appended to by `benchmark.validation.Selection`."""
 
 
 class Method(abc.ABC):
@@ -100,6 +116,15 @@ class Method(abc.ABC):
     summary: ClassVar[str]
     Config: ClassVar[type]
     uses_pretraining: ClassVar[bool] = False
+    compute: ClassVar[dict[str, tuple[str, str]] | None] = None
+    """Which config fields set the compute of each phase, as {phase: (steps field, batch
+    field)} for the phases "finetune" and "pretrain". A steps field left at None is filled
+    from the protocol's `[training]` budget (samples ÷ batch, rounded up); a set value that
+    differs makes the run off-protocol. None: the method's compute is its own and not
+    matched to the protocol, so its runs are off-protocol (shown, never ranked)."""
+    selection_rule: ClassVar[str] = "best validation DSC"
+    """How the fitted model is chosen. A method with its own canonical rule (nnU-Net keeps
+    its final checkpoint) says so; the runner still records its validation score."""
 
     def __init__(self, config: Any):
         self.config = config

@@ -64,6 +64,27 @@ class Budget:
 
 
 @dataclass(frozen=True)
+class Training:
+    """How much every method may learn, and how a fitted model is checked (`[training]`).
+
+    Budgets count samples seen (optimizer steps × batch size), so a method's batch size
+    does not change its compute. The same numbers hold for every label budget and method.
+    """
+
+    finetune_samples: int
+    """Labeled slices seen in fine-tuning (supervised training, a head, nnU-Net)."""
+    pretrain_samples: int
+    """Unlabeled slices seen in pretraining (DDPM, SimCLR, MAE alike)."""
+    validate_every: int
+    """Labeled samples between two validations of the model being fine-tuned."""
+    select: bool = True
+    """Keep the weights of the best validation score (else the last weights)."""
+    sanity_min_dsc: float = 0.5
+    """A fitted model whose mean 2D DSC on its own labeled slices (organs present) is below
+    this is `unfit` and never ranked."""
+
+
+@dataclass(frozen=True)
 class Dataset:
     """Where the data comes from: the built-in phantom or a folder the user gives."""
 
@@ -91,6 +112,7 @@ class Protocol:
     draw_from: Literal["foreground", "all"]
     nsd_tolerance_mm: dict[int, float]
     zrange_labels: tuple[int, ...]
+    training: Training
     raw: dict[str, Any]
     hash: str
 
@@ -169,6 +191,8 @@ def _parse(raw: dict[str, Any], path: Path) -> Protocol:
     draw_from = raw.get("budget_draw", {}).get("from", "foreground")
     if draw_from not in ("foreground", "all"):
         raise ValueError("budget_draw.from must be 'foreground' or 'all'")
+    n_val = int(split.get("val_cases", 0))
+    training = _parse_training(raw.get("training"), n_val)
     return Protocol(
         name=raw.get("name", path.stem),
         path=path,
@@ -179,14 +203,43 @@ def _parse(raw: dict[str, Any], path: Path) -> Protocol:
         slice_size=int(prep["slice_size"]),
         split_seed=int(split["seed"]),
         n_test=int(split["test_cases"]),
-        n_val=int(split.get("val_cases", 0)),
+        n_val=n_val,
         budgets=budgets,
         draw_from=draw_from,
         nsd_tolerance_mm=tol,
         zrange_labels=tuple(int(i) for i in metrics.get("zrange_labels", ())),
+        training=training,
         raw=raw,
         hash=stable_hash(raw),
     )
+
+
+def _parse_training(table: Any, n_val: int) -> Training:
+    if not isinstance(table, dict):
+        raise ValueError(
+            "a [training] table is required (finetune_samples, pretrain_samples, validate_every)"
+        )
+    counts = {}
+    for name in ("finetune_samples", "pretrain_samples", "validate_every"):
+        if name not in table:
+            raise ValueError(f"training.{name} is missing")
+        value = table[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"training.{name} must be a positive integer, not {value!r}")
+        counts[name] = value
+    select = table.get("select", True)
+    if not isinstance(select, bool):
+        raise ValueError(f"training.select must be true or false, not {select!r}")
+    if select and n_val < 1:
+        raise ValueError(
+            "training.select = true needs validation cases, but split.val_cases is 0"
+        )
+    threshold = table.get("sanity_min_dsc", 0.5)
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not (
+        0.0 <= threshold <= 1.0
+    ):
+        raise ValueError(f"training.sanity_min_dsc must be in [0, 1], not {threshold!r}")
+    return Training(**counts, select=select, sanity_min_dsc=float(threshold))
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmark.report_training import (
+    CURVES_NAME,
+    ceiling_scores,
+    curves_section,
+    plot_curves,
+    split_ranked,
+    unranked_section,
+)
+
 N_BOOT = 2000
 ALPHA = 0.05
 BOOT_SEED = 0
@@ -231,6 +240,11 @@ def per_organ(runs: pd.DataFrame, metrics: pd.DataFrame) -> dict[str, pd.DataFra
     return out
 
 
+def _samples(grp: pd.DataFrame, column: str) -> float:
+    values = grp[column].dropna() if column in grp else pd.Series(dtype=float)
+    return float(values.max()) if len(values) else float("nan")
+
+
 def _cost_table(runs: pd.DataFrame) -> pd.DataFrame:
     order = {b: i for i, b in enumerate(_budget_order(runs))}
     rows = []
@@ -244,6 +258,9 @@ def _cost_table(runs: pd.DataFrame) -> pd.DataFrame:
                 # Max, not mean: the worst run is what has to fit on the hardware.
                 "peak_mem_mb": float(grp["peak_mem_mb"].max()),
                 "device": ", ".join(sorted(map(str, grp["device"].unique()))),
+                # Compute matched by the protocol: samples seen (None: the method's own).
+                "finetune_samples": _samples(grp, "finetune_samples"),
+                "pretrain_samples": _samples(grp, "pretrain_samples"),
             }
         )
     # Method-major: the table answers "how does this method's cost grow with the budget".
@@ -279,6 +296,10 @@ def _f3(x: float) -> str:
 
 def _count(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:.1f}"
+
+
+def _count_or_dash(x: float) -> str:
+    return "–" if pd.isna(x) else f"{x:,.0f}"
 
 
 def _plural(n: float, word: str) -> str:
@@ -392,6 +413,7 @@ def _score_table(
     budgets: list[str],
     n_by_budget: dict[str, float],
     usual: tuple[int, int],
+    ceiling: float | None = None,
 ) -> str:
     cells: dict[str, dict[str, str]] = {m: {} for m in methods}
     for budget in budgets:
@@ -415,6 +437,8 @@ def _score_table(
             cells[method][budget] = t
     header = ["method", *(_budget_header(b, n_by_budget[b]) for b in budgets)]
     rows = [[m, *(cells[m][b] for b in budgets)] for m in methods]
+    if ceiling is not None:  # not a method: the best any method can reach, never ranked
+        rows.append(["*ceiling*", *(f"*{_f3(ceiling)}*" for _ in budgets)])
     return _md_table(header, rows, "l" + "r" * len(budgets))
 
 
@@ -484,9 +508,14 @@ def _ranking(
 
 
 def _section(
-    runs: pd.DataFrame, metrics: pd.DataFrame, level: int, plot_name: str | None
+    runs: pd.DataFrame,
+    metrics: pd.DataFrame,
+    level: int,
+    plot_name: str | None,
+    ceilings: pd.DataFrame | None = None,
 ) -> list[str]:
     h = "#" * level
+    ceiling = ceiling_scores(runs, ceilings)
     summary = summarize(runs, metrics)
     budgets = _budget_order(runs)
     methods = sorted(runs["method"].unique(), key=str)
@@ -502,15 +531,21 @@ def _section(
         f"{h} Segmentation quality",
         "",
         f"Per-case scores average {_plural(n_organs, 'organ')}. Unless a cell says otherwise "
-        f"it pools {_plural(usual[0], 'seed')} × {_plural(usual[1], 'test case')}.",
+        f"it pools {_plural(usual[0], 'seed')} × {_plural(usual[1], 'test case')}."
+        + (
+            " *ceiling*: the test ground truth resized to the protocol's slice size and back, "
+            "exactly as a prediction is, then scored: the best any method can reach here."
+            if ceiling
+            else ""
+        ),
         "",
         f"{h}# DSC",
         "",
-        _score_table(summary, "dsc", methods, budgets, n_by_budget, usual),
+        _score_table(summary, "dsc", methods, budgets, n_by_budget, usual, ceiling.get("dsc")),
         "",
         f"{h}# NSD",
         "",
-        _score_table(summary, "nsd", methods, budgets, n_by_budget, usual),
+        _score_table(summary, "nsd", methods, budgets, n_by_budget, usual, ceiling.get("nsd")),
         "",
     ]
     if plot_name:
@@ -554,6 +589,8 @@ def _section(
             r.method,
             _budget_header(r.budget, n_by_budget[r.budget]),
             str(r.runs),
+            _count_or_dash(r.finetune_samples),
+            _count_or_dash(r.pretrain_samples),
             f"{r.wall_s / scale:,.1f}",
             f"{r.peak_mem_mb:,.0f}",
             r.device,
@@ -564,13 +601,23 @@ def _section(
         f"{h} Compute cost",
         "",
         f"Wall time: total per run, averaged over the runs; peak memory: the largest over the "
-        f"runs. All {_plural(len(runs), 'run')} together took "
+        f"runs. Samples: slices seen in fine-tuning and in pretraining (optimizer steps × "
+        f"batch), fixed by the protocol. All {_plural(len(runs), 'run')} together took "
         f"{_duration(float(runs['wall_s'].sum()))}.",
         "",
         _md_table(
-            ["method", "budget", "runs", f"wall time ({unit})", "peak memory (MB)", "device"],
+            [
+                "method",
+                "budget",
+                "runs",
+                "fine-tune samples",
+                "pretrain samples",
+                f"wall time ({unit})",
+                "peak memory (MB)",
+                "device",
+            ],
             rows,
-            "llrrrl",
+            "llrrrrrl",
         ),
         "",
     ]
@@ -679,22 +726,31 @@ def render_markdown(
     metrics: pd.DataFrame,
     plot_name: str | None = None,
     generative: pd.DataFrame | None = None,
+    curves: pd.DataFrame | None = None,
+    curves_plot: str | None = None,
+    ceilings: pd.DataFrame | None = None,
 ) -> str:
     """The leaderboard as Markdown; `plot_name` (a path relative to the .md) is embedded.
 
     `generative` (the store's `generative` rows) adds a generative-quality section for the
-    rows of this protocol, when there are any.
+    rows of this protocol, when there are any. Only ranked runs (completed, on-protocol)
+    enter the tables; `unfit` and off-protocol runs are listed apart with their reason.
+    `curves` (the store's learning curves) adds the curve section, `curves_plot` its image;
+    `ceilings` (the store's ceiling rows) adds the protocol's ceiling under each score table.
     """
-    runs = _select_protocol(protocol, runs)
+    finished = _select_protocol(protocol, runs)
+    runs, unranked = split_ranked(finished)
+    if runs.empty:
+        return _unranked_only(protocol, finished, unranked, metrics, curves, curves_plot)
     _check_metrics(protocol, runs, metrics)
     hashes = _hash_order(runs)
     methods = runs["method"].nunique()
     budgets = runs["budget"].nunique()
-    finished = str(runs["finished_at"].max())
+    last = str(runs["finished_at"].max())
     out = [f"# Leaderboard: {protocol}", ""]
     overview = (
         f"{_plural(len(runs), 'completed run')} · {_plural(methods, 'method')} · "
-        f"{_plural(budgets, 'budget')} · last run finished {finished}"
+        f"{_plural(budgets, 'budget')} · last run finished {last}"
     )
     how_to_read = (
         "Each score is the mean over all seeds × test cases of a per-case score: the mean over "
@@ -705,7 +761,7 @@ def render_markdown(
     )
     if len(hashes) == 1:
         out += [f"Protocol hash `{hashes[0]}` · {overview}", "", how_to_read, ""]
-        out += _section(runs, metrics, 2, plot_name)
+        out += _section(runs, metrics, 2, plot_name, ceilings)
     else:
         listed = ", ".join(f"`{h}`" for h in hashes)
         shown = _plot_hash(runs, metrics)
@@ -732,10 +788,33 @@ def render_markdown(
                 f"{_plural(len(sub), 'run')}, last finished {sub['finished_at'].max()}.",
                 "",
             ]
-            out += _section(sub, metrics, 3, plot_name if ph == shown else None)
+            out += _section(sub, metrics, 3, plot_name if ph == shown else None, ceilings)
+    out += unranked_section(unranked, metrics)
+    out += curves_section(finished, curves, curves_plot)
     if generative is not None and "protocol" in generative:
         out += _generative_section(generative[generative["protocol"] == protocol])
-    out += _provenance(runs)
+    out += _provenance(finished)
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _unranked_only(
+    protocol: str,
+    finished: pd.DataFrame,
+    unranked: pd.DataFrame,
+    metrics: pd.DataFrame,
+    curves: pd.DataFrame | None,
+    curves_plot: str | None,
+) -> str:
+    out = [
+        f"# Leaderboard: {protocol}",
+        "",
+        f"No ranked runs: all {_plural(len(unranked), 'finished run')} are unfit or "
+        "off-protocol.",
+        "",
+        *unranked_section(unranked, metrics),
+        *curves_section(finished, curves, curves_plot),
+        *_provenance(finished),
+    ]
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -918,6 +997,8 @@ def write_report(
     metrics: pd.DataFrame,
     out_dir: Path,
     generative: pd.DataFrame | None = None,
+    curves: pd.DataFrame | None = None,
+    ceilings: pd.DataFrame | None = None,
 ) -> Path:
     """Write LEADERBOARD.md, LEADERBOARD.html and the plots into out_dir; return the .md path.
 
@@ -941,13 +1022,22 @@ def write_report(
             return _atomic_write(
                 out_dir / MD_NAME, lambda tmp: tmp.write_text(markdown + "\n", encoding="utf-8")
             )
-    runs = _select_protocol(protocol, runs)
-    _check_metrics(protocol, runs, metrics)
-    markdown = render_markdown(protocol, runs, metrics, PLOT_NAME, generative)
-    # Different protocol hashes are not comparable: the plots show one (the newest) only.
-    shown = runs[runs["protocol_hash"] == _plot_hash(runs, metrics)]
-    plot_dsc_vs_labels(summarize(shown, metrics), out_dir / PLOT_NAME)
-    plot_organ_heatmap(per_organ(shown, metrics), out_dir / HEATMAP_NAME)
+    finished = _select_protocol(protocol, runs)
+    runs = split_ranked(finished)[0]
+    curves_plot = None
+    if curves is not None and not curves.empty:
+        newest = finished[finished["protocol_hash"] == _hash_order(finished)[0]]
+        if plot_curves(newest, curves, out_dir / CURVES_NAME):
+            curves_plot = CURVES_NAME
+    markdown = render_markdown(
+        protocol, finished, metrics, PLOT_NAME, generative, curves, curves_plot, ceilings
+    )
+    if not runs.empty:
+        _check_metrics(protocol, runs, metrics)
+        # Different protocol hashes are not comparable: the plots show one (the newest) only.
+        shown = runs[runs["protocol_hash"] == _plot_hash(runs, metrics)]
+        plot_dsc_vs_labels(summarize(shown, metrics), out_dir / PLOT_NAME)
+        plot_organ_heatmap(per_organ(shown, metrics), out_dir / HEATMAP_NAME)
     # Plots first, so the Markdown and HTML never link to a missing image.
     page = render_html(markdown, out_dir)
     _atomic_write(out_dir / HTML_NAME, lambda tmp: tmp.write_text(page, encoding="utf-8"))

@@ -1,9 +1,13 @@
 """The runner: (method, protocol, budget, seed) → per-case, per-organ metrics in the store.
 
 `prepare` does everything that can fail because of the user's input (protocol, method,
-budget, `--set`, data validation, preprocessing) and writes nothing to the results store;
-`execute` then pretrains (cached), fits, predicts every test case slice by slice, stacks the
-slices back into the volume at its original size, scores it, and writes one transaction.
+budget, `--set`, data validation, preprocessing) and writes nothing to the results store; it
+also fills the method's steps from the protocol's training budget (`benchmark.compute`).
+`execute` then pretrains (cached), fits (validating on the protocol's validation cases),
+scores the fitted model on its own labeled slices (the sanity gate: below the protocol's
+threshold the run is `unfit`, recorded and shown but never ranked), predicts every test case
+slice by slice, stacks the slices back into the volume at its original size, scores it, and
+writes one transaction.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from benchmark.config import apply_overrides, config_dict
+from benchmark.compute import Compute, configure
+from benchmark.config import config_dict
 from benchmark.data.reader import DatasetIndex, read_label
 from benchmark.data.slicestore import Preprocessing, SliceStore, build_slice_store, upsample_labels
 from benchmark.data.source import cache_root, resolve_dataset
@@ -47,6 +52,7 @@ from benchmark.provenance import (
 )
 from benchmark.registry import get_method
 from benchmark.store import ResultsStore, RunRecord
+from benchmark.validation import Validator, sanity_dsc
 
 T = TypeVar("T")
 
@@ -122,6 +128,7 @@ class Prepared:
     budget_rows: np.ndarray
     run_key: str
     phases: dict[str, float]
+    compute: Compute
 
 
 def prepare(request: RunRequest, progress: Progress, data: DataContext | None = None) -> Prepared:
@@ -133,7 +140,7 @@ def prepare(request: RunRequest, progress: Progress, data: DataContext | None = 
     t0 = time.perf_counter()
     protocol = data.protocol if data else load_protocol(request.protocol)
     method_cls = get_method(request.method)
-    config = apply_overrides(method_cls.Config, request.overrides)
+    config, compute = configure(method_cls, request.overrides, protocol.training)
     budget = protocol.budget(request.budget)
     t_data = time.perf_counter()
     data = data or load_data(protocol, request.data, progress)
@@ -151,13 +158,13 @@ def prepare(request: RunRequest, progress: Progress, data: DataContext | None = 
         }
     )
     phases = {"data": t_data, "prepare": time.perf_counter() - t0 - t_data}
-    return Prepared(request, data, method_cls, config, budget, ids, rows, key, phases)
+    return Prepared(request, data, method_cls, config, budget, ids, rows, key, phases, compute)
 
 
 @dataclass
 class RunOutcome:
     run_id: str
-    status: str  # completed | skipped | failed
+    status: str  # completed | unfit | skipped | failed
     per_organ: pd.DataFrame | None = None
     error: str | None = None
     record: RunRecord | None = None
@@ -224,7 +231,7 @@ def pretrained_method(
     method_cls = get_method(method_name)
     if not method_cls.uses_pretraining:
         raise UnknownMethodError(f"method '{method_name}' has no pretraining")
-    config = apply_overrides(method_cls.Config, overrides)
+    config, _ = configure(method_cls, overrides, protocol.training)
     index = _rank_zero_first(lambda: resolve_dataset(protocol, data, progress))
     ctx = RunContext(
         device=resolve_device(device),
@@ -251,6 +258,32 @@ MetricRow = tuple[str, int, str, float, float]
 """(case_id, organ_id, organ, dsc, nsd): one row of the store's case_metrics."""
 
 
+def score_prediction(data: DataContext, case_id: str, pred: np.ndarray) -> list[MetricRow]:
+    """Score an (X, Y, Z) predicted label volume of a case against its ground truth."""
+    protocol = data.protocol
+    gt, spacing = read_label(Path(data.store.cases[case_id]["label"]), protocol.labels)
+    scores = score_case(
+        pred, gt, spacing, protocol.labels, protocol.nsd_tolerance_mm, protocol.zrange_labels
+    )
+    return [(case_id, k, protocol.labels[k], d, n) for k, (d, n) in scores.items()]
+
+
+def ensure_ceiling(results: Path, data: DataContext, progress: Progress) -> None:
+    """Score the protocol's ceiling into the store once: each test case's ground truth
+    resized to the slice size and back, exactly as a prediction is, then scored."""
+    store = ResultsStore(results)
+    keys = (data.protocol.hash, data.store.key, data.split.hash)
+    if store.has_ceiling(*keys):
+        return
+    assert data.store.labels is not None
+    rows: list[MetricRow] = []
+    for case_id in progress.track(data.split.test, "ceiling"):
+        small = np.asarray(data.store.labels[data.store.rows_of_case(case_id)])
+        shape = data.store.cases[case_id]["shape"]
+        rows.extend(score_prediction(data, case_id, upsample_labels(small, (shape[0], shape[1]))))
+    store.write_ceiling(*keys, rows)
+
+
 def execute(prep: Prepared, progress: Progress) -> RunOutcome:
     """Run a prepared run and record it; a run that raises is recorded as failed."""
     store = ResultsStore(prep.request.results)
@@ -258,6 +291,7 @@ def execute(prep: Prepared, progress: Progress) -> RunOutcome:
         return RunOutcome(done, "skipped")
     record, rows = perform(prep, progress)
     store.write_run(record, rows)
+    ensure_ceiling(prep.request.results, prep.data, progress)
     return outcome(record, rows)
 
 
@@ -267,7 +301,9 @@ def outcome(record: RunRecord, rows: list[MetricRow]) -> RunOutcome:
         return RunOutcome(record.run_id, "failed", error=record.error, record=record)
     table = pd.DataFrame(rows, columns=["case_id", "organ_id", "organ", "dsc", "nsd"])
     per_organ = table.groupby(["organ_id", "organ"], as_index=False)[["dsc", "nsd"]].mean()
-    return RunOutcome(record.run_id, "completed", per_organ=per_organ, record=record)
+    return RunOutcome(
+        record.run_id, record.status, per_organ=per_organ, error=record.error, record=record
+    )
 
 
 def failed_record(
@@ -276,7 +312,18 @@ def failed_record(
     """The record of a run that never ran to its end (its worker died, its pretraining failed)."""
     now = datetime.now(UTC).isoformat(timespec="seconds")
     return _record(prep, f"{prep.run_key[:12]}-{uuid.uuid4().hex[:8]}", error, device, {}, 0.0,
-                   0.0, info or {}, now, now)  # fmt: skip
+                   0.0, info or {}, now, now, Trust())  # fmt: skip
+
+
+@dataclass
+class Trust:
+    """What the runner checks of a fitted model: validation score, sanity gate, curve."""
+
+    val_dsc: float | None = None
+    train_dsc: float | None = None
+    unfit: str | None = None
+    """Why the model fails the sanity gate (None when it passes)."""
+    curve: list[tuple[int, float, float]] = field(default_factory=list)
 
 
 def _record(
@@ -290,13 +337,15 @@ def _record(
     info: dict[str, Any],
     started: str,
     finished: str,
+    trust: Trust,
 ) -> RunRecord:
     protocol = prep.data.protocol
+    status = "failed" if error else "unfit" if trust.unfit else "completed"
     return RunRecord(
         run_id=run_id,
         run_key=prep.run_key,
-        status="failed" if error else "completed",
-        error=error,
+        status=status,
+        error=error or trust.unfit,
         protocol=protocol.name,
         protocol_hash=protocol.hash,
         dataset_key=prep.data.store.key,
@@ -316,7 +365,31 @@ def _record(
         info=info,
         started_at=started,
         finished_at=finished,
+        off_protocol=prep.compute.off_protocol,
+        finetune_samples=prep.compute.finetune_samples,
+        pretrain_samples=prep.compute.pretrain_samples,
+        val_dsc=trust.val_dsc,
+        train_dsc=trust.train_dsc,
+        curve=trust.curve,
     )
+
+
+def check_fitted(
+    method: Method, labeled: SliceSet, ctx: RunContext, protocol: Protocol
+) -> Trust:
+    """Validation score of the fitted model, the sanity gate on its own labeled slices, and
+    the learning curve the method recorded."""
+    trust = Trust(curve=[(p.samples, p.train_loss, p.val_dsc) for p in ctx.curve])
+    if ctx.validator is not None:
+        trust.val_dsc = round(ctx.validator.score(method.predict), 6)
+    trust.train_dsc = round(sanity_dsc(method.predict, labeled), 6)
+    threshold = protocol.training.sanity_min_dsc
+    if trust.train_dsc < threshold:
+        trust.unfit = (
+            f"unfit: mean 2D DSC {trust.train_dsc:.3f} on its own {len(labeled)} labeled slices "
+            f"is below the protocol's sanity threshold {threshold:g}"
+        )
+    return trust
 
 
 def perform(prep: Prepared, progress: Progress) -> tuple[RunRecord, list[MetricRow]]:
@@ -337,9 +410,12 @@ def perform(prep: Prepared, progress: Progress) -> tuple[RunRecord, list[MetricR
         num_classes=protocol.num_classes,
         cache_dir=cache_root() / "pretrain",
         progress=progress,
+        training=protocol.training,
+        validator=Validator(data.store, data.split.val, protocol) if data.split.val else None,
     )
     rows: list[MetricRow] = []
     error = None
+    trust = Trust()
     t_run = time.perf_counter()
     try:
         torch.manual_seed(req.seed)
@@ -350,31 +426,26 @@ def perform(prep: Prepared, progress: Progress) -> tuple[RunRecord, list[MetricR
             run_pretraining(method, protocol, data.index, ctx, progress)
             phases["pretrain"] = time.perf_counter() - t
         t = time.perf_counter()
-        method.fit(SliceSet(data.store, prep.budget_rows, labeled=True), ctx)
+        labeled = SliceSet(data.store, prep.budget_rows, labeled=True)
+        method.fit(labeled, ctx)
         phases["fit"] = time.perf_counter() - t
+        t = time.perf_counter()
+        trust = check_fitted(method, labeled, ctx, protocol)
+        phases["check"] = time.perf_counter() - t
         t_pred = t_score = 0.0
         for case_id in progress.track(data.split.test, "predict + score"):
             t = time.perf_counter()
             pred = predict_case(method, data.store, case_id)
             t_pred += time.perf_counter() - t
             t = time.perf_counter()
-            label_path = data.store.cases[case_id]["label"]
-            gt, spacing = read_label(Path(label_path), protocol.labels)
-            scores = score_case(
-                pred,
-                gt,
-                spacing,
-                protocol.labels,
-                protocol.nsd_tolerance_mm,
-                protocol.zrange_labels,
-            )
-            rows.extend((case_id, k, protocol.labels[k], d, n) for k, (d, n) in scores.items())
+            rows.extend(score_prediction(data, case_id, pred))
             t_score += time.perf_counter() - t
         phases["predict"], phases["score"] = t_pred, t_score
     except Exception as exc:  # recorded, not raised: a sweep goes on after a failed run
         error = f"{type(exc).__name__}: {exc}"
         ctx.log.debug(traceback.format_exc())
-        rows = []
+        rows, trust = [], Trust()
+    ctx.info["selection_rule"] = prep.method_cls.selection_rule
     record = _record(
         prep,
         run_id,
@@ -386,5 +457,6 @@ def perform(prep: Prepared, progress: Progress) -> tuple[RunRecord, list[MetricR
         ctx.info,
         started,
         datetime.now(UTC).isoformat(timespec="seconds"),
+        trust,
     )
     return record, rows

@@ -1,7 +1,14 @@
 """The results store: one SQLite file per results directory (WAL mode).
 
 A completed run and all its per-case, per-organ rows are written in one transaction, so a
-killed or failed run never leaves half its rows. Failed runs are recorded with their error.
+killed or failed run never leaves half its rows. Failed runs are recorded with their error;
+`unfit` runs (fitted models that fail the sanity gate) with their scores and the reason.
+A run's learning curve (samples seen, training loss, validation DSC) is kept in `curves`;
+the protocol's ceiling (its test ground truth resized to the slice size and back, scored as
+a prediction) in `ceilings`, once per protocol hash, data set and split.
+
+The schema carries a version (`PRAGMA user_version`); opening an older store migrates it in
+place, in one transaction, keeping every row.
 """
 
 from __future__ import annotations
@@ -10,7 +17,7 @@ import json
 import sqlite3
 from collections.abc import Iterable
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +28,14 @@ from benchmark.errors import StoreError
 DEFAULT_RESULTS = Path("runs")
 DB_NAME = "labelbench.sqlite"
 
-SCHEMA = """
+SCHEMA_VERSION = 1
+"""0: before the sanity gate (no `unfit`, no compute or validation columns, no curves)."""
+
+RUNS_TABLE = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY,
     run_key TEXT NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('completed', 'failed')),
+    status TEXT NOT NULL CHECK (status IN ('completed', 'failed', 'unfit')),
     error TEXT,
     protocol TEXT NOT NULL,
     protocol_hash TEXT NOT NULL,
@@ -45,9 +55,25 @@ CREATE TABLE IF NOT EXISTS runs (
     peak_mem_mb REAL NOT NULL,
     info TEXT NOT NULL,
     started_at TEXT NOT NULL,
-    finished_at TEXT NOT NULL
+    finished_at TEXT NOT NULL,
+    off_protocol TEXT,
+    finetune_samples INTEGER,
+    pretrain_samples INTEGER,
+    val_dsc REAL,
+    train_dsc REAL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS one_completed_run ON runs (run_key) WHERE status = 'completed';
+"""
+
+SCHEMA = RUNS_TABLE + """
+CREATE UNIQUE INDEX IF NOT EXISTS one_completed_run ON runs (run_key)
+    WHERE status IN ('completed', 'unfit');
+CREATE TABLE IF NOT EXISTS curves (
+    run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+    samples INTEGER NOT NULL,
+    train_loss REAL NOT NULL,
+    val_dsc REAL NOT NULL,
+    PRIMARY KEY (run_id, samples)
+);
 CREATE TABLE IF NOT EXISTS case_metrics (
     run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
     case_id TEXT NOT NULL,
@@ -56,6 +82,17 @@ CREATE TABLE IF NOT EXISTS case_metrics (
     dsc REAL NOT NULL,
     nsd REAL NOT NULL,
     PRIMARY KEY (run_id, case_id, organ_id)
+);
+CREATE TABLE IF NOT EXISTS ceilings (
+    protocol_hash TEXT NOT NULL,
+    dataset_key TEXT NOT NULL,
+    split_hash TEXT NOT NULL,
+    case_id TEXT NOT NULL,
+    organ_id INTEGER NOT NULL,
+    organ TEXT NOT NULL,
+    dsc REAL NOT NULL,
+    nsd REAL NOT NULL,
+    PRIMARY KEY (protocol_hash, dataset_key, split_hash, case_id, organ_id)
 );
 CREATE TABLE IF NOT EXISTS generative (
     gen_id TEXT PRIMARY KEY,
@@ -93,6 +130,9 @@ CREATE TABLE IF NOT EXISTS generative (
 );
 """
 
+FINISHED = "('completed', 'unfit')"
+"""Statuses of a run that ran to its end (an unfit run is done: rerunning gives the same)."""
+
 JSON_COLUMNS = ("config", "budget_ids", "versions", "phases", "info", "real_ids")
 
 
@@ -123,6 +163,18 @@ class RunRecord:
     info: dict[str, Any]
     started_at: str
     finished_at: str
+    off_protocol: str | None = None
+    """Why the run's compute differs from the protocol's budget (None: on-protocol)."""
+    finetune_samples: int | None = None
+    """Labeled slices seen in fine-tuning (None: the method's own schedule)."""
+    pretrain_samples: int | None = None
+    """Unlabeled slices seen in pretraining (0: none)."""
+    val_dsc: float | None = None
+    """Mean DSC of the fitted model on the validation cases."""
+    train_dsc: float | None = None
+    """Sanity gate: mean 2D DSC on its own labeled slices, over the organs present."""
+    curve: list[tuple[int, float, float]] = field(default_factory=list)
+    """Learning curve (samples seen, training loss, validation DSC), stored in `curves`."""
 
 
 @dataclass
@@ -174,9 +226,37 @@ def _insert(table: str, record: RunRecord | GenerativeRecord) -> tuple[str, dict
     values = {
         k: json.dumps(v, sort_keys=True) if k in JSON_COLUMNS else v
         for k, v in record.__dict__.items()
+        if k != "curve"  # its own table
     }
     cols, marks = ", ".join(values), ", ".join(f":{k}" for k in values)
     return f"INSERT INTO {table} ({cols}) VALUES ({marks})", values
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a version-0 store to the current schema in one transaction, keeping every row.
+
+    The `runs` table is rebuilt (SQLite cannot change a CHECK constraint in place) with
+    foreign keys off, so that dropping the old table does not cascade to `case_metrics`.
+    """
+    conn.execute("BEGIN IMMEDIATE")  # concurrent openers wait here, then see the new version
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        old = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runs'"
+        ).fetchone()
+        if version >= SCHEMA_VERSION or not old:
+            conn.rollback()
+            return
+        cols = ", ".join(r[1] for r in conn.execute("PRAGMA table_info(runs)"))
+        conn.execute(RUNS_TABLE.replace("runs (", "runs_migrated (", 1))
+        conn.execute(f"INSERT INTO runs_migrated ({cols}) SELECT {cols} FROM runs")
+        conn.execute("DROP TABLE runs")  # its index goes with it; SCHEMA makes the new one
+        conn.execute("ALTER TABLE runs_migrated RENAME TO runs")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
 
 
 class ResultsStore:
@@ -190,63 +270,118 @@ class ResultsStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=60)
             conn.execute("PRAGMA journal_mode=WAL")
+            _migrate(conn)
             conn.execute("PRAGMA foreign_keys=ON")
             conn.executescript(SCHEMA)
+            if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except (OSError, sqlite3.DatabaseError) as exc:
             raise StoreError(f"{self.path}: cannot open results store ({exc})") from None
         return conn
 
     def completed_run(self, run_key: str) -> str | None:
-        """The run_id of the completed run with this key, if any."""
+        """The run_id of the finished (completed or unfit) run with this key, if any."""
         if not self.path.exists():
             return None
         with closing(self._connect()) as conn:
             row = conn.execute(
-                "SELECT run_id FROM runs WHERE run_key = ? AND status = 'completed'", (run_key,)
+                f"SELECT run_id FROM runs WHERE run_key = ? AND status IN {FINISHED}", (run_key,)
             ).fetchone()
         return row[0] if row else None
 
     def write_run(
         self, record: RunRecord, metrics: Iterable[tuple[str, int, str, float, float]] = ()
     ) -> None:
-        """Insert a run and its (case_id, organ_id, organ, dsc, nsd) rows in one transaction.
+        """Insert a run, its (case_id, organ_id, organ, dsc, nsd) rows and its learning curve
+        in one transaction.
 
-        A completed run replaces an earlier completed run with the same key (`--force`).
+        A finished run replaces an earlier finished run with the same key (`--force`).
         """
         sql, values = _insert("runs", record)
         with closing(self._connect()) as conn, conn:
-            if record.status == "completed":
+            if record.status in ("completed", "unfit"):
                 conn.execute(
-                    "DELETE FROM runs WHERE run_key = ? AND status = 'completed'", (record.run_key,)
+                    f"DELETE FROM runs WHERE run_key = ? AND status IN {FINISHED}",
+                    (record.run_key,),
                 )
             conn.execute(sql, values)
             conn.executemany(
                 "INSERT INTO case_metrics VALUES (?, ?, ?, ?, ?, ?)",
                 [(record.run_id, *m) for m in metrics],
             )
+            conn.executemany(
+                "INSERT INTO curves VALUES (?, ?, ?, ?)",
+                [(record.run_id, *point) for point in record.curve],
+            )
 
-    def runs(self, protocol: str | None = None, status: str | None = "completed") -> pd.DataFrame:
-        """Runs as a DataFrame (JSON columns left as JSON text)."""
+    def runs(
+        self, protocol: str | None = None, status: str | tuple[str, ...] | None = "completed"
+    ) -> pd.DataFrame:
+        """Runs as a DataFrame (JSON columns left as JSON text); `status` one or several."""
         where, args = [], []
         if protocol is not None:
             where.append("protocol = ?")
             args.append(protocol)
         if status is not None:
-            where.append("status = ?")
-            args.append(status)
+            statuses = (status,) if isinstance(status, str) else status
+            where.append(f"status IN ({', '.join('?' * len(statuses))})")
+            args.extend(statuses)
         sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "")
         with closing(self._connect()) as conn:
             return pd.read_sql_query(sql + " ORDER BY finished_at", conn, params=args)
 
     def metrics(self, run_ids: Iterable[str]) -> pd.DataFrame:
+        """Per-case, per-organ rows of these runs."""
+        return self._of_runs("case_metrics", run_ids)
+
+    def curves(self, run_ids: Iterable[str]) -> pd.DataFrame:
+        """Learning-curve points (run_id, samples, train_loss, val_dsc) of these runs."""
+        return self._of_runs("curves", run_ids)
+
+    def _of_runs(self, table: str, run_ids: Iterable[str]) -> pd.DataFrame:
         ids = list(run_ids)
         with closing(self._connect()) as conn:
             if not ids:
-                return pd.read_sql_query("SELECT * FROM case_metrics WHERE 0", conn)
+                return pd.read_sql_query(f"SELECT * FROM {table} WHERE 0", conn)
             marks = ", ".join("?" * len(ids))
             return pd.read_sql_query(
-                f"SELECT * FROM case_metrics WHERE run_id IN ({marks})", conn, params=ids
+                f"SELECT * FROM {table} WHERE run_id IN ({marks})", conn, params=ids
             )
+
+    def has_ceiling(self, protocol_hash: str, dataset_key: str, split_hash: str) -> bool:
+        if not self.path.exists():
+            return False
+        with closing(self._connect()) as conn:
+            return conn.execute(
+                "SELECT 1 FROM ceilings WHERE protocol_hash = ? AND dataset_key = ? "
+                "AND split_hash = ? LIMIT 1",
+                (protocol_hash, dataset_key, split_hash),
+            ).fetchone() is not None
+
+    def write_ceiling(
+        self,
+        protocol_hash: str,
+        dataset_key: str,
+        split_hash: str,
+        metrics: Iterable[tuple[str, int, str, float, float]],
+    ) -> None:
+        """The protocol's ceiling: (case_id, organ_id, organ, dsc, nsd) rows, one transaction."""
+        keys = (protocol_hash, dataset_key, split_hash)
+        with closing(self._connect()) as conn, conn:
+            conn.execute(
+                "DELETE FROM ceilings WHERE protocol_hash = ? AND dataset_key = ? "
+                "AND split_hash = ?",
+                keys,
+            )
+            conn.executemany(
+                "INSERT INTO ceilings VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(*keys, *m) for m in metrics],
+            )
+
+    def ceilings(self) -> pd.DataFrame:
+        """Every stored ceiling row."""
+        with closing(self._connect()) as conn:
+            return pd.read_sql_query("SELECT * FROM ceilings", conn)
 
     def write_generative(self, record: GenerativeRecord) -> None:
         """Insert a generative-quality row in one transaction, replacing one with the same key."""

@@ -39,6 +39,7 @@ from benchmark.runner import (
     MetricRow,
     Prepared,
     RunRequest,
+    ensure_ceiling,
     failed_record,
     load_data,
     perform,
@@ -74,7 +75,8 @@ class SweepRequest:
 
 @dataclass
 class Finished:
-    """One run of the grid as it ended: completed, skipped (already in the store) or failed."""
+    """One run of the grid as it ended: completed, unfit (failed the sanity gate), skipped
+    (already in the store) or failed."""
 
     method: str
     budget: str
@@ -223,7 +225,8 @@ Report = Callable[[Finished], None]
 def run_sweep(req: SweepRequest, progress: Progress, report: Report | None = None) -> SweepResult:
     """Run the grid; `report` is called once per run as it finishes (skipped ones first)."""
     report = report or (lambda f: None)
-    _, pending, done = plan(req, progress)
+    data, pending, done = plan(req, progress)
+    ensure_ceiling(req.results, data, progress)
     for f in done:
         report(f)
     store = ResultsStore(req.results)
@@ -233,7 +236,7 @@ def run_sweep(req: SweepRequest, progress: Progress, report: Report | None = Non
     def record(prep: Prepared, rec: RunRecord, rows: list[MetricRow]) -> None:
         store.write_run(rec, rows)  # the driver alone writes, one transaction per run
         dsc = None
-        if rec.status == "completed" and rows:
+        if rec.status in ("completed", "unfit") and rows:
             per_case: dict[str, list[float]] = {}
             for case_id, _, _, d, _ in rows:
                 per_case.setdefault(case_id, []).append(d)

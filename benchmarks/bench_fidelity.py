@@ -23,7 +23,7 @@ from unittest import mock
 
 import torch
 
-from benchmark.config import apply_overrides
+from benchmark.compute import configure
 from benchmark.errors import WeightsError
 from benchmark.fidelity import MS_SSIM_PAIRS, real_images, real_test_rows
 from benchmark.method import RunContext
@@ -37,14 +37,14 @@ from benchmark.progress import Progress
 from benchmark.protocol import load_protocol
 from benchmark.provenance import describe_device, resolve_device
 from benchmark.runner import load_data, run_pretraining
-from methods.diffusion.linear import DiffusionLinear, DiffusionLinearConfig
+from methods.diffusion.linear import DiffusionLinear
 from methods.diffusion.model import build_unet, model_resolution
 from methods.diffusion.pretrain import load_pretrained
 
 
 def cached_or_untrained(protocol, data, device, progress) -> tuple[DiffusionLinear, RunContext]:
     """diffusion-linear with the cached default DDPM, else a random one; never pretrains."""
-    method = DiffusionLinear(apply_overrides(DiffusionLinearConfig, []))
+    method = DiffusionLinear(configure(DiffusionLinear, [], protocol.training)[0])
     ctx = RunContext(device, 0, protocol.num_classes, Path(), progress)
 
     def load_only(unlabeled, ctx: RunContext) -> None:

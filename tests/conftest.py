@@ -12,6 +12,8 @@ import pytest
 from benchmark.protocol import PROTOCOLS_DIR
 
 TINY_PHANTOM = {"cases": 6, "unlabeled": 2, "seed": 0, "size": 64}
+TINY_TRAINING = (6, 12, 4)
+"""Fine-tuning samples, pretraining samples, samples between validations of `tiny`."""
 
 
 def tiny_protocol_text(source: str = "phantom", slice_size: int = 32) -> str:
@@ -27,8 +29,14 @@ def tiny_protocol_text(source: str = "phantom", slice_size: int = 32) -> str:
     )
     text = re.sub(r"slice_size = 128", f"slice_size = {slice_size}", text)
     text = text.replace("test_cases = 8", "test_cases = 2").replace(
-        "val_cases = 2", "val_cases = 1"
+        "val_cases = 5", "val_cases = 1"
     )
+    # A few steps of fine-tuning and pretraining, validated twice.
+    text = re.sub(r"finetune_samples = \d+", f"finetune_samples = {TINY_TRAINING[0]}", text)
+    text = re.sub(r"pretrain_samples = \d+", f"pretrain_samples = {TINY_TRAINING[1]}", text)
+    text = re.sub(r"validate_every = \d+", f"validate_every = {TINY_TRAINING[2]}", text)
+    # Three steps train nothing: the gate is tested on its own (test_validation.py).
+    text = text.replace("sanity_min_dsc = 0.5", "sanity_min_dsc = 0.0")
     if source == "path":
         text = re.sub(
             r'source = "phantom"\n\n\[dataset.phantom\].*?size = \d+\n',

@@ -11,7 +11,7 @@ from benchmark.cli import app
 from tests.conftest import tiny_protocol_text, write_case
 
 runner = CliRunner()
-FAST = ["--set", "iterations=2", "--set", "batch_size=2", "--set", "encoder=resnet18"]
+FAST = ["--set", "batch_size=2", "--set", "encoder=resnet18"]
 
 
 def bench(*args: str):

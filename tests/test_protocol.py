@@ -3,7 +3,14 @@ from __future__ import annotations
 import pytest
 
 from benchmark.errors import BudgetError, ProtocolError
-from benchmark.protocol import Budget, available_protocols, draw_budget, load_protocol, split_cases
+from benchmark.protocol import (
+    PROTOCOLS_DIR,
+    Budget,
+    available_protocols,
+    draw_budget,
+    load_protocol,
+    split_cases,
+)
 
 
 def test_builtin_protocols_load_and_hash_is_stable():
@@ -25,6 +32,7 @@ def test_fidelity_protocol_is_the_phantom_with_a_larger_test_split():
     assert (f.window_hu, f.slice_size, f.labels) == (p.window_hu, p.slice_size, p.labels)
     assert (f.nsd_tolerance_mm, f.zrange_labels) == (p.nsd_tolerance_mm, p.zrange_labels)
     assert f.split_seed == p.split_seed and f.n_val == p.n_val
+    assert f.training == p.training  # the same pretraining budget: one cached DDPM for both
     assert f.n_test == 20 > p.n_test
     assert f.hash != p.hash
 
@@ -79,3 +87,37 @@ def test_budgets_are_nested_and_seeded():
 def test_budget_larger_than_pool_is_an_error():
     with pytest.raises(BudgetError, match="only 3 candidate slices"):
         draw_budget(Budget("4slices", "slices", count=4), ["a:1", "a:2", "b:1"], ["a", "a", "b"], 0)
+
+
+PHANTOM = (PROTOCOLS_DIR / "phantom.toml").read_text()
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (("finetune_samples = 9600", ""), "training.finetune_samples is missing"),
+        (("finetune_samples = 9600", "finetune_samples = 0"), "must be a positive integer"),
+        (("pretrain_samples = 12800", "pretrain_samples = -5"), "must be a positive integer"),
+        (("validate_every = 960", "validate_every = 1.5"), "must be a positive integer"),
+        (("val_cases = 5", "val_cases = 0"), "needs validation cases"),
+        (("sanity_min_dsc = 0.5", "sanity_min_dsc = 1.5"), r"must be in \[0, 1\]"),
+        (("sanity_min_dsc = 0.5", "sanity_min_dsc = -0.1"), r"must be in \[0, 1\]"),
+        (("[training]", "[trainin]"), "a \\[training\\] table is required"),
+    ],
+)
+def test_bad_training_table_is_one_error_naming_the_file(tmp_path, edit, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(PHANTOM.replace(*edit))
+    with pytest.raises(ProtocolError, match=message) as info:
+        load_protocol(str(path))
+    assert str(path) in str(info.value)
+
+
+def test_selection_off_allows_no_validation_cases(tmp_path):
+    path = tmp_path / "noval.toml"
+    path.write_text(
+        PHANTOM.replace("val_cases = 5", "val_cases = 0").replace("select = true", "select = false")
+    )
+    training = load_protocol(str(path)).training
+    assert not training.select
+    assert (training.finetune_samples, training.sanity_min_dsc) == (9600, 0.5)

@@ -146,11 +146,11 @@ def test_local_sweep_runs_the_grid_pretrains_once_and_skips_what_is_done(tmp_pat
     assert marks(toy, "pretrain") == 1, "one pretraining, before the runs that share it"
     metrics = ResultsStore(results).metrics(ResultsStore(results).runs().run_id)
     assert len(metrics) == 4 * 2 * 13  # runs × test cases × organs
-    assert "4 completed, 0 already done, 0 failed" in r.output
+    assert "4 completed, 0 unfit, 0 already done, 0 failed" in r.output
 
     again = sweep(results, "--methods", "toy-mean", "--budgets", "4slices,1pct", "--seeds", "0,1,2")
     assert again.exit_code == 0, again.output
-    assert "2 completed, 4 already done, 0 failed" in again.output
+    assert "2 completed, 0 unfit, 4 already done, 0 failed" in again.output
     assert marks(toy, "pretrain") == 1
     assert len(completed(results)) == 6
 
@@ -159,7 +159,7 @@ def test_failed_runs_are_recorded_the_sweep_goes_on_and_the_exit_code_counts_the
     results = tmp_path / "runs"
     r = sweep(results, "--methods", "toy-fail,toy-mean", "--budgets", "4slices", "--seeds", "0,1")
     assert r.exit_code == 2, r.output
-    assert "2 completed, 0 already done, 2 failed" in r.output
+    assert "2 completed, 0 unfit, 0 already done, 2 failed" in r.output
     with sqlite3.connect(results / "labelbench.sqlite") as conn:
         rows = conn.execute("SELECT method, status, error FROM runs ORDER BY method").fetchall()
     assert [(m, s) for m, s, _ in rows] == [("toy-fail", "failed")] * 2 + [
@@ -233,7 +233,7 @@ def test_a_killed_sweep_started_again_finishes_only_the_missing_runs(tmp_path, t
     assert 1 <= len(first) < 4, "killed halfway"
     again = sweep(results, *grid, "--set", "sleep=1.5")
     assert again.exit_code == 0, again.output
-    assert f"{4 - len(first)} completed, {len(first)} already done" in again.output
+    assert f"{4 - len(first)} completed, 0 unfit, {len(first)} already done" in again.output
     after = ResultsStore(results).runs()
     assert set(first.run_id) <= set(after.run_id) and len(after) == 4
 
@@ -278,4 +278,4 @@ def test_ray_executor_on_a_real_local_cluster(tmp_path, toy):
         "--executor",
         "ray",
     )
-    assert again.exit_code == 0 and "0 completed, 2 already done" in again.output
+    assert again.exit_code == 0 and "0 completed, 0 unfit, 2 already done" in again.output

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from monai.networks.nets import DiffusionModelUNet
 
-from benchmark.method import Method, RunContext, SliceSet
+from benchmark.method import PRETRAIN_AND_FINETUNE, Method, RunContext, SliceSet
 from methods.diffusion.model import DDPMConfig, model_resolution
 from methods.diffusion.pretrain import pretrain_ddpm
 from methods.diffusion.sampling import sample
@@ -17,6 +17,7 @@ class DiffusionTransfer(Method):
     """Base of `diffusion-linear` and `diffusion-decoder`: one DDPM per pretraining config."""
 
     uses_pretraining = True
+    compute = PRETRAIN_AND_FINETUNE
     backbone: DiffusionModelUNet
 
     def pretrain_key(self, seed: int) -> dict[str, Any]:

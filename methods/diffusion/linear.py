@@ -12,7 +12,8 @@ from monai.losses import DiceCELoss
 from torch import nn
 
 from benchmark.method import RunContext, SliceSet
-from benchmark.supervised import optimize
+from benchmark.supervised import fine_tuning_steps, optimize
+from benchmark.validation import Selection
 from methods.diffusion.backbone import DiffusionTransfer
 from methods.diffusion.features import DEFAULT_TIMESTEPS, DecoderTaps, by_resolution
 from methods.diffusion.model import DDPMConfig, build_scheduler, model_resolution
@@ -26,8 +27,10 @@ class DiffusionLinearConfig(DDPMConfig):
     """Timesteps whose features are concatenated (Baranchuk et al.: 50, 150, 250)."""
     noise_seed: int = 0
     """Seed of the fixed noise per timestep."""
-    iterations: int = 500
-    """Optimizer steps of the linear head."""
+    iterations: int | None = None
+    """Optimizer steps of the linear head. None: the protocol's fine-tuning budget ÷
+    batch_size (rounded up), the same samples for every budget and method; another value
+    makes the run off-protocol."""
     batch_size: int = 8
     """Slices per head step."""
     lr: float = 1e-2
@@ -165,7 +168,17 @@ class DiffusionLinear(DiffusionTransfer):
             "megabytes": round(bank.megabytes, 1),
             "on_disk": bank.on_disk,
         }
-        self.head = train_head(bank, labeled, cfg, ctx, self.taps.group_channels)
+        val_bank = None
+        if ctx.validator is not None:  # validation features are cached once, like the labeled
+            val_bank = FeatureBank(
+                self.taps,
+                ctx.validator.slices,
+                cfg.predict_batch_size,
+                cfg.feature_memory_mb,
+                ctx.device,
+                ctx.progress,
+            )
+        self.head = train_head(bank, labeled, cfg, ctx, self.taps.group_channels, val_bank)
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
@@ -183,23 +196,43 @@ def train_head(
     cfg: DiffusionLinearConfig,
     ctx: RunContext,
     channels: list[int],
+    val_bank: FeatureBank | None = None,
 ) -> LinearHead:
-    """Train the linear head on cached features with Dice + cross-entropy."""
+    """Train the linear head on cached features with (batch) Dice + cross-entropy.
+
+    With `val_bank` (the cached features of `ctx.validator.slices`) the head is validated
+    as the protocol asks and its best weights are kept.
+    """
     torch.manual_seed(ctx.seed)
+    steps = fine_tuning_steps(cfg.iterations)
     head = LinearHead(channels, ctx.num_classes, labeled.slice_size).to(ctx.device)
     stats_idx = np.arange(min(len(labeled), 64))
     head.set_stats(bank.get(stats_idx, ctx.device))
     labels = labeled.labels().to(ctx.device)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.iterations, 1))
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
     batches = labeled.batches(cfg.batch_size, np.random.default_rng(ctx.seed))
 
     def step_loss() -> torch.Tensor:
         idx = np.sort(next(batches))
         return loss_fn(head(bank.get(idx, ctx.device)), labels[torch.from_numpy(idx)][:, None])
 
-    task = ctx.progress.task("fit head", cfg.iterations)
-    losses = optimize(step_loss, opt, sched, cfg.iterations, task)
+    def val_score() -> float:
+        assert val_bank is not None and ctx.validator is not None
+        n, bs = len(ctx.validator.slices), cfg.predict_batch_size
+        pred = [
+            head(val_bank.get(np.arange(i, min(i + bs, n)), ctx.device)).argmax(1).cpu()
+            for i in range(0, n, bs)
+        ]
+        return ctx.validator.score_slices(torch.cat(pred))
+
+    selection = (
+        Selection.for_context(ctx, head, val_score, cfg.batch_size, steps) if val_bank else None
+    )
+    task = ctx.progress.task("fit head", steps)
+    losses = optimize(step_loss, opt, sched, steps, task, selection)
+    if selection is not None:
+        selection.finish(ctx.info)
     ctx.info["final_loss"] = losses[-1] if losses else None
     return head.eval()

@@ -60,8 +60,10 @@ class DDPMConfig:
     """AdamW learning rate of pretraining (constant after a short warm-up)."""
     pretrain_batch_size: int = 16
     """Slices per pretraining step."""
-    pretrain_iterations: int = 800
-    """Optimizer steps of pretraining."""
+    pretrain_iterations: int | None = None
+    """Optimizer steps of pretraining. None: the protocol's pretraining budget ÷
+    pretrain_batch_size (rounded up), as for every pretraining method; another value makes
+    the run off-protocol."""
     ema_decay: float = 0.99
     """Exponential moving average of the weights; the EMA model is the one transferred."""
     checkpoint_every: int = 100

@@ -1,0 +1,201 @@
+"""Model selection and trust: validation scores, learning curves, the sanity gate.
+
+`Validator` scores a model on the protocol's validation cases exactly as the runner scores
+test cases (predicted slices stacked into the volume at its original size, the protocol's
+scorer), DSC only, so selection is cheap enough to run many times during training.
+`Selection` is what a training loop calls after each step: it validates every
+`validate_every` samples, records the curve and keeps the best weights. `sanity_dsc` is the
+gate after `fit`: a model must segment the slices it was trained on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from benchmark.data.reader import read_label
+from benchmark.data.slicestore import SliceStore, upsample_labels
+from benchmark.metrics.segmentation import dice_case
+
+if TYPE_CHECKING:
+    from benchmark.method import RunContext, SliceSet
+    from benchmark.protocol import Protocol
+
+UNDERTRAINED_TAIL = 0.10
+"""A best validation score in this last fraction of training, above everything before it,
+means the curve was still rising: the run "may be undertrained"."""
+UNDERTRAINED_MIN_GAIN = 0.01
+"""How much (mean DSC) the tail must beat the rest by to count as still rising."""
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """One validation during training."""
+
+    samples: int
+    """Labeled samples seen so far (steps × batch size)."""
+    train_loss: float
+    """Mean training loss since the previous point."""
+    val_dsc: float
+    """Mean DSC over the validation cases and organs."""
+
+
+class Validator:
+    """Scores predictions of the protocol's validation cases (labeled, in the slice store).
+
+    `slices` holds every slice of every validation case in case order; `score_slices` takes
+    the predictions of exactly those slices. Ground truth is read once, at original size.
+    """
+
+    def __init__(self, store: SliceStore, case_ids: Sequence[str], protocol: Protocol):
+        from benchmark.method import SliceSet
+
+        self.store, self.case_ids, self.protocol = store, list(case_ids), protocol
+        rows = [store.rows_of_case(c) for c in self.case_ids]
+        self._bounds = np.cumsum([0, *(len(r) for r in rows)])
+        self.slices = SliceSet(store, np.concatenate(rows), labeled=False)
+        self._truth: list[np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self.case_ids)
+
+    def _ground_truth(self) -> list[np.ndarray]:
+        if self._truth is None:
+            self._truth = [
+                read_label(Path(self.store.cases[c]["label"]), self.protocol.labels)[0]
+                for c in self.case_ids
+            ]
+        return self._truth
+
+    def score_slices(self, pred: torch.Tensor | np.ndarray) -> float:
+        """Mean DSC over cases and organs of (N, S, S) predicted labels of `slices`."""
+        pred = pred.cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)
+        if len(pred) != len(self.slices):
+            raise ValueError(f"expected {len(self.slices)} predicted slices, got {len(pred)}")
+        scores = []
+        for i, (case, truth) in enumerate(zip(self.case_ids, self._ground_truth(), strict=True)):
+            shape = self.store.cases[case]["shape"]
+            volume = upsample_labels(pred[self._bounds[i] : self._bounds[i + 1]], shape[:2])
+            per_organ = dice_case(volume, truth, self.protocol.labels, self.protocol.zrange_labels)
+            scores.extend(per_organ.values())
+        return float(np.mean(scores))
+
+    def score(self, predict: Callable[[torch.Tensor], torch.Tensor], batch: int = 64) -> float:
+        """Mean validation DSC of a predictor ((n, 1, S, S) images → (n, S, S) labels)."""
+        n = len(self.slices)
+        parts = [self.slices.images(np.arange(i, min(i + batch, n))) for i in range(0, n, batch)]
+        return self.score_slices(torch.cat([predict(x).cpu() for x in parts]))
+
+
+@dataclass
+class Selection:
+    """Validation during training: call `step(loss)` after every optimizer step, `finish()`
+    at the end. Records the curve in `ctx.curve` and, when the protocol selects, restores the
+    weights of the best validation score (the first one on ties)."""
+
+    model: torch.nn.Module
+    score: Callable[[], float]
+    """Mean validation DSC of `model` as it is now (called in eval mode)."""
+    batch_size: int
+    steps: int
+    every: int
+    select: bool
+    curve: list[CurvePoint]
+    _step: int = 0
+    _losses: list[float] = field(default_factory=list)
+    _best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+
+    @classmethod
+    def for_context(
+        cls,
+        ctx: RunContext,
+        model: torch.nn.Module,
+        score: Callable[[], float],
+        batch_size: int,
+        steps: int,
+    ) -> Selection | None:
+        """The selection the protocol asks for, or None when the run has no validator."""
+        if ctx.validator is None or ctx.training is None:
+            return None
+        every = max(1, round(ctx.training.validate_every / batch_size))
+        return cls(model, score, batch_size, steps, every, ctx.training.select, ctx.curve)
+
+    def step(self, loss: float) -> None:
+        self._step += 1
+        self._losses.append(loss)
+        if self._step % self.every == 0 or self._step == self.steps:
+            self._validate()
+
+    def _validate(self) -> None:
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            dsc = float(self.score())
+        self.model.train(was_training)
+        samples = self._step * self.batch_size
+        self.curve.append(CurvePoint(samples, float(np.mean(self._losses)), dsc))
+        self._losses = []
+        if self._best is None or dsc > self._best[0]:
+            state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self._best = (dsc, samples, state)
+
+    def finish(self, info: dict) -> float | None:
+        """Restore the best weights (when selecting); record the choice in `info`.
+
+        Returns the validation DSC of the model kept.
+        """
+        if self._best is None:
+            return None
+        if self._step % self.every and self._step != self.steps:
+            self._validate()
+        best, samples, state = self._best
+        last = self.curve[-1]
+        if self.select:
+            self.model.load_state_dict(state)
+        kept = best if self.select else last.val_dsc
+        info["selection"] = {
+            "rule": "best validation DSC" if self.select else "last weights",
+            "kept_samples": samples if self.select else last.samples,
+            "val_dsc": round(kept, 4),
+            "validations": len(self.curve),
+        }
+        return kept
+
+
+def may_be_undertrained(curve: Sequence[CurvePoint]) -> bool:
+    """Whether the best validation score came in the last 10 % of training while still rising.
+
+    Rising: the best score of the tail beats every earlier score by `UNDERTRAINED_MIN_GAIN`.
+    """
+    if len(curve) < 2:
+        return False
+    total = curve[-1].samples
+    tail = [p.val_dsc for p in curve if p.samples > (1 - UNDERTRAINED_TAIL) * total]
+    head = [p.val_dsc for p in curve if p.samples <= (1 - UNDERTRAINED_TAIL) * total]
+    if not head or not tail:
+        return False
+    return max(tail) >= max(head) + UNDERTRAINED_MIN_GAIN
+
+
+def sanity_dsc(method_predict: Callable[[torch.Tensor], torch.Tensor], labeled: SliceSet) -> float:
+    """Mean 2D DSC of a fitted model on its own labeled slices, over the organs present.
+
+    Every (slice, organ present in its ground truth) pair counts once, so a model that
+    predicts background everywhere scores 0 however much background there is.
+    """
+    scores: list[float] = []
+    batch = 64
+    for start in range(0, len(labeled), batch):
+        idx = np.arange(start, min(start + batch, len(labeled)))
+        truth = labeled.labels(idx).numpy()
+        pred = method_predict(labeled.images(idx)).cpu().numpy()
+        for t, p in zip(truth, pred, strict=True):
+            for organ in np.unique(t[t > 0]):
+                gt, pr = t == organ, p == organ
+                scores.append(2 * np.count_nonzero(gt & pr) / (gt.sum() + pr.sum()))
+    return float(np.mean(scores)) if scores else 0.0

@@ -1,0 +1,281 @@
+"""Credible results: compute from the protocol, validation selection, curves, the sanity gate."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from baselines.unet_scratch import UNetScratch
+from benchmark.cli import app
+from benchmark.compute import configure, steps_for
+from benchmark.method import SliceSet
+from benchmark.progress import Progress
+from benchmark.protocol import load_protocol
+from benchmark.runner import load_data
+from benchmark.store import ResultsStore
+from benchmark.validation import CurvePoint, Selection, Validator, may_be_undertrained, sanity_dsc
+from methods.diffusion.linear import DiffusionLinear
+from tests.conftest import TINY_TRAINING, tiny_protocol_text
+
+runner = CliRunner()
+
+
+def bench(*args: str):
+    return runner.invoke(app, list(args))
+
+
+# --------------------------------------------------------------------------- compute
+
+
+def test_steps_come_from_the_protocols_samples_budget():
+    training = load_protocol("phantom").training
+    config, compute = configure(UNetScratch, ["batch_size=6"], training)
+    assert config.iterations == steps_for(9600, 6) == 1600
+    assert (compute.finetune_samples, compute.pretrain_samples) == (9600, 0)
+    assert compute.off_protocol is None
+
+
+def test_pretraining_methods_see_the_same_unlabeled_samples():
+    training = load_protocol("phantom").training
+    ddpm, c1 = configure(DiffusionLinear, [], training)
+    assert ddpm.pretrain_iterations * ddpm.pretrain_batch_size == training.pretrain_samples
+    from baselines.mae import MAE
+    from baselines.simclr import SimCLR
+
+    for cls in (SimCLR, MAE):
+        cfg, c2 = configure(cls, [], training)
+        assert c2.pretrain_samples == c1.pretrain_samples == 12800, cls
+        assert cfg.pretrain_iterations * cfg.pretrain_batch_size == 12800
+
+
+def test_a_set_that_changes_compute_is_off_protocol():
+    training = load_protocol("phantom").training
+    _, compute = configure(UNetScratch, ["iterations=300"], training)
+    assert "iterations=300 × batch_size=8 is 2400 finetune samples" in compute.off_protocol
+    # Steps that match the budget stay on-protocol
+    _, same = configure(UNetScratch, ["iterations=1200"], training)
+    assert same.off_protocol is None
+    # A preset that pretrains longer (the GPU paper preset) is off-protocol on the phantom
+    _, paper = configure(DiffusionLinear, ["preset=paper"], training)
+    assert "pretrain_iterations=100000" in paper.off_protocol
+
+
+def test_a_method_on_its_own_schedule_is_off_protocol():
+    from baselines.nnunet import NNUNet
+
+    _, compute = configure(NNUNet, [], load_protocol("phantom").training)
+    assert compute.finetune_samples is None and "own schedule" in compute.off_protocol
+
+
+# --------------------------------------------------------------------------- selection
+
+
+class Counter(torch.nn.Module):
+    """A 'model' whose one weight is the step count; its validation score is scripted."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+
+@pytest.mark.parametrize("select", [True, False])
+def test_selection_keeps_the_best_validated_weights(select):
+    model = Counter()
+    scores = iter([0.2, 0.7, 0.5, 0.6])
+    curve: list[CurvePoint] = []
+    sel = Selection(model, lambda: next(scores), batch_size=2, steps=8, every=2, select=select,
+                    curve=curve)  # fmt: skip
+    for step in range(1, 9):
+        with torch.no_grad():
+            model.w.fill_(step)
+        sel.step(loss=float(step))
+    info: dict = {}
+    kept = sel.finish(info)
+    assert [p.samples for p in curve] == [4, 8, 12, 16]
+    assert [p.train_loss for p in curve] == [1.5, 3.5, 5.5, 7.5]  # mean since the last point
+    if select:
+        assert kept == 0.7 and model.w.item() == 4 and info["selection"]["kept_samples"] == 8
+    else:
+        assert kept == 0.6 and model.w.item() == 8
+
+
+@pytest.mark.parametrize(
+    ("scores", "flagged"),
+    [
+        ([0.1, 0.3, 0.5, 0.6, 0.62, 0.63, 0.64, 0.65, 0.66, 0.70], True),  # still rising
+        ([0.1, 0.3, 0.5, 0.6, 0.62, 0.63, 0.64, 0.65, 0.66, 0.665], False),  # flattened
+        ([0.1, 0.5, 0.7, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6], False),  # peaked early
+        ([0.5], False),
+    ],
+)
+def test_may_be_undertrained(scores, flagged):
+    curve = [CurvePoint(100 * (i + 1), 0.0, s) for i, s in enumerate(scores)]
+    assert may_be_undertrained(curve) is flagged
+
+
+# --------------------------------------------------------------------------- scorers
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    import os
+
+    folder = tmp_path_factory.mktemp("protos")
+    (folder / "tinyval.toml").write_text(tiny_protocol_text().replace('"tiny"', '"tinyval"'))
+    old = {k: os.environ.get(k) for k in ("LABELBENCH_PROTOCOLS", "LABELBENCH_CACHE")}
+    os.environ["LABELBENCH_PROTOCOLS"] = str(folder)
+    os.environ["LABELBENCH_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    try:
+        yield load_data(load_protocol("tinyval"), None, Progress(quiet=True))
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def test_validator_scores_the_ground_truth_high_and_background_low(tiny_data):
+    val = Validator(tiny_data.store, tiny_data.split.val, tiny_data.protocol)
+    rows = val.slices.rows
+    truth = torch.from_numpy(np.asarray(tiny_data.store.labels[rows], dtype=np.int64))
+    # The resized ground truth, upsampled back, is the protocol's ceiling: high but below 1.
+    assert 0.6 < val.score_slices(truth) <= 1.0
+    background = val.score(lambda x: torch.zeros(len(x), *x.shape[2:], dtype=torch.long))
+    # Organs absent from a case score 1 when also absent from the prediction.
+    assert background < 0.5
+    with pytest.raises(ValueError, match="expected"):
+        val.score_slices(truth[:-1])
+
+
+def test_sanity_dsc_is_one_for_the_truth_and_zero_for_background(tiny_data):
+    _, rows = tiny_data.budget_rows(tiny_data.protocol.budget("4slices"), 0)
+    labeled = SliceSet(tiny_data.store, rows, labeled=True)
+    truth = iter([labeled.labels()])  # one batch: the gate predicts the set in order
+
+    assert sanity_dsc(lambda x: next(truth), labeled) == 1.0
+    assert sanity_dsc(lambda x: torch.zeros(len(x), *x.shape[2:], dtype=torch.long), labeled) == 0
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def _protocol(tmp_path, monkeypatch, name: str, threshold: float) -> None:
+    folder = tmp_path / "protocols"
+    folder.mkdir(exist_ok=True)
+    text = tiny_protocol_text().replace('"tiny"', f'"{name}"')
+    text = text.replace("sanity_min_dsc = 0.0", f"sanity_min_dsc = {threshold}")
+    (folder / f"{name}.toml").write_text(text)
+    monkeypatch.setenv("LABELBENCH_PROTOCOLS", str(folder))
+
+
+def test_run_records_curve_validation_and_gate(tmp_path, monkeypatch):
+    _protocol(tmp_path, monkeypatch, "strict", 1.0)  # nothing trained in 3 steps passes 1.0
+    results = tmp_path / "runs"
+    args = ["run", "-m", "unet-scratch", "-b", "4slices", "-p", "strict", "--results",
+            str(results), "--set", "batch_size=2"]  # fmt: skip
+    r = bench(*args)
+    assert r.exit_code == 0, r.output
+    assert "not ranked, unfit: mean 2D DSC" in r.stderr
+    store = ResultsStore(results)
+    runs = store.runs(status=None)
+    assert list(runs["status"]) == ["unfit"]
+    run = runs.iloc[0]
+    assert run["finetune_samples"] == TINY_TRAINING[0] and run["pretrain_samples"] == 0
+    assert run["off_protocol"] is None and 0 <= run["val_dsc"] <= 1 and run["train_dsc"] < 1
+    assert "below the protocol's sanity threshold 1" in run["error"]
+    curve = store.curves(runs["run_id"])
+    # 6 samples in batches of 2 = 3 steps, validated every 4 samples (2 steps) and at the end
+    assert list(curve["samples"]) == [4, 6]
+    assert len(store.metrics(runs["run_id"])) == 2 * 13  # unfit runs keep their test scores
+    # An unfit run is done: the same run is not repeated
+    again = bench(*args)
+    assert again.exit_code == 0 and "already completed" in again.stdout
+    # ... and the report shows it apart, never ranked
+    out = tmp_path / "report"
+    rep = bench("report", "-p", "strict", "--results", str(results), "--out", str(out))
+    assert rep.exit_code == 0, rep.output
+    text = (out / "LEADERBOARD.md").read_text()
+    assert "No ranked runs" in text and "## Not ranked" in text and "unfit: mean 2D DSC" in text
+    assert "## Learning curves" in text and (out / "learning_curves.png").stat().st_size > 0
+
+
+def test_off_protocol_run_is_shown_but_not_ranked(tmp_path, monkeypatch):
+    _protocol(tmp_path, monkeypatch, "lenient", 0.0)
+    results = tmp_path / "runs"
+    base = ["run", "-b", "4slices", "-p", "lenient", "--results", str(results),
+            "--set", "batch_size=2"]  # fmt: skip
+    assert bench(*base, "-m", "unet-scratch").exit_code == 0
+    r = bench(*base, "-m", "unet-scratch", "--set", "iterations=1", "--set", "lr=2e-3")
+    assert r.exit_code == 0, r.output
+    assert "not ranked, off-protocol: iterations=1 × batch_size=2" in r.stderr
+    out = tmp_path / "report"
+    rep = bench("report", "-p", "lenient", "--results", str(results), "--out", str(out))
+    assert rep.exit_code == 0, rep.output
+    text = (out / "LEADERBOARD.md").read_text()
+    ranked, _, rest = text.partition("## Not ranked")
+    assert "1 completed run " in ranked  # only the on-protocol run is ranked
+    assert "fine-tune samples" in ranked and "off-protocol: iterations=1" in rest
+    # The protocol's ceiling, scored once for the store, sits under each score table
+    ceilings = ResultsStore(results).ceilings()
+    assert len(ceilings) == 2 * 13 and ceilings["dsc"].between(0, 1).all()
+    per_case = ceilings.groupby("case_id")["dsc"].mean().mean()
+    assert len(re.findall(r"\| \*ceiling\* +\|", ranked)) == 2  # DSC and NSD tables
+    assert f"*{per_case:.3f}*" in ranked
+
+
+# --------------------------------------------------------------------------- store
+
+
+OLD_RUNS = """
+CREATE TABLE runs (
+    run_id TEXT PRIMARY KEY, run_key TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('completed', 'failed')), error TEXT,
+    protocol TEXT NOT NULL, protocol_hash TEXT NOT NULL, dataset_key TEXT NOT NULL,
+    split_hash TEXT NOT NULL, method TEXT NOT NULL, config TEXT NOT NULL, budget TEXT NOT NULL,
+    n_labeled INTEGER NOT NULL, budget_ids TEXT NOT NULL, seed INTEGER NOT NULL,
+    versions TEXT NOT NULL, git_commit TEXT NOT NULL, device TEXT NOT NULL,
+    phases TEXT NOT NULL, wall_s REAL NOT NULL, peak_mem_mb REAL NOT NULL, info TEXT NOT NULL,
+    started_at TEXT NOT NULL, finished_at TEXT NOT NULL
+);
+CREATE UNIQUE INDEX one_completed_run ON runs (run_key) WHERE status = 'completed';
+CREATE TABLE case_metrics (
+    run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+    case_id TEXT NOT NULL, organ_id INTEGER NOT NULL, organ TEXT NOT NULL,
+    dsc REAL NOT NULL, nsd REAL NOT NULL, PRIMARY KEY (run_id, case_id, organ_id)
+);
+"""
+
+
+def test_an_old_store_is_migrated_in_place_keeping_every_row(tmp_path):
+    from tests.test_store import record
+
+    db = tmp_path / "labelbench.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.executescript(OLD_RUNS)
+        values = (
+            "old1", "k-old", "completed", None, "p", "h", "d", "s", "m", "{}", "1pct", 3, "[]",
+            0, "{}", "abc", "cpu", "{}", 1.0, 10.0, "{}", "t0", "t1",
+        )  # fmt: skip
+        conn.execute(f"INSERT INTO runs VALUES ({', '.join('?' * len(values))})", values)
+        conn.execute("INSERT INTO case_metrics VALUES ('old1', 'c1', 1, 'liver', 0.9, 0.8)")
+    store = ResultsStore(tmp_path)
+    old = store.runs()
+    assert list(old["run_id"]) == ["old1"] and old["off_protocol"].isna().all()
+    assert len(store.metrics(["old1"])) == 1  # the rebuild did not cascade-delete metrics
+    assert store.completed_run("k-old") == "old1"
+    unfit = record("new1", "k-new", status="unfit", error="unfit: ...")
+    unfit.curve = [(4, 1.0, 0.2), (8, 0.5, 0.4)]
+    store.write_run(unfit, [("c1", 1, "liver", 0.1, 0.0)])
+    assert store.completed_run("k-new") == "new1"
+    assert list(store.curves(["new1"])["val_dsc"]) == [0.2, 0.4]
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+    # Opening again is a no-op
+    assert len(ResultsStore(tmp_path).runs(status=None)) == 2
