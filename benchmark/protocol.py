@@ -93,6 +93,9 @@ class Protocol:
     zrange_labels: tuple[int, ...]
     raw: dict[str, Any]
     hash: str
+    nonfinite: Literal["error", "window_min"] = "error"
+    """NaN or ±Inf image voxels: an error naming the file, or replaced by the window's low end
+    (`[preprocess] nonfinite`; part of the raw TOML and so of `hash`)."""
 
     @property
     def num_classes(self) -> int:
@@ -144,6 +147,9 @@ def _parse(raw: dict[str, Any], path: Path) -> Protocol:
     lo, hi = (float(v) for v in prep["window_hu"])
     if not lo < hi:
         raise ValueError("preprocess.window_hu must be [low, high] with low < high")
+    nonfinite = prep.get("nonfinite", "error")
+    if nonfinite not in ("error", "window_min"):
+        raise ValueError(f"preprocess.nonfinite must be 'error' or 'window_min', not {nonfinite!r}")
     split = raw["split"]
     budgets: dict[str, Budget] = {}
     for bname, b in raw["budgets"].items():
@@ -186,6 +192,7 @@ def _parse(raw: dict[str, Any], path: Path) -> Protocol:
         zrange_labels=tuple(int(i) for i in metrics.get("zrange_labels", ())),
         raw=raw,
         hash=stable_hash(raw),
+        nonfinite=nonfinite,
     )
 
 

@@ -99,7 +99,7 @@ class DataContext:
 
 def load_data(protocol: Protocol, data: Path | None, progress: Progress) -> DataContext:
     index = resolve_dataset(protocol, data, progress)
-    prep = Preprocessing(protocol.window_hu, protocol.slice_size)
+    prep = Preprocessing(protocol.window_hu, protocol.slice_size, protocol.nonfinite)
     store = build_slice_store(
         index.labeled,
         prep,
@@ -194,7 +194,7 @@ def run_pretraining(
     def build() -> SliceStore:
         return build_slice_store(
             index.unlabeled,
-            Preprocessing(protocol.window_hu, protocol.slice_size),
+            Preprocessing(protocol.window_hu, protocol.slice_size, protocol.nonfinite),
             cache_root(),
             progress=progress.callback("preprocess unlabeled"),
         )
