@@ -38,7 +38,7 @@ from benchmark.protocol import Protocol, load_protocol, stable_hash
 from benchmark.provenance import describe_device, git_commit, resolve_device, versions
 from benchmark.registry import get_method, installed_methods
 from benchmark.runner import DataContext, load_data, pretrained_method
-from benchmark.store import GenerativeRecord, ResultsStore
+from benchmark.store import GenerativeRecord, ResultsStore, check_results_dir
 
 SAMPLERS = ("ddpm", "ddim")
 DEFAULT_N = 1000
@@ -163,6 +163,7 @@ def prepare_fidelity(
             f"feature extractor {request.extractor}: expected one of {', '.join(EXTRACTORS)}"
         )
     config = apply_overrides(method_cls.Config, request.overrides)
+    check_results_dir(request.results)
     weights = None
     if EXTRACTORS[request.extractor][1].needs_weights:
         weights = resolve_inception_weights(request.inception_weights)

@@ -46,7 +46,7 @@ from benchmark.provenance import (
     versions,
 )
 from benchmark.registry import get_method
-from benchmark.store import ResultsStore, RunRecord
+from benchmark.store import ResultsStore, RunRecord, check_results_dir
 
 T = TypeVar("T")
 
@@ -131,6 +131,7 @@ def prepare(request: RunRequest, progress: Progress, data: DataContext | None = 
     caller passes a loaded `data`) and `prepare` (the rest).
     """
     t0 = time.perf_counter()
+    check_results_dir(request.results)  # before any work: a bad path fails in a second
     protocol = data.protocol if data else load_protocol(request.protocol)
     method_cls = get_method(request.method)
     config = apply_overrides(method_cls.Config, request.overrides)
