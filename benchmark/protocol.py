@@ -114,7 +114,12 @@ class Protocol:
 def load_protocol(name_or_path: str) -> Protocol:
     """Load a protocol by name (see `available_protocols`) or by path to a TOML file."""
     path = Path(name_or_path)
-    if not (path.suffix == ".toml" and path.is_file()):
+    if path.suffix == ".toml" or len(path.parts) > 1:  # a path, not a name
+        if not path.exists():
+            raise ProtocolError(f"{path}: protocol file does not exist")
+        if not path.is_file():
+            raise ProtocolError(f"{path}: protocol path is not a file")
+    else:
         known = available_protocols()
         if name_or_path not in known:
             raise ProtocolError(

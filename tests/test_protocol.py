@@ -79,3 +79,10 @@ def test_budgets_are_nested_and_seeded():
 def test_budget_larger_than_pool_is_an_error():
     with pytest.raises(BudgetError, match="only 3 candidate slices"):
         draw_budget(Budget("4slices", "slices", count=4), ["a:1", "a:2", "b:1"], ["a", "a", "b"], 0)
+
+
+def test_a_missing_protocol_file_says_so(tmp_path):
+    with pytest.raises(ProtocolError, match=r"nope.toml: protocol file does not exist"):
+        load_protocol(str(tmp_path / "nope.toml"))
+    with pytest.raises(ProtocolError, match=r"is not a file"):
+        load_protocol(str(tmp_path))
