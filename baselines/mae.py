@@ -53,7 +53,7 @@ class MAEConfig(UNetConfig):
     """Optimizer steps of pretraining."""
     pretrain_batch_size: int = positive(16)
     """Slices per step."""
-    pretrain_lr: float = positive(1e-3)
+    pretrain_lr: float = non_negative(1e-3)
     """AdamW learning rate (linear warm-up over 10 % of the steps, then cosine to 0)."""
     pretrain_weight_decay: float = non_negative(0.05)
     """AdamW weight decay of pretraining (MAE's)."""

@@ -54,7 +54,7 @@ class SimCLRConfig(UNetConfig):
     """Optimizer steps of pretraining."""
     pretrain_batch_size: int = positive(32)
     """Slices per step (2 views each)."""
-    pretrain_lr: float = positive(1e-3)
+    pretrain_lr: float = non_negative(1e-3)
     """AdamW learning rate (linear warm-up over 10 % of the steps, then cosine to 0)."""
     pretrain_weight_decay: float = non_negative(1e-4)
     """AdamW weight decay of pretraining."""

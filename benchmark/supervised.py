@@ -27,7 +27,7 @@ class SupervisedConfig:
     """Optimizer steps, the same for every budget."""
     batch_size: int = positive(8)
     """Slices per step (drawn with replacement when the budget is smaller)."""
-    lr: float = positive(1e-3)
+    lr: float = non_negative(1e-3)
     """AdamW learning rate, cosine-decayed to 0."""
     weight_decay: float = non_negative(1e-4)
     """AdamW weight decay."""

@@ -31,7 +31,7 @@ class DiffusionLinearConfig(DDPMConfig):
     """Optimizer steps of the linear head."""
     batch_size: int = positive(8)
     """Slices per head step."""
-    lr: float = positive(1e-2)
+    lr: float = non_negative(1e-2)
     """AdamW learning rate of the head. Baranchuk et al.'s 1e-3 is for an MLP trained for many
     epochs of pixel batches; in these 500 whole-slice steps it underfits (training CE 1.6
     vs 0.2 at 1e-2 on the phantom's 1pct budget, chosen on the training slices only)."""

@@ -58,7 +58,7 @@ class DDPMConfig:
     """T, the number of diffusion steps."""
     beta_schedule: str = "linear_beta"
     """MONAI schedule name (linear_beta, scaled_linear_beta, sigmoid_beta, cosine)."""
-    pretrain_lr: float = positive(5e-4)
+    pretrain_lr: float = non_negative(5e-4)
     """AdamW learning rate of pretraining (constant after a short warm-up)."""
     pretrain_batch_size: int = positive(16)
     """Slices per pretraining step."""
