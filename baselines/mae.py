@@ -29,6 +29,7 @@ from torch import nn
 
 from baselines.pretrained_unet import PretrainedEncoderUNet, pretrain_loop
 from baselines.unet_scratch import UNetConfig
+from benchmark.config import non_negative, open_unit_interval, positive
 from benchmark.errors import ConfigError
 from benchmark.method import RunContext, SliceSet
 from benchmark.progress import Progress
@@ -48,25 +49,25 @@ class MAEConfig(UNetConfig):
 
     preset: str = "cpu"
     """Named starting point for the pretraining fields: cpu or gpu."""
-    pretrain_iterations: int | None = None
+    pretrain_iterations: int | None = positive(None)
     """Optimizer steps of pretraining. None: the protocol's pretraining budget ÷
     pretrain_batch_size (rounded up), as for every pretraining method; another value makes
     the run off-protocol."""
-    pretrain_batch_size: int = 16
+    pretrain_batch_size: int = positive(16)
     """Slices per step."""
-    pretrain_lr: float = 1e-3
+    pretrain_lr: float = non_negative(1e-3)
     """AdamW learning rate (linear warm-up over 10 % of the steps, then cosine to 0)."""
-    pretrain_weight_decay: float = 0.05
+    pretrain_weight_decay: float = non_negative(0.05)
     """AdamW weight decay of pretraining (MAE's)."""
-    mask_ratio: float = 0.75
+    mask_ratio: float = open_unit_interval(0.75)
     """Fraction of patches masked in each slice."""
-    patch_size: int = 16
+    patch_size: int = positive(16)
     """Side of a masked patch in pixels at the slice size (must divide it)."""
     norm_pix_loss: bool = True
     """Reconstruct per-patch normalised pixels (zero mean, unit variance), as MAE."""
-    decoder_channels: tuple[int, ...] = (128, 64, 32, 16, 16)
+    decoder_channels: tuple[int, ...] = positive((128, 64, 32, 16, 16))
     """Channels of the light reconstruction decoder, deepest first (one per encoder stage)."""
-    pretrain_seed: int = 0
+    pretrain_seed: int = non_negative(0)
     """Seed of pretraining; one encoder serves every fine-tuning seed and budget."""
 
     def __post_init__(self) -> None:

@@ -51,6 +51,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from benchmark.config import fraction, non_negative, open_unit_interval, positive
 from benchmark.method import Method, RunContext, SliceSet
 
 DATASET_ID = 501
@@ -67,15 +68,15 @@ class NNUNetConfig:
     is not matched to the protocol's fine-tuning budget, so nnunet runs are off-protocol.
     """
 
-    epochs: int = 10
+    epochs: int = positive(10)
     """Trainer epochs (nnU-Net's default: 1000)."""
-    iterations_per_epoch: int = 30
+    iterations_per_epoch: int = positive(30)
     """Training iterations per epoch (nnU-Net's default: 250)."""
-    val_iterations_per_epoch: int = 5
+    val_iterations_per_epoch: int = positive(5)
     """Validation iterations per epoch, for nnU-Net's pseudo-Dice log (nnU-Net's default: 50)."""
     fold: str = "all"
     """"all": train on every labeled slice; "0": one explicit split in splits_final.json."""
-    val_fraction: float = 0.2
+    val_fraction: float = open_unit_interval(0.2)
     """With fold "0": share of the slices held out for validation (at least one)."""
     planner: str = "ExperimentPlanner"
     """nnU-Net experiment planner class (e.g. nnUNetPlannerResEncM for the ResEnc presets)."""
@@ -86,11 +87,11 @@ class NNUNetConfig:
     """Mirroring at prediction (nnU-Net's TTA; `nnUNetv2_predict --disable_tta` turns it off)."""
     final_validation: bool = True
     """Run nnU-Net's final validation after training, as `nnUNetv2_train` does."""
-    tile_step_size: float = 0.5
+    tile_step_size: float = fraction(0.5)
     """Sliding-window step as a fraction of the patch size at prediction."""
-    processes: int = 2
+    processes: int = positive(2)
     """Worker processes for fingerprinting, preprocessing and export (nnUNet_def_n_proc)."""
-    augmentation_processes: int = 0
+    augmentation_processes: int = non_negative(0)
     """Data augmentation workers (nnUNet_n_proc_DA); 0 = in the training process."""
     keep_files: bool = False
     """Keep the run's nnUNet_raw / _preprocessed / _results folder (its path is in the record)."""

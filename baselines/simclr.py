@@ -26,6 +26,7 @@ from torch import nn
 from baselines.pretrained_unet import PretrainedEncoderUNet, pretrain_loop
 from baselines.unet_scratch import UNetConfig, build_unet
 from benchmark.augment import ct_view
+from benchmark.config import fraction, non_negative, positive
 from benchmark.method import RunContext, SliceSet
 from benchmark.progress import Progress
 
@@ -49,27 +50,27 @@ class SimCLRConfig(UNetConfig):
 
     preset: str = "cpu"
     """Named starting point for the pretraining fields: cpu or gpu."""
-    pretrain_iterations: int | None = None
+    pretrain_iterations: int | None = positive(None)
     """Optimizer steps of pretraining. None: the protocol's pretraining budget ÷
     pretrain_batch_size (rounded up), as for every pretraining method; another value makes
     the run off-protocol."""
-    pretrain_batch_size: int = 32
+    pretrain_batch_size: int = positive(32)
     """Slices per step (2 views each)."""
-    pretrain_lr: float = 1e-3
+    pretrain_lr: float = non_negative(1e-3)
     """AdamW learning rate (linear warm-up over 10 % of the steps, then cosine to 0)."""
-    pretrain_weight_decay: float = 1e-4
+    pretrain_weight_decay: float = non_negative(1e-4)
     """AdamW weight decay of pretraining."""
-    temperature: float = 0.2
+    temperature: float = positive(0.2)
     """NT-Xent temperature."""
-    projection_dim: int = 128
+    projection_dim: int = positive(128)
     """Output size of the projection head."""
-    projection_hidden: int = 512
+    projection_hidden: int = positive(512)
     """Hidden size of the projection head."""
-    view_size: int = 64
+    view_size: int = non_negative(64)
     """Side of each view in pixels (0 = the slice size); smaller is faster on a CPU."""
-    crop_scale_min: float = 0.25
+    crop_scale_min: float = fraction(0.25)
     """Smallest crop, as a fraction of the slice area."""
-    pretrain_seed: int = 0
+    pretrain_seed: int = non_negative(0)
     """Seed of pretraining; one encoder serves every fine-tuning seed and budget."""
 
 

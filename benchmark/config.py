@@ -1,16 +1,79 @@
-"""Method configs: frozen dataclasses, overridden from the command line with `--set key=value`."""
+"""Method configs: frozen dataclasses, overridden from the command line with `--set key=value`.
+
+Every numeric field declares its range next to it, in the field's metadata, with one of the
+helpers below (`iterations: int = positive(300)`); `apply_overrides` rejects a value outside
+it before any work, so a config that could never run is never recorded as a failed run.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from benchmark.errors import ConfigError, did_you_mean
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
+
+T = TypeVar("T")
+
+RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "positive": (lambda v: v > 0, "> 0"),
+    "non_negative": (lambda v: v >= 0, ">= 0"),
+    "unit_interval": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "open_unit_interval": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "fraction": (lambda v: 0 < v <= 1, "in (0, 1]"),
+}
+"""Range name → (test, how the error message states it). A tuple field's range holds for each
+item; None (in an optional field) is always accepted."""
+
+
+def _ranged(kind: str, default: T) -> T:
+    return dataclasses.field(default=default, metadata={"range": kind})
+
+
+def positive(default: T) -> T:
+    """A field whose value is > 0 (counts, sizes, learning rates)."""
+    return _ranged("positive", default)
+
+
+def non_negative(default: T) -> T:
+    """A field whose value is >= 0 (seeds, weight decay, sizes where 0 means "default")."""
+    return _ranged("non_negative", default)
+
+
+def unit_interval(default: T) -> T:
+    """A field in [0, 1] (EMA decay)."""
+    return _ranged("unit_interval", default)
+
+
+def open_unit_interval(default: T) -> T:
+    """A field in (0, 1) (mask ratio, a held-out share)."""
+    return _ranged("open_unit_interval", default)
+
+
+def fraction(default: T) -> T:
+    """A field in (0, 1] (a share that may be all)."""
+    return _ranged("fraction", default)
+
+
+def range_error(field: dataclasses.Field, value: Any) -> str | None:
+    """Why `value` is outside `field`'s declared range, or None when it is inside (or the
+    field declares none)."""
+    kind = field.metadata.get("range")
+    if kind is None or value is None:
+        return None
+    test, text = RANGES[kind]
+    each = " (each item)" if isinstance(value, tuple) else ""
+    for item in value if isinstance(value, tuple) else (value,):
+        if not math.isfinite(item):
+            return f"{field.name} must be a finite number{each}"
+        if not test(item):
+            return f"{field.name} must be {text}{each}"
+    return None
 
 
 def _convert(key: str, text: str, kind: Any) -> Any:
@@ -75,6 +138,11 @@ def apply_overrides(config_cls: type, overrides: Sequence[str]) -> Any:
             )
         if not (presets and key == "preset"):
             values[key] = _convert(key, text, hints[key])
+    given = {k.strip(): v.strip() for k, _, v in (item.partition("=") for item in overrides)}
+    for f in dataclasses.fields(config_cls):  # before construction: __post_init__ may divide
+        if f.name in values and (reason := range_error(f, values[f.name])):
+            where = f"{f.name}={given[f.name]}" if f.name in given else f"preset={values['preset']}"
+            raise ConfigError(f"--set {where}: {reason}")
     try:
         return config_cls(**values)
     except (TypeError, ValueError) as exc:

@@ -39,7 +39,7 @@ from benchmark.protocol import Protocol, load_protocol, stable_hash
 from benchmark.provenance import describe_device, git_commit, resolve_device, versions
 from benchmark.registry import get_method, installed_methods
 from benchmark.runner import DataContext, load_data, pretrained_method
-from benchmark.store import GenerativeRecord, ResultsStore
+from benchmark.store import GenerativeRecord, ResultsStore, check_results_dir
 
 SAMPLERS = ("ddpm", "ddim")
 DEFAULT_N = 1000
@@ -165,6 +165,7 @@ def prepare_fidelity(
         )
     protocol = data.protocol if data else load_protocol(request.protocol)
     config, _ = configure(method_cls, request.overrides, protocol.training)
+    check_results_dir(request.results)
     weights = None
     if EXTRACTORS[request.extractor][1].needs_weights:
         weights = resolve_inception_weights(request.inception_weights)

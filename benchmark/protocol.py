@@ -115,6 +115,9 @@ class Protocol:
     training: Training
     raw: dict[str, Any]
     hash: str
+    nonfinite: Literal["error", "window_min"] = "error"
+    """NaN or ±Inf image voxels: an error naming the file, or replaced by the window's low end
+    (`[preprocess] nonfinite`; part of the raw TOML and so of `hash`)."""
 
     @property
     def num_classes(self) -> int:
@@ -133,7 +136,12 @@ class Protocol:
 def load_protocol(name_or_path: str) -> Protocol:
     """Load a protocol by name (see `available_protocols`) or by path to a TOML file."""
     path = Path(name_or_path)
-    if not (path.suffix == ".toml" and path.is_file()):
+    if path.suffix == ".toml" or len(path.parts) > 1:  # a path, not a name
+        if not path.exists():
+            raise ProtocolError(f"{path}: protocol file does not exist")
+        if not path.is_file():
+            raise ProtocolError(f"{path}: protocol path is not a file")
+    else:
         known = available_protocols()
         if name_or_path not in known:
             raise ProtocolError(
@@ -166,6 +174,9 @@ def _parse(raw: dict[str, Any], path: Path) -> Protocol:
     lo, hi = (float(v) for v in prep["window_hu"])
     if not lo < hi:
         raise ValueError("preprocess.window_hu must be [low, high] with low < high")
+    nonfinite = prep.get("nonfinite", "error")
+    if nonfinite not in ("error", "window_min"):
+        raise ValueError(f"preprocess.nonfinite must be 'error' or 'window_min', not {nonfinite!r}")
     split = raw["split"]
     budgets: dict[str, Budget] = {}
     for bname, b in raw["budgets"].items():
@@ -211,6 +222,7 @@ def _parse(raw: dict[str, Any], path: Path) -> Protocol:
         training=training,
         raw=raw,
         hash=stable_hash(raw),
+        nonfinite=nonfinite,
     )
 
 

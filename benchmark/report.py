@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -822,11 +822,14 @@ def _unranked_only(
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Write via a temp file in the same folder, then os.replace, so readers never see half."""
+    """Write via a temp file in the same folder, then os.replace, so readers never see half.
+
+    `write` creates the temp file itself, so the report gets the usual permissions (0644
+    under umask 022); `tempfile.mkstemp` would make it 0600, unreadable to anyone else.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = path.parent / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
     try:
         write(Path(tmp))
         os.replace(tmp, path)

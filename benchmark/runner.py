@@ -51,7 +51,7 @@ from benchmark.provenance import (
     versions,
 )
 from benchmark.registry import get_method
-from benchmark.store import ResultsStore, RunRecord
+from benchmark.store import ResultsStore, RunRecord, check_results_dir
 from benchmark.validation import Validator, sanity_dsc
 
 T = TypeVar("T")
@@ -105,7 +105,7 @@ class DataContext:
 
 def load_data(protocol: Protocol, data: Path | None, progress: Progress) -> DataContext:
     index = resolve_dataset(protocol, data, progress)
-    prep = Preprocessing(protocol.window_hu, protocol.slice_size)
+    prep = Preprocessing(protocol.window_hu, protocol.slice_size, protocol.nonfinite)
     store = build_slice_store(
         index.labeled,
         prep,
@@ -138,6 +138,7 @@ def prepare(request: RunRequest, progress: Progress, data: DataContext | None = 
     caller passes a loaded `data`) and `prepare` (the rest).
     """
     t0 = time.perf_counter()
+    check_results_dir(request.results)  # before any work: a bad path fails in a second
     protocol = data.protocol if data else load_protocol(request.protocol)
     method_cls = get_method(request.method)
     config, compute = configure(method_cls, request.overrides, protocol.training)
@@ -201,7 +202,7 @@ def run_pretraining(
     def build() -> SliceStore:
         return build_slice_store(
             index.unlabeled,
-            Preprocessing(protocol.window_hu, protocol.slice_size),
+            Preprocessing(protocol.window_hu, protocol.slice_size, protocol.nonfinite),
             cache_root(),
             progress=progress.callback("preprocess unlabeled"),
         )

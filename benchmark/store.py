@@ -14,9 +14,10 @@ place, in one transaction, keeping every row.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
-from collections.abc import Iterable
-from contextlib import closing
+from collections.abc import Iterable, Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -259,8 +260,47 @@ def _migrate(conn: sqlite3.Connection) -> None:
         raise
 
 
+# SQLite's primary result codes (sqlite3.h) for a file that is damaged or not a database,
+# and for one that cannot be opened, read or written; other errors are bugs, not user input.
+_DAMAGED = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
+_UNUSABLE = {3, 8, 10, 13, 14}  # SQLITE_PERM, _READONLY, _IOERR, _FULL, _CANTOPEN
+
+
+def check_results_dir(results_dir: Path) -> None:
+    """Raise `StoreError` unless runs can be recorded under `results_dir`; creates nothing.
+
+    Called before any work (data loading, training), so that a results path that is a file,
+    lies under a file, or is not writable, or a damaged store, fails in a second, not after
+    an hour of training.
+    """
+    folder = Path(results_dir)
+    if folder.exists() and not folder.is_dir():
+        raise StoreError(
+            f"{folder}: the results path is a file, not a folder; give --results a folder"
+        )
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise StoreError(
+            f"{folder}: cannot create the results folder, {existing} is a file; give --results "
+            f"a folder path"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise StoreError(f"{existing}: results folder is not writable; give --results another one")
+    store = ResultsStore(folder)
+    if store.path.exists() or store.path.is_symlink():
+        if not store.path.is_file():
+            raise StoreError(f"{store.path}: the results store is not a file; move it away")
+        store.check()
+
+
 class ResultsStore:
-    """Open (and create) `<results_dir>/labelbench.sqlite`."""
+    """Open (and create) `<results_dir>/labelbench.sqlite`.
+
+    A damaged file (flipped bytes, not SQLite at all) raises `StoreError` with the path and
+    what to do, whether it shows at open or only when a query reaches the damaged page.
+    """
 
     def __init__(self, results_dir: Path):
         self.path = Path(results_dir) / DB_NAME
@@ -268,22 +308,65 @@ class ResultsStore:
     def _connect(self) -> sqlite3.Connection:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=60)
-            conn.execute("PRAGMA journal_mode=WAL")
-            _migrate(conn)
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.executescript(SCHEMA)
-            if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        except (OSError, sqlite3.DatabaseError) as exc:
+        except OSError as exc:
             raise StoreError(f"{self.path}: cannot open results store ({exc})") from None
+        with self._errors():
+            conn = sqlite3.connect(self.path, timeout=60)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                _migrate(conn)
+                conn.execute("PRAGMA foreign_keys=ON")
+                conn.executescript(SCHEMA)
+                if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            except BaseException:
+                conn.close()
+                raise
         return conn
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Turn SQLite's errors about the file itself into one-line `StoreError`s (also when
+        pandas wraps them in its own `DatabaseError`)."""
+        try:
+            yield
+        except Exception as exc:
+            cause = exc if isinstance(exc, sqlite3.DatabaseError) else exc.__cause__
+            if not isinstance(cause, sqlite3.DatabaseError):
+                raise
+            code = (getattr(cause, "sqlite_errorcode", None) or 0) & 0xFF
+            if code in _DAMAGED:
+                raise StoreError(
+                    f"{self.path}: the results store is damaged ({cause}); move it away to "
+                    f"start a new one, or restore it from a backup"
+                ) from None
+            if code in _UNUSABLE:
+                raise StoreError(f"{self.path}: cannot use the results store ({cause})") from None
+            raise
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        """An open connection, closed after use, with its errors as in `_errors`."""
+        with closing(self._connect()) as conn, self._errors():
+            yield conn
+
+    def check(self) -> None:
+        """Open the store and run SQLite's `quick_check` over every page; `StoreError` if it
+        is damaged. Cheap for a results store (megabytes)."""
+        with self._connection() as conn:
+            problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
+        if problems != ["ok"]:
+            lines = [ln for p in problems for ln in p.splitlines() if not ln.startswith("***")]
+            raise StoreError(
+                f"{self.path}: the results store is damaged ({(lines or problems)[0]}); move it "
+                f"away to start a new one, or restore it from a backup"
+            )
 
     def completed_run(self, run_key: str) -> str | None:
         """The run_id of the finished (completed or unfit) run with this key, if any."""
         if not self.path.exists():
             return None
-        with closing(self._connect()) as conn:
+        with self._connection() as conn:
             row = conn.execute(
                 f"SELECT run_id FROM runs WHERE run_key = ? AND status IN {FINISHED}", (run_key,)
             ).fetchone()
@@ -298,7 +381,7 @@ class ResultsStore:
         A finished run replaces an earlier finished run with the same key (`--force`).
         """
         sql, values = _insert("runs", record)
-        with closing(self._connect()) as conn, conn:
+        with self._connection() as conn, conn:
             if record.status in ("completed", "unfit"):
                 conn.execute(
                     f"DELETE FROM runs WHERE run_key = ? AND status IN {FINISHED}",
@@ -327,7 +410,7 @@ class ResultsStore:
             where.append(f"status IN ({', '.join('?' * len(statuses))})")
             args.extend(statuses)
         sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "")
-        with closing(self._connect()) as conn:
+        with self._connection() as conn:
             return pd.read_sql_query(sql + " ORDER BY finished_at", conn, params=args)
 
     def metrics(self, run_ids: Iterable[str]) -> pd.DataFrame:
@@ -340,7 +423,7 @@ class ResultsStore:
 
     def _of_runs(self, table: str, run_ids: Iterable[str]) -> pd.DataFrame:
         ids = list(run_ids)
-        with closing(self._connect()) as conn:
+        with self._connection() as conn:
             if not ids:
                 return pd.read_sql_query(f"SELECT * FROM {table} WHERE 0", conn)
             marks = ", ".join("?" * len(ids))
@@ -351,7 +434,7 @@ class ResultsStore:
     def has_ceiling(self, protocol_hash: str, dataset_key: str, split_hash: str) -> bool:
         if not self.path.exists():
             return False
-        with closing(self._connect()) as conn:
+        with self._connection() as conn:
             return conn.execute(
                 "SELECT 1 FROM ceilings WHERE protocol_hash = ? AND dataset_key = ? "
                 "AND split_hash = ? LIMIT 1",
@@ -367,7 +450,7 @@ class ResultsStore:
     ) -> None:
         """The protocol's ceiling: (case_id, organ_id, organ, dsc, nsd) rows, one transaction."""
         keys = (protocol_hash, dataset_key, split_hash)
-        with closing(self._connect()) as conn, conn:
+        with self._connection() as conn, conn:
             conn.execute(
                 "DELETE FROM ceilings WHERE protocol_hash = ? AND dataset_key = ? "
                 "AND split_hash = ?",
@@ -380,13 +463,13 @@ class ResultsStore:
 
     def ceilings(self) -> pd.DataFrame:
         """Every stored ceiling row."""
-        with closing(self._connect()) as conn:
+        with self._connection() as conn:
             return pd.read_sql_query("SELECT * FROM ceilings", conn)
 
     def write_generative(self, record: GenerativeRecord) -> None:
         """Insert a generative-quality row in one transaction, replacing one with the same key."""
         sql, values = _insert("generative", record)
-        with closing(self._connect()) as conn, conn:
+        with self._connection() as conn, conn:
             conn.execute("DELETE FROM generative WHERE gen_key = ?", (record.gen_key,))
             conn.execute(sql, values)
 
@@ -395,5 +478,5 @@ class ResultsStore:
         sql, args = "SELECT * FROM generative", []
         if protocol is not None:
             sql, args = sql + " WHERE protocol = ?", [protocol]
-        with closing(self._connect()) as conn:
+        with self._connection() as conn:
             return pd.read_sql_query(sql + " ORDER BY finished_at", conn, params=args)

@@ -19,6 +19,7 @@ import torch
 from monai.losses import DiceCELoss
 
 from benchmark.augment import random_affine, random_intensity
+from benchmark.config import non_negative, positive
 from benchmark.method import RunContext, SliceSet
 from benchmark.progress import Task
 from benchmark.validation import Selection
@@ -28,18 +29,18 @@ from benchmark.validation import Selection
 class SupervisedConfig:
     """Hyperparameters of supervised training on the labeled budget."""
 
-    iterations: int | None = None
+    iterations: int | None = positive(None)
     """Optimizer steps. None: the protocol's fine-tuning budget ÷ batch_size (rounded up),
     the same samples for every budget and method; another value makes the run off-protocol."""
-    batch_size: int = 8
+    batch_size: int = positive(8)
     """Slices per step (drawn with replacement when the budget is smaller)."""
-    lr: float = 1e-3
+    lr: float = non_negative(1e-3)
     """AdamW learning rate, cosine-decayed to 0."""
-    weight_decay: float = 1e-4
+    weight_decay: float = non_negative(1e-4)
     """AdamW weight decay."""
     augment: bool = True
     """Random rotation (±10°), scale (0.9-1.1), shift (±5%) and intensity jitter."""
-    predict_batch_size: int = 32
+    predict_batch_size: int = positive(32)
     """Slices per forward pass at prediction."""
 
 

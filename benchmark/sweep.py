@@ -46,7 +46,7 @@ from benchmark.runner import (
     prepare,
     run_pretraining,
 )
-from benchmark.store import ResultsStore, RunRecord
+from benchmark.store import ResultsStore, RunRecord, check_results_dir
 
 EXECUTORS = ("local", "ray")
 
@@ -129,6 +129,7 @@ def plan(
         apply_overrides(get_method(method).Config, method_overrides(req.overrides, method))
     for budget in req.budgets:
         protocol.budget(budget)
+    check_results_dir(req.results)
     data = load_data(protocol, req.data, progress)
     store = ResultsStore(req.results)
     pending, done = [], []

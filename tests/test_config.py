@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+import dataclasses
+import re
+import typing
 from dataclasses import dataclass
 
 import pytest
 
 from baselines.unet_scratch import UNetConfig
-from benchmark.config import apply_overrides
+from benchmark.config import apply_overrides, positive, range_error, unit_interval
 from benchmark.errors import ConfigError
+from benchmark.registry import installed_methods
 
 
 @dataclass(frozen=True)
@@ -51,3 +55,50 @@ def test_presets_apply_first_and_explicit_keys_win():
     assert apply_overrides(WithPresets, ["width=16", "preset=big"]) == WithPresets("big", 16, 8)
     with pytest.raises(ConfigError, match="unknown preset.*did you mean: big"):
         apply_overrides(WithPresets, ["preset=bgi"])
+
+
+@dataclass(frozen=True)
+class Ranged:
+    steps: int = positive(1)
+    decay: float = unit_interval(0.5)
+    sizes: tuple[int, ...] = positive((8, 16))
+    budget: int | None = positive(None)
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("steps=0", "--set steps=0: steps must be > 0"),
+        ("steps=-5", "--set steps=-5: steps must be > 0"),
+        ("decay=1.5", "--set decay=1.5: decay must be in [0, 1]"),
+        ("decay=nan", "decay must be a finite number"),
+        ("sizes=8,0", "sizes must be > 0 (each item)"),
+        ("budget=-1", "budget must be > 0"),
+    ],
+)
+def test_values_outside_the_declared_range_are_rejected(item, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        apply_overrides(Ranged, [item])
+
+
+def test_none_is_in_range_for_optional_fields():
+    assert apply_overrides(Ranged, ["budget=none", "decay=1", "steps=3"]) == Ranged(
+        3, 1.0, budget=None
+    )
+
+
+def _numeric(kind: object) -> bool:
+    args = [a for a in typing.get_args(kind) if a is not type(None) and a is not Ellipsis]
+    if typing.get_origin(kind) is not None:  # int | None, tuple[int, ...]
+        return any(_numeric(a) for a in args)
+    return kind in (int, float)
+
+
+def test_every_numeric_method_config_field_declares_a_range_its_default_is_in():
+    for name, entry in installed_methods().items():
+        config = entry.load().Config
+        hints = typing.get_type_hints(config)
+        for f in dataclasses.fields(config):
+            if _numeric(hints[f.name]):
+                assert "range" in f.metadata, f"{name}: {f.name} declares no range"
+                assert range_error(f, f.default) is None, f"{name}: default of {f.name}"

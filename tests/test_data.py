@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import dataclasses
 import gzip
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from benchmark.data.reader import discover, read_header, read_label
+from benchmark.data.reader import check_pair, discover, read_header, read_label, read_volume
 from benchmark.data.slicestore import Preprocessing, build_slice_store, upsample_labels
 from benchmark.errors import DatasetError
 from tests.conftest import write_case
@@ -126,3 +128,66 @@ def test_gzip_is_really_gzip(tiny_dataset):
     path = next((tiny_dataset / "imagesTr").iterdir())
     with gzip.open(path) as f:
         assert len(f.read(348)) == 348
+
+
+def _flipped_copy(case, dst: Path, axes: tuple[int, ...]) -> None:
+    """The same case, image and label, stored flipped along `axes` (the affine to match)."""
+    for src, folder, name in [
+        (case.image, dst / "imagesTr", "a_0000.nii.gz"),
+        (case.label, dst / "labelsTr", "a.nii.gz"),
+    ]:
+        img = nib.load(src)
+        data = np.flip(np.asanyarray(img.dataobj), axes)
+        affine = img.affine.copy()
+        for ax in axes:
+            affine[:3, 3] += affine[:3, ax] * (data.shape[ax] - 1)
+            affine[:3, ax] *= -1
+        folder.mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(data, affine), folder / name)
+
+
+@pytest.mark.parametrize("axes", [(0, 1), (0,)], ids=["LPS", "LAS"])
+def test_orientation_invariance(tmp_path, isolated, axes):
+    """One case stored RAS, LPS or LAS reads back as the same arrays, so it scores the same."""
+    write_case(tmp_path / "ras" / "imagesTr", "a")
+    ras = discover(tmp_path / "ras").labeled[0]
+    _flipped_copy(ras, tmp_path / "other", axes)
+    other = discover(tmp_path / "other").labeled[0]
+    for a, b in [(ras.image, other.image), (ras.label, other.label)]:
+        va, sa = read_volume(a)
+        vb, sb = read_volume(b)
+        np.testing.assert_array_equal(va, vb)
+        assert sa == pytest.approx(sb)
+    store = build_slice_store([other], PREP, isolated, known_labels=[1, 2, 3])
+    ref = build_slice_store([ras], PREP, isolated, known_labels=[1, 2, 3])
+    np.testing.assert_array_equal(store.labels, ref.labels)
+    # a label stored in another axis order than its image is rejected, as nnU-Net compares
+    with pytest.raises(DatasetError, match=r"a.nii.gz: label direction .* differs"):
+        check_pair(ras, read_header(ras.image), read_header(other.label))
+
+
+def test_geometry_tolerance_is_nnunets(tmp_path):
+    """np.allclose at numpy's defaults (nnU-Net's check): an origin of -200 mm that differs by
+    about one float32 step (1.5e-5 mm) passes, one that differs by 0.01 mm fails."""
+    write_case(tmp_path / "imagesTr", "a")
+    case = discover(tmp_path).labeled[0]
+    header = read_header(case.image)
+
+    def at(x: float):
+        affine = np.diag([0.8, 0.8, 3.0, 1.0])
+        affine[:3, 3] = [x, 10.0, 30.0]
+        return dataclasses.replace(header, affine=tuple(map(tuple, affine)))
+
+    check_pair(case, at(-200.0), at(-200.0 + 2e-5))
+    with pytest.raises(DatasetError, match=r"a.nii.gz: label origin \(-199.99, 10.00, 30.00\)"):
+        check_pair(case, at(-200.0), at(-199.99))
+
+
+def test_a_label_damaged_after_preprocessing_names_the_file_when_scored(tiny_dataset):
+    """The runner reads test labels again to score them: a decode error there is a
+    DatasetError naming the file, like at preprocessing."""
+    path = tiny_dataset / "labelsTr" / "case_000.nii.gz"
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) - 30])
+    with pytest.raises(DatasetError, match=r"case_000.nii.gz: corrupt NIfTI data"):
+        read_label(path, range(1, 14))

@@ -121,3 +121,10 @@ def test_selection_off_allows_no_validation_cases(tmp_path):
     training = load_protocol(str(path)).training
     assert not training.select
     assert (training.finetune_samples, training.sanity_min_dsc) == (9600, 0.5)
+
+
+def test_a_missing_protocol_file_says_so(tmp_path):
+    with pytest.raises(ProtocolError, match=r"nope.toml: protocol file does not exist"):
+        load_protocol(str(tmp_path / "nope.toml"))
+    with pytest.raises(ProtocolError, match=r"is not a file"):
+        load_protocol(str(tmp_path))

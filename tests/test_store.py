@@ -5,7 +5,8 @@ from dataclasses import replace
 
 import pytest
 
-from benchmark.store import ResultsStore, RunRecord
+from benchmark.errors import StoreError
+from benchmark.store import ResultsStore, RunRecord, check_results_dir
 
 
 def record(run_id="r1", key="k1", status="completed", error=None) -> RunRecord:
@@ -74,3 +75,28 @@ def test_a_failing_write_leaves_nothing(tmp_path):
         store.write_run(replace(record(run_id="r3"), run_key="k2"), [ROWS[0], ROWS[0]])
     assert store.completed_run("k2") is None
     assert len(store.metrics(["r3"])) == 0 and store.completed_run("k1") == "r1"
+
+
+def test_a_damaged_store_is_a_store_error_at_open_and_on_queries(tmp_path):
+    store = ResultsStore(tmp_path)
+    store.write_run(record(), [(f"c{i}", 1, "liver", 0.5, 0.5) for i in range(300)])
+    raw = bytearray(store.path.read_bytes())
+    for i in range(4096, len(raw)):  # every page after the schema
+        raw[i] ^= 0xFF
+    store.path.write_bytes(bytes(raw))
+    for query in (lambda: store.metrics(["r1"]), store.runs, lambda: check_results_dir(tmp_path)):
+        with pytest.raises(StoreError, match=r"labelbench.sqlite: the results store is damaged"):
+            query()
+    store.path.write_bytes(b"not sqlite at all" * 100)
+    with pytest.raises(StoreError, match="file is not a database.*move it away"):
+        store.completed_run("k1")
+
+
+def test_results_dir_is_checked_without_creating_it(tmp_path):
+    check_results_dir(tmp_path / "new" / "runs")
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StoreError, match="results path is a file"):
+        check_results_dir(tmp_path / "file")
+    with pytest.raises(StoreError, match="is a file; give --results a folder"):
+        check_results_dir(tmp_path / "file" / "runs")

@@ -16,11 +16,15 @@ sizes and positions, and correlated noise make every case different. Case ``i`` 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import math
 import multiprocessing
 import os
 import shutil
+import signal
+import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -1311,6 +1315,37 @@ def _limit_threads() -> None:
         threadpool_limits(1)
 
 
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _die_with_parent(parent: int) -> None:
+    """End this worker when process `parent` dies, even by SIGKILL, which runs no cleanup.
+
+    Linux: the kernel sends SIGKILL on the parent's death (prctl PR_SET_PDEATHSIG); it is
+    tied to the thread that spawned the worker, which is the one that submits to the pool
+    and lives until the pool is shut down. Elsewhere a daemon thread polls the parent id.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
+                if os.getppid() != parent:  # it died before the request took effect
+                    os._exit(1)
+                return
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
+def _init_worker(parent: int) -> None:
+    _die_with_parent(parent)
+    _limit_threads()
+
+
 def _dataset_json(settings: PhantomSettings) -> dict:
     return {
         "name": "phantom",
@@ -1347,7 +1382,8 @@ def write_phantom(
     end, replacing an existing ``out``, so an interrupted run never leaves a partial data set.
     ``progress(done, total)`` is called after each case; ``workers`` processes generate cases
     in parallel (1 = in this process). Workers are spawned, not forked, so a script calling
-    this with ``workers > 1`` needs the usual ``if __name__ == "__main__":`` guard.
+    this with ``workers > 1`` needs the usual ``if __name__ == "__main__":`` guard. Workers end
+    with this process, even when it is killed; the next call removes what a killed call left.
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -1378,7 +1414,10 @@ def write_phantom(
             # deadlock.
             ctx = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(
-                max_workers=min(workers, total), mp_context=ctx, initializer=_limit_threads
+                max_workers=min(workers, total),
+                mp_context=ctx,
+                initializer=_init_worker,
+                initargs=(os.getpid(),),
             ) as pool:
                 futures = [pool.submit(_write_one, str(tmp), settings, i, lab) for i, lab in jobs]
                 try:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel.spatialimages import HeaderDataError
 
 from benchmark.errors import DatasetError
 
@@ -21,7 +23,6 @@ IMAGE_DIRS = ("imagesTr", "images")
 LABEL_DIRS = ("labelsTr", "labels")
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
-SPACING_RTOL = 1e-3
 
 
 @dataclass(frozen=True)
@@ -44,10 +45,13 @@ class DatasetIndex:
 
 @dataclass(frozen=True)
 class Header:
-    """Shape (X, Y, Z) in voxels and spacing (mm) of a volume in canonical orientation."""
+    """Shape (X, Y, Z) in voxels and spacing (mm) of a volume in canonical orientation, and
+    the affine of the file."""
 
     shape: tuple[int, int, int]
     spacing: tuple[float, float, float]
+    affine: tuple[tuple[float, ...], ...]
+    """Voxel → world (mm) 4 × 4 affine as stored in the file (before reorientation)."""
 
 
 def _strip_suffix(name: str) -> str | None:
@@ -146,44 +150,119 @@ def _reason(exc: Exception) -> str:
     return text[:160]
 
 
-def _canonical(img: nib.Nifti1Image) -> nib.Nifti1Image:
+# What decoding a damaged file raises: EOFError for a truncated gzip stream, zlib.error for
+# corrupt deflate blocks, OSError for a bad gzip header or CRC and for short reads, ValueError
+# and HeaderDataError for impossible header fields. Each names the file as a DatasetError.
+_DECODE_ERRORS = (OSError, EOFError, zlib.error, ValueError, HeaderDataError)
+
+
+@contextmanager
+def _decoding(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except _DECODE_ERRORS as exc:
+        raise DatasetError(f"{path}: corrupt NIfTI data ({_reason(exc)})") from None
+
+
+def _canonical(img: nib.Nifti1Image, path: Path) -> nib.Nifti1Image:
     if len(img.shape) == 4:
         img = img.slicer[..., 0]
-    return nib.as_closest_canonical(img)
+    with _decoding(path):  # reorienting a non-RAS volume reads (decodes) its voxels
+        return nib.as_closest_canonical(img)
 
 
 def read_header(path: Path) -> Header:
-    """Shape and spacing in canonical orientation, without reading voxel data."""
-    img = _canonical(_load(path))
+    """Shape and spacing in canonical orientation, and the stored affine.
+
+    Reads no voxel data when the file is stored in RAS+ order already.
+    """
+    raw = _load(path)
+    img = _canonical(raw, path)
     zooms = img.header.get_zooms()[:3]
-    return Header(tuple(int(s) for s in img.shape[:3]), tuple(float(z) for z in zooms))
+    return Header(
+        tuple(int(s) for s in img.shape[:3]),
+        tuple(float(z) for z in zooms),
+        _as_tuple(raw.affine),
+    )
+
+
+def _as_tuple(affine: np.ndarray) -> tuple[tuple[float, ...], ...]:
+    return tuple(tuple(float(v) for v in row) for row in np.asarray(affine))
 
 
 def read_volume(
     path: Path, dtype: type = np.float32
 ) -> tuple[np.ndarray, tuple[float, float, float]]:
     """Voxel array (X, Y, Z) in canonical orientation and its spacing (mm)."""
-    img = _canonical(_load(path))
-    try:
+    img = _canonical(_load(path), path)
+    with _decoding(path):
         data = np.asanyarray(img.dataobj).astype(dtype, copy=False)
-    except (OSError, EOFError, zlib.error, ValueError) as exc:
-        raise DatasetError(f"{path}: corrupt NIfTI data ({_reason(exc)})") from None
     spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
     return np.ascontiguousarray(data), spacing  # type: ignore[return-value]
 
 
+# nnU-Net's tolerance: nnunetv2 2.8 (experiment_planning/verify_dataset_integrity.py,
+# check_cases) compares spacing, affine, origin and direction of image and label with
+# `np.allclose` at numpy's defaults, rtol=1e-5 and atol=1e-8. It fails a case on shape or
+# spacing and only warns on origin or direction; we fail on all four, because the label's
+# voxels are scored against the image's voxels one by one.
+GEOMETRY_RTOL = 1e-5
+GEOMETRY_ATOL = 1e-8
+
+
+def _close(a: np.ndarray, b: np.ndarray) -> bool:
+    return bool(np.allclose(a, b, rtol=GEOMETRY_RTOL, atol=GEOMETRY_ATOL))
+
+
+def _origin(affine: tuple[tuple[float, ...], ...]) -> np.ndarray:
+    """World position (mm) of voxel (0, 0, 0)."""
+    return np.asarray(affine)[:3, 3]
+
+
+def _direction(affine: tuple[tuple[float, ...], ...]) -> np.ndarray:
+    """Unit vectors of the voxel axes in world space (the affine's normalised columns)."""
+    m = np.asarray(affine)[:3, :3]
+    return m / np.linalg.norm(m, axis=0)
+
+
+def _show(field: str, affine: tuple[tuple[float, ...], ...], matrix: bool) -> str:
+    if field == "origin":
+        return "(" + ", ".join(f"{v:.2f}" for v in _origin(affine)) + ") mm"
+    codes = "".join(nib.aff2axcodes(np.asarray(affine)))
+    return f"{codes} {np.round(_direction(affine), 4).tolist()}" if matrix else codes
+
+
 def check_pair(case: CaseFiles, image: Header, label: Header) -> None:
-    """Image and label must agree on shape and spacing."""
+    """Image and label must lie on one voxel grid: the same shape, spacing, direction and
+    origin, within nnU-Net's tolerance (`GEOMETRY_RTOL`, `GEOMETRY_ATOL`).
+
+    Direction and origin are those of the stored affines, as nnU-Net compares them: in
+    canonical orientation the far corner of a flipped axis becomes the origin, and float32
+    header rounding would then differ by more than the tolerance. So a label must also be
+    stored in its image's axis order.
+    """
     if image.shape != label.shape:
         raise DatasetError(
             f"{case.label}: label shape {label.shape} differs from image shape {image.shape} "
-            f"({case.image.name})"
+            f"({case.image})"
         )
-    if not np.allclose(image.spacing, label.spacing, rtol=SPACING_RTOL):
+    if not _close(np.array(image.spacing), np.array(label.spacing)):
         raise DatasetError(
             f"{case.label}: label spacing {label.spacing} mm differs from image spacing "
-            f"{image.spacing} mm ({case.image.name})"
+            f"{image.spacing} mm ({case.image})"
         )
+    for field, of in (("direction", _direction), ("origin", _origin)):
+        if not _close(of(image.affine), of(label.affine)):
+            # Axis codes (RAS, LPS, ...) say it when they differ; an oblique tilt needs the
+            # matrix.
+            matrix = nib.aff2axcodes(np.asarray(image.affine)) == nib.aff2axcodes(
+                np.asarray(label.affine)
+            )
+            raise DatasetError(
+                f"{case.label}: label {field} {_show(field, label.affine, matrix)} differs "
+                f"from image {field} {_show(field, image.affine, matrix)} ({case.image}); "
+                f"the label must be on the image's voxel grid"
+            )
 
 
 def read_label(path: Path, known: Collection[int]) -> tuple[np.ndarray, tuple[float, float, float]]:

@@ -29,8 +29,9 @@ from benchmark.data.reader import CaseFiles, check_pair, read_header, read_label
 from benchmark.errors import DatasetError
 from benchmark.protocol import stable_hash
 
-STORE_VERSION = 1
-"""Bump when the store's content or layout changes, so old caches are not reused."""
+STORE_VERSION = 2
+"""Bump when the store's content or layout changes, so old caches are not reused. 2: the
+geometry and finite-intensity checks, which stores built before them never passed."""
 
 
 def file_fingerprint(path: Path) -> dict[str, object]:
@@ -55,6 +56,9 @@ class Preprocessing:
     """HU window [low, high] mapped to [0, 1]; values outside are clipped."""
     slice_size: int
     """Output slices are slice_size × slice_size pixels."""
+    nonfinite: str = "error"
+    """NaN or ±Inf voxels in an image: "error" (a `DatasetError` naming the file) or
+    "window_min" (replaced by the window's low end, `window_hu[0]`)."""
 
 
 def store_key(cases: Sequence[CaseFiles], prep: Preprocessing) -> str:
@@ -68,6 +72,7 @@ def store_key(cases: Sequence[CaseFiles], prep: Preprocessing) -> str:
             "version": STORE_VERSION,
             "window": prep.window_hu,
             "size": prep.slice_size,
+            "nonfinite": prep.nonfinite,
             "files": files,
         }
     )
@@ -96,6 +101,21 @@ def window(volume: np.ndarray, window_hu: tuple[float, float]) -> np.ndarray:
     """HU → [0, 1] inside the window, clipped outside."""
     lo, hi = window_hu
     return np.clip((volume - lo) / (hi - lo), 0.0, 1.0, dtype=np.float32)
+
+
+def finite(volume: np.ndarray, path: Path, prep: Preprocessing) -> np.ndarray:
+    """The image volume with no NaN or ±Inf voxels, as `prep.nonfinite` says."""
+    bad = ~np.isfinite(volume)
+    count = int(bad.sum())
+    if not count:
+        return volume
+    if prep.nonfinite == "window_min":
+        return np.where(bad, np.float32(prep.window_hu[0]), volume)
+    n_nan = int(np.isnan(volume).sum())
+    raise DatasetError(
+        f"{path}: {count} voxels are not finite ({n_nan} NaN, {count - n_nan} ±Inf); fix the "
+        f'file, or set nonfinite = "window_min" under [preprocess] in the protocol'
+    )
 
 
 class SliceStore:
@@ -136,7 +156,9 @@ def build_slice_store(
     """Open the store for these cases and settings, building it first when the cache lacks it.
 
     Labeled cases (with `label`) are validated against `known_labels`; image and label must
-    agree on shape and spacing. Raises `DatasetError` naming the file on any bad input.
+    lie on one voxel grid (shape, spacing, origin, direction), and images hold only finite
+    values unless `prep.nonfinite` replaces them. Raises `DatasetError` naming the file on any
+    bad input.
     """
     if not cases:
         raise DatasetError("no cases to preprocess")
@@ -170,6 +192,7 @@ def build_slice_store(
         row = 0
         for i, (case, header) in enumerate(zip(cases, headers, strict=True)):
             volume, spacing = read_volume(case.image)
+            volume = finite(volume, case.image, prep)
             if volume.shape != header.shape:
                 raise DatasetError(f"{case.image}: data shape {volume.shape} differs from header")
             depth = volume.shape[2]

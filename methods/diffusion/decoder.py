@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from monai.networks.nets import DiffusionModelUNet
 from torch import nn
 
+from benchmark.config import non_negative
 from benchmark.method import RunContext, SliceSet
 from benchmark.supervised import SupervisedConfig, predict_supervised, train_supervised
 from methods.diffusion.backbone import DiffusionTransfer
@@ -20,9 +21,9 @@ class DiffusionDecoderConfig(SupervisedConfig, DDPMConfig):
     """DDPM pretraining (shared with diffusion-linear) plus decoder fine-tuning, which uses the
     same supervised recipe as the U-Net baselines."""
 
-    timestep: int = 50
+    timestep: int = non_negative(50)
     """Diffusion timestep at which the decoder is fine-tuned and applied."""
-    noise_seed: int = 0
+    noise_seed: int = non_negative(0)
     """Seed of the fixed noise added at `timestep`."""
 
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from monai.losses import DiceCELoss
 from torch import nn
 
+from benchmark.config import non_negative, positive
 from benchmark.method import RunContext, SliceSet
 from benchmark.supervised import fine_tuning_steps, optimize
 from benchmark.validation import Selection
@@ -23,25 +24,25 @@ from methods.diffusion.model import DDPMConfig, build_scheduler, model_resolutio
 class DiffusionLinearConfig(DDPMConfig):
     """DDPM pretraining (shared with diffusion-decoder) plus the linear head."""
 
-    tap_timesteps: tuple[int, ...] = DEFAULT_TIMESTEPS
+    tap_timesteps: tuple[int, ...] = non_negative(DEFAULT_TIMESTEPS)
     """Timesteps whose features are concatenated (Baranchuk et al.: 50, 150, 250)."""
-    noise_seed: int = 0
+    noise_seed: int = non_negative(0)
     """Seed of the fixed noise per timestep."""
-    iterations: int | None = None
+    iterations: int | None = positive(None)
     """Optimizer steps of the linear head. None: the protocol's fine-tuning budget ÷
     batch_size (rounded up), the same samples for every budget and method; another value
     makes the run off-protocol."""
-    batch_size: int = 8
+    batch_size: int = positive(8)
     """Slices per head step."""
-    lr: float = 1e-2
+    lr: float = non_negative(1e-2)
     """AdamW learning rate of the head. Baranchuk et al.'s 1e-3 is for an MLP trained for many
     epochs of pixel batches; in these 500 whole-slice steps it underfits (training CE 1.6
     vs 0.2 at 1e-2 on the phantom's 1pct budget, chosen on the training slices only)."""
-    weight_decay: float = 1e-4
+    weight_decay: float = non_negative(1e-4)
     """AdamW weight decay of the head."""
-    feature_memory_mb: int = 2048
+    feature_memory_mb: int = non_negative(2048)
     """Cached labeled features above this size go to a disk memory map instead of RAM."""
-    predict_batch_size: int = 32
+    predict_batch_size: int = positive(32)
     """Slices per forward pass when extracting features."""
 
 

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from monai.networks.nets import DiffusionModelUNet
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
+from benchmark.config import non_negative, positive, unit_interval
+
 
 @dataclass(frozen=True)
 class DDPMConfig:
@@ -40,39 +42,39 @@ class DDPMConfig:
 
     preset: str = "cpu"
     """Named starting point for the fields below: cpu or paper."""
-    resolution: int = 64
+    resolution: int = non_negative(64)
     """Side (pixels) of the diffusion model's input; slices are resized to it. 0 = slice size."""
-    channels: tuple[int, ...] = (32, 64, 64)
+    channels: tuple[int, ...] = positive((32, 64, 64))
     """Channels per UNet level (each divisible by norm_num_groups)."""
     attention_levels: tuple[bool, ...] = (False, False, True)
     """Self-attention per level."""
-    num_res_blocks: int = 1
+    num_res_blocks: int = positive(1)
     """Residual blocks per level."""
-    num_head_channels: int = 32
+    num_head_channels: int = positive(32)
     """Channels per attention head."""
-    norm_num_groups: int = 32
+    norm_num_groups: int = positive(32)
     """GroupNorm groups."""
-    train_timesteps: int = 1000
+    train_timesteps: int = positive(1000)
     """T, the number of diffusion steps."""
     beta_schedule: str = "linear_beta"
     """MONAI schedule name (linear_beta, scaled_linear_beta, sigmoid_beta, cosine)."""
-    pretrain_lr: float = 5e-4
+    pretrain_lr: float = non_negative(5e-4)
     """AdamW learning rate of pretraining (constant after a short warm-up)."""
-    pretrain_batch_size: int = 16
+    pretrain_batch_size: int = positive(16)
     """Slices per pretraining step."""
-    pretrain_iterations: int | None = None
+    pretrain_iterations: int | None = positive(None)
     """Optimizer steps of pretraining. None: the protocol's pretraining budget ÷
     pretrain_batch_size (rounded up), as for every pretraining method; another value makes
     the run off-protocol."""
-    ema_decay: float = 0.99
+    ema_decay: float = unit_interval(0.99)
     """Exponential moving average of the weights; the EMA model is the one transferred."""
-    checkpoint_every: int = 100
+    checkpoint_every: int = positive(100)
     """Steps between resumable checkpoints."""
     mixed_precision: bool = True
     """bf16 autocast on CUDA (ignored on CPU)."""
-    pretrain_seed: int = 0
+    pretrain_seed: int = non_negative(0)
     """Seed of pretraining; one pretrained model serves every fine-tuning seed and budget."""
-    tap_blocks: tuple[int, ...] = (0, 1)
+    tap_blocks: tuple[int, ...] = non_negative((0, 1))
     """Indices into MONAI's `up_blocks` whose outputs are features (see features.py)."""
 
     def pretrain_fields(self) -> dict[str, Any]:
