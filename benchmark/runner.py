@@ -28,7 +28,7 @@ import torch
 from benchmark.compute import Compute, configure
 from benchmark.config import config_dict
 from benchmark.data.reader import DatasetIndex, read_label
-from benchmark.data.slicestore import Preprocessing, SliceStore, build_slice_store, upsample_labels
+from benchmark.data.slicestore import Preprocessing, SliceStore, build_slice_store
 from benchmark.data.source import cache_root, resolve_dataset
 from benchmark.errors import DatasetError
 from benchmark.method import Method, RunContext, SliceSet
@@ -250,9 +250,7 @@ def predict_case(method: Method, store: SliceStore, case_id: str) -> np.ndarray:
     """Predict every slice of a case and stack them into an (X, Y, Z) label volume."""
     rows = store.rows_of_case(case_id)
     images = SliceSet(store, rows, labeled=False).images()
-    pred = method.predict(images).cpu().numpy()
-    shape = store.cases[case_id]["shape"]
-    return upsample_labels(pred, (shape[0], shape[1]))
+    return store.to_volume(case_id, method.predict(images).cpu().numpy())
 
 
 MetricRow = tuple[str, int, str, float, float]
@@ -280,8 +278,7 @@ def ensure_ceiling(results: Path, data: DataContext, progress: Progress) -> None
     rows: list[MetricRow] = []
     for case_id in progress.track(data.split.test, "ceiling"):
         small = np.asarray(data.store.labels[data.store.rows_of_case(case_id)])
-        shape = data.store.cases[case_id]["shape"]
-        rows.extend(score_prediction(data, case_id, upsample_labels(small, (shape[0], shape[1]))))
+        rows.extend(score_prediction(data, case_id, data.store.to_volume(case_id, small)))
     store.write_ceiling(*keys, rows)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from benchmark.data.reader import read_label
-from benchmark.data.slicestore import SliceStore, upsample_labels
+from benchmark.data.slicestore import SliceStore
 from benchmark.metrics.segmentation import dice_case
 
 if TYPE_CHECKING:
@@ -79,8 +79,7 @@ class Validator:
             raise ValueError(f"expected {len(self.slices)} predicted slices, got {len(pred)}")
         scores = []
         for i, (case, truth) in enumerate(zip(self.case_ids, self._ground_truth(), strict=True)):
-            shape = self.store.cases[case]["shape"]
-            volume = upsample_labels(pred[self._bounds[i] : self._bounds[i + 1]], shape[:2])
+            volume = self.store.to_volume(case, pred[self._bounds[i] : self._bounds[i + 1]])
             per_organ = dice_case(volume, truth, self.protocol.labels, self.protocol.zrange_labels)
             scores.extend(per_organ.values())
         return float(np.mean(scores))

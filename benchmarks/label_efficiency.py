@@ -1,11 +1,12 @@
 """Label efficiency on a protocol: mean DSC per method and budget over several seeds.
 
-Runs the grid with `bench sweep` (which skips runs already completed in the results store
+Runs the grid with `bench sweep` (which skips runs already finished in the results store
 and pretrains each model once), then prints the table of mean DSC (over seeds and test
-cases) and writes the report with `bench report`.
+cases) of the ranked runs (completed, on-protocol) and writes the report with `bench report`.
+The defaults are the reference grid of `reports/phantom/`:
 
-    python benchmarks/label_efficiency.py --methods unet-scratch,diffusion-linear \
-        --budgets 4slices,1pct,10pct --seeds 0,1,2 [--results runs] [--out reports/phantom]
+    python benchmarks/label_efficiency.py [--methods ...] [--budgets ...] [--seeds 0,1,2] \
+        [--results reports/phantom] [--out reports/phantom]
 """
 
 from __future__ import annotations
@@ -15,13 +16,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchmark.report_training import split_ranked
 from benchmark.store import ResultsStore
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", default="unet-scratch,diffusion-linear,diffusion-decoder")
-    parser.add_argument("--budgets", default="4slices,1pct,10pct")
+    parser.add_argument(
+        "--methods", default="unet-scratch,diffusion-linear,diffusion-decoder,simclr,mae,nnunet"
+    )
+    parser.add_argument("--budgets", default="4slices,1pct,10pct,100pct")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--protocol", default="phantom")
     parser.add_argument("--results", type=Path, default=Path("runs"))
@@ -35,7 +39,7 @@ def main() -> None:
     print("$", " ".join(cmd[2:]), flush=True)
     subprocess.run(cmd, check=False)  # failed runs are recorded; the table shows the rest
     store = ResultsStore(args.results)
-    runs = store.runs(protocol=args.protocol)
+    runs = split_ranked(store.runs(protocol=args.protocol))[0]
     runs = runs[runs.method.isin(methods) & runs.budget.isin(budgets)]
     metrics = store.metrics(runs.run_id)
     per_case = metrics.groupby(["run_id", "case_id"]).dsc.mean().reset_index()

@@ -141,6 +141,12 @@ class SliceStore:
     def slice_id(self, row: int) -> str:
         return f"{self.case_ids[self.slice_case[row]]}:{int(self.slice_z[row]):04d}"
 
+    def to_volume(self, case_id: str, slices: np.ndarray) -> np.ndarray:
+        """(Z, S, S) label slices of a case → its (X, Y, Z) volume at the original in-plane
+        size, as every prediction (and the protocol's ceiling) is scored."""
+        shape = self.cases[case_id]["shape"]
+        return upsample_labels(slices, (shape[0], shape[1]))
+
     def rows_of_case(self, case_id: str) -> np.ndarray:
         """Rows of one case, in z order."""
         return np.flatnonzero(self.slice_case == self.case_ids.index(case_id))

@@ -1,0 +1,118 @@
+"""Choose the protocol's fine-tuning budget from measured validation scores.
+
+Trains `unet-scratch` at the given label budgets with fine-tuning budgets of B, 2B, 4B, ...
+samples (each a full run with its own cosine schedule, validated every `validate_every`
+samples, the best validated weights kept) and prints the validation DSC of each. The chosen
+budget is the smallest B at which every label budget's validation DSC is within `--tol` of
+its score at 2B: more training would not change the result. Only validation cases are
+scored for the choice (test scores are recorded by the runs but not used here).
+
+Runs go to their own results store (they are off-protocol by construction: their
+`iterations` differ from the protocol's budget), so the study resumes where it stopped.
+
+    LABELBENCH_CACHE=... python benchmarks/convergence.py --results runs/convergence \\
+        --budgets 10pct,100pct --samples 2400,4800,9600,19200 [--plot curve.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from benchmark.progress import Progress
+from benchmark.runner import RunRequest, execute, prepare
+from benchmark.store import ResultsStore
+
+
+def run_grid(args: argparse.Namespace, progress: Progress) -> pd.DataFrame:
+    data = None
+    for budget in args.budgets:
+        for samples in args.samples:
+            req = RunRequest(
+                method=args.method,
+                budget=budget,
+                protocol=args.protocol,
+                seed=args.seed,
+                device=args.device,
+                results=args.results,
+                overrides=[f"batch_size={args.batch}", f"iterations={samples // args.batch}"],
+            )
+            prep = prepare(req, progress, data)
+            data = prep.data
+            out = execute(prep, progress)
+            print(f"{budget} · {samples} samples: run {out.run_id} ({out.status})", flush=True)
+    runs = ResultsStore(args.results).runs(status=("completed", "unfit"))
+    runs = runs[(runs.method == args.method) & (runs.seed == args.seed)]
+    runs = runs[runs.protocol == prep.data.protocol.name]
+    runs["samples"] = runs["finetune_samples"]
+    return runs[runs.budget.isin(args.budgets) & runs.samples.isin(args.samples)]
+
+
+def choose(table: pd.DataFrame, samples: list[int], tol: float) -> int | None:
+    """The smallest B whose every label budget is within `tol` of its score at 2B."""
+    for b in samples:
+        if 2 * b not in samples:
+            continue
+        if all(abs(table.loc[budget, 2 * b] - table.loc[budget, b]) <= tol
+               for budget in table.index):  # fmt: skip
+            return b
+    return None
+
+
+def plot(runs: pd.DataFrame, curves: pd.DataFrame, out: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 3.6), dpi=120, layout="constrained")
+    FigureCanvasAgg(fig)
+    budgets = sorted(runs["budget"].unique(), key=lambda b: runs[runs.budget == b].n_labeled.max())
+    axes = fig.subplots(1, len(budgets), squeeze=False, sharey=True)[0]
+    for ax, budget in zip(axes, budgets, strict=True):
+        for r in runs[runs.budget == budget].sort_values("samples").itertuples():
+            c = curves[curves.run_id == r.run_id].sort_values("samples")
+            ax.plot(c["samples"], c["val_dsc"], marker=".", label=f"{r.samples:,} samples")
+        ax.set_title(f"unet-scratch · {budget}")
+        ax.set_xlabel("labeled samples seen")
+        ax.set_xscale("log")
+    axes[0].set_ylabel("mean validation DSC")
+    axes[-1].legend(title="fine-tuning budget", fontsize="small")
+    fig.savefig(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--protocol", default="phantom")
+    ap.add_argument("--method", default="unet-scratch")
+    ap.add_argument("--budgets", default="10pct,100pct")
+    ap.add_argument("--samples", default="2400,4800,9600,19200")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tol", type=float, default=0.01)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--results", type=Path, default=Path("runs/convergence"))
+    ap.add_argument("--plot", type=Path, default=None)
+    args = ap.parse_args()
+    args.budgets = args.budgets.split(",")
+    args.samples = sorted(int(s) for s in args.samples.split(","))
+
+    runs = run_grid(args, Progress(quiet=True))
+    table = runs.pivot_table(index="budget", columns="samples", values="val_dsc")
+    test = runs.pivot_table(index="budget", columns="samples", values="wall_s")
+    print("\nvalidation DSC of the kept model (rows: label budget, columns: samples seen)")
+    print(table.round(4).to_string())
+    print("\nwall time per run (s)")
+    print(test.round(0).to_string())
+    chosen = choose(table, args.samples, args.tol)
+    print(
+        f"\nsmallest fine-tuning budget within {args.tol} of twice its length: "
+        + (f"{chosen:,} samples" if chosen else "none of these (train longer)")
+    )
+    if args.plot:
+        plot(runs, ResultsStore(args.results).curves(runs.run_id), args.plot)
+        print(f"wrote {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
