@@ -27,7 +27,7 @@ import torch
 
 from benchmark.compute import Compute, configure
 from benchmark.config import config_dict
-from benchmark.data.reader import DatasetIndex, read_label
+from benchmark.data.reader import DatasetIndex
 from benchmark.data.slicestore import Preprocessing, SliceStore, build_slice_store
 from benchmark.data.source import cache_root, resolve_dataset
 from benchmark.errors import DatasetError
@@ -260,7 +260,7 @@ MetricRow = tuple[str, int, str, float, float]
 def score_prediction(data: DataContext, case_id: str, pred: np.ndarray) -> list[MetricRow]:
     """Score an (X, Y, Z) predicted label volume of a case against its ground truth."""
     protocol = data.protocol
-    gt, spacing = read_label(Path(data.store.cases[case_id]["label"]), protocol.labels)
+    gt, spacing = data.store.ground_truth(case_id)
     scores = score_case(
         pred, gt, spacing, protocol.labels, protocol.nsd_tolerance_mm, protocol.zrange_labels
     )

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from benchmark.data.reader import read_label
 from benchmark.data.slicestore import SliceStore
 from benchmark.metrics.segmentation import dice_case
 
@@ -66,10 +64,7 @@ class Validator:
 
     def _ground_truth(self) -> list[np.ndarray]:
         if self._truth is None:
-            self._truth = [
-                read_label(Path(self.store.cases[c]["label"]), self.protocol.labels)[0]
-                for c in self.case_ids
-            ]
+            self._truth = [self.store.ground_truth(c)[0] for c in self.case_ids]
         return self._truth
 
     def score_slices(self, pred: torch.Tensor | np.ndarray) -> float:

@@ -4,19 +4,24 @@ A store holds, for a list of cases, every axial slice windowed to the protocol's
 scaled to [0, 1], resized to `slice_size` × `slice_size` (bilinear with antialiasing for
 images, nearest for labels), as `images.npy` (N × S × S, float16) and `labels.npy`
 (N × S × S, uint8), plus `index.json` (case of each slice, its z index, whether it holds
-any organ, and each case's original shape and spacing). It is keyed by a content hash of
-the preprocessing settings and of the input files, built in a temporary folder and renamed
-into place when complete, so a killed build leaves nothing that could be mistaken for a
-store. Reading uses `np.load(mmap_mode="r")`: memory stays bounded by what is touched.
+any organ, and each case's original shape and spacing). A labeled store also keeps each case's
+ground truth as read from its file, `truth/<case>.npy` (X × Y × Z, uint8, original size),
+which scoring reads (`SliceStore.ground_truth`): the store records no path of its input, so
+it serves the same data wherever the folder lives and never scores against a file that
+changed since.
+
+It is keyed by the digest of every byte of every input file (`benchmark.data.digests`,
+memoised so that a warm start reads none of them) and the settings, built in a hidden folder
+and renamed into place when complete, with a `manifest.json` of its own files written last
+(`benchmark.data.cache`): a damaged store is found on open and rebuilt, and what a killed
+build leaves is swept by the next one. Reading uses `np.load(mmap_mode="r")`: memory stays
+bounded by what is touched.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
-import tempfile
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,27 +30,26 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmark.data.cache import (
+    building,
+    check_folder,
+    full_check_due,
+    publish,
+    sweep_stale_builds,
+    verify_requested,
+    write_manifest,
+)
+from benchmark.data.digests import DigestMemo
 from benchmark.data.reader import CaseFiles, check_pair, read_header, read_label, read_volume
 from benchmark.errors import DatasetError
 from benchmark.protocol import stable_hash
 
-STORE_VERSION = 2
+STORE_VERSION = 3
 """Bump when the store's content or layout changes, so old caches are not reused. 2: the
-geometry and finite-intensity checks, which stores built before them never passed."""
+geometry and finite-intensity checks, which stores built before them never passed. 3: keyed
+by whole-file digests, ground truth and a manifest inside, no input paths."""
 
-
-def file_fingerprint(path: Path) -> dict[str, object]:
-    """Cheap content fingerprint: size, hash of the first 64 KiB and the last 8 bytes.
-
-    For gzip files the last 8 bytes are the CRC-32 and length of the uncompressed data, so
-    this changes whenever the voxels do, without reading gigabytes of FLARE22 on every run.
-    """
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        head = hashlib.sha256(f.read(65536)).hexdigest()[:16]
-        f.seek(max(0, size - 8))
-        tail = f.read(8).hex()
-    return {"name": path.name, "size": size, "head": head, "tail": tail}
+log = logging.getLogger("labelbench.cache")
 
 
 @dataclass(frozen=True)
@@ -61,10 +65,33 @@ class Preprocessing:
     "window_min" (replaced by the window's low end, `window_hu[0]`)."""
 
 
-def store_key(cases: Sequence[CaseFiles], prep: Preprocessing) -> str:
-    """Content hash of the settings and the input files that a store is built from."""
+def _digest(memo: DigestMemo, path: Path, fresh: bool) -> str:
+    try:
+        return memo.digest(path, fresh)
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+
+
+def store_key(
+    cases: Sequence[CaseFiles],
+    prep: Preprocessing,
+    known_labels: Sequence[int] = (),
+    memo: DigestMemo | None = None,
+    fresh: bool = False,
+) -> str:
+    """Hash of the settings and of every byte of the input files a store is built from.
+
+    Case ids (the file names less their suffixes) are part of it, folders are not: two copies
+    of one data set share a store, and a copy with one byte changed does not. `fresh` reads
+    every file again instead of trusting the memo.
+    """
+    memo = memo or DigestMemo(None)
     files = [
-        [c.case_id, file_fingerprint(c.image), file_fingerprint(c.label) if c.label else None]
+        [
+            c.case_id,
+            _digest(memo, c.image, fresh),
+            _digest(memo, c.label, fresh) if c.label else None,
+        ]
         for c in cases
     ]
     return stable_hash(
@@ -73,6 +100,7 @@ def store_key(cases: Sequence[CaseFiles], prep: Preprocessing) -> str:
             "window": prep.window_hu,
             "size": prep.slice_size,
             "nonfinite": prep.nonfinite,
+            "labels": sorted(int(k) for k in known_labels),  # the ids the labels were checked on
             "files": files,
         }
     )
@@ -134,6 +162,10 @@ class SliceStore:
         self.images: np.ndarray = np.load(self.root / "images.npy", mmap_mode="r")
         labels = self.root / "labels.npy"
         self.labels: np.ndarray | None = np.load(labels, mmap_mode="r") if labels.exists() else None
+        shape = (len(self.slice_case), self.slice_size, self.slice_size)
+        for array in (self.images, self.labels):
+            if array is not None and array.shape != shape:
+                raise ValueError(f"slices of shape {array.shape}, index.json says {shape}")
 
     def __len__(self) -> int:
         return len(self.slice_case)
@@ -151,6 +183,16 @@ class SliceStore:
         """Rows of one case, in z order."""
         return np.flatnonzero(self.slice_case == self.case_ids.index(case_id))
 
+    def ground_truth(self, case_id: str) -> tuple[np.ndarray, tuple[float, float, float]]:
+        """A labeled case's label volume (X, Y, Z), uint8, at its original size in canonical
+        orientation, exactly as read from its file when the store was built, and the label
+        file's spacing (mm): what its predictions are scored against."""
+        spacing = self.cases[case_id].get("truth_spacing")
+        if spacing is None:
+            raise KeyError(f"case {case_id} of slice store {self.root} has no label")
+        truth = np.load(self.root / "truth" / f"{case_id}.npy")
+        return truth, (float(spacing[0]), float(spacing[1]), float(spacing[2]))
+
 
 def build_slice_store(
     cases: Sequence[CaseFiles],
@@ -159,19 +201,46 @@ def build_slice_store(
     known_labels: Sequence[int] = (),
     progress: Callable[[int, int], None] | None = None,
 ) -> SliceStore:
-    """Open the store for these cases and settings, building it first when the cache lacks it.
+    """Open the store for these cases and settings, building it first when the cache lacks it
+    or holds a damaged one (rebuilt with one warning).
 
     Labeled cases (with `label`) are validated against `known_labels`; image and label must
     lie on one voxel grid (shape, spacing, origin, direction), and images hold only finite
     values unless `prep.nonfinite` replaces them. Raises `DatasetError` naming the file on any
-    bad input.
+    bad input. Within `benchmark.data.cache.verifying()` every input file is hashed again and
+    the store checked byte by byte.
     """
     if not cases:
         raise DatasetError("no cases to preprocess")
-    key = store_key(cases, prep)
-    root = Path(cache_dir) / "slices" / key
-    if (root / "index.json").exists():
-        return SliceStore(root)
+    slices = Path(cache_dir) / "slices"
+    sweep_stale_builds(slices)
+    with DigestMemo.in_cache(cache_dir) as memo:
+        key = store_key(cases, prep, known_labels, memo, fresh=verify_requested())
+        root = slices / key
+        if root.exists():
+            problem = check_folder(root, memo, full=full_check_due(root, memo))
+            if problem is None:
+                try:
+                    return SliceStore(root)
+                except (OSError, ValueError, KeyError, TypeError) as exc:
+                    problem = f"it cannot be opened ({exc})"
+            log.warning("rebuilding the slice store %s: %s", root, problem)
+        with building(slices, key) as tmp:
+            _write_store(tmp, key, cases, prep, known_labels, progress)
+            write_manifest(tmp)
+            publish(tmp, root, memo)
+    return SliceStore(root)
+
+
+def _write_store(
+    out: Path,
+    key: str,
+    cases: Sequence[CaseFiles],
+    prep: Preprocessing,
+    known_labels: Sequence[int],
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    """Read, check and preprocess every case into the empty folder `out`."""
     labeled = cases[0].label is not None
     headers = []
     for case in cases:
@@ -181,70 +250,52 @@ def build_slice_store(
             check_pair(case, header, read_header(case.label))
         headers.append(header)
     total = sum(h.shape[2] for h in headers)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root.parent))
-    try:
-        size = prep.slice_size
-        images = np.lib.format.open_memmap(
-            tmp / "images.npy", "w+", np.float16, (total, size, size)
-        )
-        labels = (
-            np.lib.format.open_memmap(tmp / "labels.npy", "w+", np.uint8, (total, size, size))
-            if labeled
-            else None
-        )
-        slice_case, slice_z, foreground = [], [], []
-        meta_cases = {}
-        row = 0
-        for i, (case, header) in enumerate(zip(cases, headers, strict=True)):
-            volume, spacing = read_volume(case.image)
-            volume = finite(volume, case.image, prep)
-            if volume.shape != header.shape:
-                raise DatasetError(f"{case.image}: data shape {volume.shape} differs from header")
-            depth = volume.shape[2]
-            images[row : row + depth] = resize_slices(window(volume, prep.window_hu), size, False)
-            del volume
-            if labels is not None:
-                assert case.label is not None
-                label, _ = read_label(case.label, known_labels)
-                small = resize_slices(label, size, nearest=True).astype(np.uint8)
-                labels[row : row + depth] = small
-                foreground.extend(bool(v) for v in label.reshape(-1, depth).any(axis=0))
-            else:
-                foreground.extend([False] * depth)
-            slice_case.extend([i] * depth)
-            slice_z.extend(range(depth))
-            meta_cases[case.case_id] = {
-                "shape": list(header.shape),
-                "spacing": list(spacing),
-                "image": str(case.image),
-                "label": str(case.label) if case.label else None,
-            }
-            row += depth
-            if progress:
-                progress(i + 1, len(cases))
-        images.flush()
-        del images
+    size = prep.slice_size
+    images = np.lib.format.open_memmap(out / "images.npy", "w+", np.float16, (total, size, size))
+    labels = None
+    if labeled:
+        labels = np.lib.format.open_memmap(out / "labels.npy", "w+", np.uint8, (total, size, size))
+        (out / "truth").mkdir()
+    slice_case, slice_z, foreground = [], [], []
+    meta_cases = {}
+    row = 0
+    for i, (case, header) in enumerate(zip(cases, headers, strict=True)):
+        volume, spacing = read_volume(case.image)
+        volume = finite(volume, case.image, prep)
+        if volume.shape != header.shape:
+            raise DatasetError(f"{case.image}: data shape {volume.shape} differs from header")
+        depth = volume.shape[2]
+        images[row : row + depth] = resize_slices(window(volume, prep.window_hu), size, False)
+        del volume
+        meta_cases[case.case_id] = {"shape": list(header.shape), "spacing": list(spacing)}
         if labels is not None:
-            labels.flush()
-            del labels
-        meta = {
-            "key": key,
-            "version": STORE_VERSION,
-            "slice_size": size,
-            "window_hu": list(prep.window_hu),
-            "case_ids": [c.case_id for c in cases],
-            "cases": meta_cases,
-            "slice_case": slice_case,
-            "slice_z": slice_z,
-            "foreground": foreground,
-        }
-        (tmp / "index.json").write_text(json.dumps(meta))
-        try:
-            os.replace(tmp, root)
-        except OSError:  # another process finished the same store first
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return SliceStore(root)
+            assert case.label is not None
+            label, label_spacing = read_label(case.label, known_labels)
+            np.save(out / "truth" / f"{case.case_id}.npy", label)
+            meta_cases[case.case_id]["truth_spacing"] = list(label_spacing)
+            labels[row : row + depth] = resize_slices(label, size, nearest=True).astype(np.uint8)
+            foreground.extend(bool(v) for v in label.reshape(-1, depth).any(axis=0))
+        else:
+            foreground.extend([False] * depth)
+        slice_case.extend([i] * depth)
+        slice_z.extend(range(depth))
+        row += depth
+        if progress:
+            progress(i + 1, len(cases))
+    images.flush()
+    del images
+    if labels is not None:
+        labels.flush()
+        del labels
+    meta = {
+        "key": key,
+        "version": STORE_VERSION,
+        "slice_size": size,
+        "window_hu": list(prep.window_hu),
+        "case_ids": [c.case_id for c in cases],
+        "cases": meta_cases,
+        "slice_case": slice_case,
+        "slice_z": slice_z,
+        "foreground": foreground,
+    }
+    (out / "index.json").write_text(json.dumps(meta))
