@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from benchmark.data.cache import write_manifest
+
 ORGANS: dict[int, str] = {
     1: "liver",
     2: "right_kidney",
@@ -1378,8 +1380,10 @@ def write_phantom(
 
     Layout: ``imagesTr/phantom_0001_0000.nii.gz`` + ``labelsTr/phantom_0001.nii.gz`` per labeled
     case, ``imagesUnlabeled/phantom_u0001_0000.nii.gz`` per unlabeled case, and
-    ``dataset.json``. The set is built in a hidden sibling directory and moved into place at the
-    end, replacing an existing ``out``, so an interrupted run never leaves a partial data set.
+    ``dataset.json``, and last ``manifest.json`` (size and SHA-256 of every file, checked by
+    whoever reuses the set: `benchmark.data.cache`). The set is built in a hidden sibling
+    directory and moved into place at the end, replacing an existing ``out``, so an
+    interrupted run never leaves a partial data set.
     ``progress(done, total)`` is called after each case; ``workers`` processes generate cases
     in parallel (1 = in this process). Workers are spawned, not forked, so a script calling
     this with ``workers > 1`` needs the usual ``if __name__ == "__main__":`` guard. Workers end
@@ -1432,6 +1436,7 @@ def write_phantom(
                         fut.cancel()
                     raise
         (tmp / "dataset.json").write_text(json.dumps(_dataset_json(settings), indent=2) + "\n")
+        write_manifest(tmp)
         old = None
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"

@@ -1,14 +1,23 @@
-"""Where a protocol's data comes from: the built-in phantom (generated into the cache) or a path."""
+"""Where a protocol's data comes from: the built-in phantom (generated into the cache) or a path.
+
+A generated phantom is checked against its manifest on every use and generated again, with
+one warning, when a file is missing or differs (or it predates manifests).
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
+from benchmark.data.cache import check_folder, full_check_due
+from benchmark.data.digests import DigestMemo
 from benchmark.data.reader import DatasetIndex, discover
 from benchmark.errors import DatasetError
 from benchmark.progress import Progress
 from benchmark.protocol import Protocol, stable_hash
+
+log = logging.getLogger("labelbench.cache")
 
 
 def cache_root() -> Path:
@@ -19,6 +28,15 @@ def cache_root() -> Path:
 
 def phantom_dir(protocol: Protocol) -> Path:
     return cache_root() / "phantom" / stable_hash(protocol.dataset.phantom)
+
+
+def _damaged(phantom: Path) -> bool:
+    """Check a generated phantom against its manifest; say so when it must be made again."""
+    with DigestMemo.in_cache(cache_root()) as memo:
+        problem = check_folder(phantom, memo, full=full_check_due(phantom, memo))
+    if problem:
+        log.warning("generating the phantom again in %s: %s", phantom, problem)
+    return problem is not None
 
 
 def resolve_dataset(protocol: Protocol, data: Path | None, progress: Progress) -> DatasetIndex:
@@ -32,7 +50,7 @@ def resolve_dataset(protocol: Protocol, data: Path | None, progress: Progress) -
         from benchmark.data.phantom import PhantomSettings, write_phantom
 
         out = phantom_dir(protocol)
-        if not (out / "dataset.json").exists():
+        if not out.exists() or _damaged(out):
             settings = PhantomSettings(**protocol.dataset.phantom)
             progress.console.print(
                 f"generating the phantom data set into {out}", highlight=False, soft_wrap=True
