@@ -38,6 +38,14 @@ DataOpt = Annotated[
     Path | None, typer.Option("--data", help="Data folder for protocols that read a path.")
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+VerifyOpt = Annotated[
+    bool,
+    typer.Option(
+        "--verify",
+        help="Hash every input file and cached file again, byte by byte, instead of trusting "
+        "the digest memo; a damaged cache is rebuilt.",
+    ),
+]
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -83,46 +91,51 @@ def run(
     force: Annotated[
         bool, typer.Option("--force", help="Re-run even if already completed.")
     ] = False,
+    verify: VerifyOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Train METHOD on BUDGET labeled slices and score it on the protocol's test cases."""
+    from benchmark.data.cache import verifying
     from benchmark.progress import Progress
     from benchmark.runner import RunRequest, execute, prepare
 
     _check_device(device)
     progress = Progress(quiet=quiet, console=err)
     failed = 0
-    try:
-        data_ctx = None
-        for s in seed or [0]:
-            request = RunRequest(
-                method=method,
-                budget=budget,
-                protocol=protocol,
-                seed=s,
-                device=device,
-                results=results,
-                overrides=list(set_ or []),
-                data=data,
-                force=force,
-            )
-            prepared = prepare(request, progress, data_ctx)
-            data_ctx = prepared.data
-            outcome = execute(prepared, progress)
-            label = f"{method} · {budget} · seed {s} · {len(prepared.budget_ids)} labeled slices"
-            if outcome.status == "skipped":
-                out.print(
-                    f"{label}: already completed as run {outcome.run_id} (use --force to re-run)"
+    with verifying(verify):
+        try:
+            data_ctx = None
+            for s in seed or [0]:
+                request = RunRequest(
+                    method=method,
+                    budget=budget,
+                    protocol=protocol,
+                    seed=s,
+                    device=device,
+                    results=results,
+                    overrides=list(set_ or []),
+                    data=data,
+                    force=force,
                 )
-            elif outcome.status == "failed":
-                failed += 1
-                err.print(
-                    f"[red]run {outcome.run_id} failed:[/red] {outcome.error}", highlight=False
-                )
-            else:
-                _print_outcome(label, outcome)
-    finally:
-        progress.stop()
+                prepared = prepare(request, progress, data_ctx)
+                data_ctx = prepared.data
+                outcome = execute(prepared, progress)
+                n = len(prepared.budget_ids)
+                label = f"{method} · {budget} · seed {s} · {n} labeled slices"
+                if outcome.status == "skipped":
+                    out.print(
+                        f"{label}: already completed as run {outcome.run_id} "
+                        "(use --force to re-run)"
+                    )
+                elif outcome.status == "failed":
+                    failed += 1
+                    err.print(
+                        f"[red]run {outcome.run_id} failed:[/red] {outcome.error}", highlight=False
+                    )
+                else:
+                    _print_outcome(label, outcome)
+        finally:
+            progress.stop()
     if failed:
         raise typer.Exit(1)
 
@@ -617,9 +630,11 @@ def sweep(
     ] = None,
     data: DataOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Re-run completed runs.")] = False,
+    verify: VerifyOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Run every METHOD × BUDGET × SEED not yet in the store; exit code = runs that failed."""
+    from benchmark.data.cache import verifying
     from benchmark.progress import Progress
     from benchmark.sweep import SweepRequest, run_sweep
 
@@ -652,7 +667,8 @@ def sweep(
             out.print(f"{label}: mean DSC {f.dsc:.3f} (run {f.run_id}){unfit}", highlight=False)
 
     try:
-        result = run_sweep(request, progress, report)
+        with verifying(verify):
+            result = run_sweep(request, progress, report)
     finally:
         progress.stop()
     failed = result.count("failed")
