@@ -514,7 +514,8 @@ def test_damaged_slice_store_is_rebuilt_with_one_warning(
     assert store_root(isolated) == store  # the same key, rebuilt in place
 
 
-def test_verify_rereads_what_the_memo_cannot_see(flare, results, isolated, toy, caplog):
+@pytest.mark.parametrize("command", ["run", "sweep"])
+def test_verify_rereads_what_the_memo_cannot_see(flare, results, isolated, toy, caplog, command):
     """Damage below the file system keeps a file's size and times: the memo still vouches for
     it, and only `--verify` (or every 10th open) reads the bytes again."""
     r = bench(flare, results, method=toy)
@@ -534,7 +535,12 @@ def test_verify_rereads_what_the_memo_cannot_see(flare, results, isolated, toy, 
         )
     assert check_folder(store, DigestMemo.in_cache(isolated)) is None
     before = stored_rows(results)
-    r = bench(flare, results, "--force", "--verify", method=toy)
+    if command == "run":
+        r = bench(flare, results, "--force", "--verify", method=toy)
+    else:
+        args = ["sweep", "--methods", toy, "--budgets", "4slices", "--seeds", "0", "-p"]
+        args += ["tinypath", "--data", str(flare), "--results", str(results), "--force"]
+        r = CliRunner().invoke(app, [*args, "--verify"])
     assert r.exit_code == 0, r.output
     assert stored_rows(results) == before and last_run(results)[1] == "completed"
     warnings = [rec.getMessage() for rec in caplog.records if rec.name == "labelbench.cache"]
