@@ -719,3 +719,25 @@ def test_sigkill_during_phantom_generation_leaves_no_process_and_the_rerun_works
     write_phantom(out, PhantomSettings(cases=1, unlabeled=0, size=32), workers=1)
     assert (out / "dataset.json").exists()
     assert not list(tmp_path.glob(".phantom.tmp-*")), "the killed build's folder was not swept"
+
+
+def reorient_all(root: Path, axes: tuple[int, ...]) -> None:
+    """Store every image and label flipped along `axes`, with the affine that keeps each voxel
+    where it was in space (LPS: x and y flipped; LAS: x flipped)."""
+    for path in [*(root / "images").iterdir(), *(root / "labels").iterdir()]:
+        img = nib.load(path)
+        data = np.asanyarray(img.dataobj)
+        flip = np.eye(4)
+        for axis in axes:
+            flip[axis, axis] = -1
+            flip[axis, 3] = data.shape[axis] - 1
+        resave(path, np.flip(data, axes).copy(), img.affine @ flip)
+
+
+@pytest.mark.parametrize("axes", [(0, 1), (0,)], ids=["LPS", "LAS"])
+def test_orientation_does_not_change_a_score(flare, tmp_path, toy, monkeypatch, axes):
+    """The same cases stored RAS, LPS or LAS give identical per-case, per-organ scores."""
+    ras = clean_scores(flare, tmp_path, toy, monkeypatch)
+    reorient_all(flare, axes)
+    assert nib.aff2axcodes(nib.load(label(flare)).affine) != ("R", "A", "S")
+    assert clean_scores(flare, tmp_path, toy, monkeypatch) == ras
