@@ -191,3 +191,25 @@ def test_a_label_damaged_after_preprocessing_names_the_file_when_scored(tiny_dat
     path.write_bytes(raw[: len(raw) - 30])
     with pytest.raises(DatasetError, match=r"case_000.nii.gz: corrupt NIfTI data"):
         read_label(path, range(1, 14))
+
+
+def test_a_flipped_bit_that_still_inflates_is_caught_by_the_gzip_checksum(tmp_path):
+    """nibabel alone reads such a file without complaint: only the CRC-32 at the end of the
+    gzip stream shows the damage, and the reader checks it."""
+    path = tmp_path / "img_0000.nii.gz"
+    data = np.random.default_rng(0).integers(-1000, 1000, (24, 20, 6)).astype(np.int16)
+    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+    raw = path.read_bytes()
+    silent = 0
+    for pos in range(len(raw) // 3, 2 * len(raw) // 3, max(1, len(raw) // 60)):
+        damaged = bytearray(raw)
+        damaged[pos] ^= 0x10
+        path.write_bytes(bytes(damaged))
+        try:  # what nibabel by itself makes of it
+            unchecked = np.asanyarray(nib.load(str(path)).dataobj)
+            silent += not np.array_equal(unchecked, data)
+        except Exception:
+            pass
+        with pytest.raises(DatasetError, match=r"img_0000\.nii\.gz: corrupt NIfTI data"):
+            read_volume(path)
+    assert silent > 0  # the case this check exists for does occur

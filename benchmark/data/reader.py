@@ -6,6 +6,7 @@ of shape (X, Y, Z) with Z the slice axis, and spacing in mm taken from the heade
 
 from __future__ import annotations
 
+import gzip
 import re
 import zlib
 from collections.abc import Collection, Iterator
@@ -135,9 +136,20 @@ def discover(root: Path, unlabeled_dir: Path | None = None) -> DatasetIndex:
     return DatasetIndex(root=root, labeled=labeled, unlabeled=unlabeled)
 
 
-def _load(path: Path) -> nib.Nifti1Image:
+def _load(path: Path, verified: bool = False) -> nib.Nifti1Image:
+    """The image (header, lazy voxels). `verified`: for a .nii.gz, decompress the whole file
+    first, which checks the gzip stream's CRC-32 and length. nibabel reads exactly the voxel
+    bytes and never reaches the stream's end where the check happens, so a flipped bit that
+    still inflates would otherwise be read as voxels."""
     try:
-        img = nib.load(str(path))
+        if verified and path.name.endswith(".gz"):
+            with _decoding(path):
+                raw = gzip.decompress(path.read_bytes())
+            img = nib.Nifti1Image.from_bytes(raw)
+        else:
+            img = nib.load(str(path))
+    except DatasetError:
+        raise
     except Exception as exc:  # nibabel raises many types for non-NIfTI input
         raise DatasetError(f"{path}: not a readable NIfTI file ({_reason(exc)})") from None
     if len(img.shape) != 3 and not (len(img.shape) == 4 and img.shape[3] == 1):
@@ -193,8 +205,9 @@ def _as_tuple(affine: np.ndarray) -> tuple[tuple[float, ...], ...]:
 def read_volume(
     path: Path, dtype: type = np.float32
 ) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """Voxel array (X, Y, Z) in canonical orientation and its spacing (mm)."""
-    img = _canonical(_load(path), path)
+    """Voxel array (X, Y, Z) in canonical orientation and its spacing (mm); a compressed
+    file's checksum is verified."""
+    img = _canonical(_load(path, verified=True), path)
     with _decoding(path):
         data = np.asanyarray(img.dataobj).astype(dtype, copy=False)
     spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
