@@ -35,13 +35,13 @@ from benchmark.progress import Progress
 class SimCLRConfig(UNetConfig):
     """`unet-scratch`'s config plus SimCLR pretraining; defaults are the `cpu` preset.
 
-    `--set preset=gpu` pretrains longer, with larger batches, on full-size views.
+    `--set preset=gpu` pretrains with larger batches on full-size views; the length is the
+    protocol's `pretrain_samples`, as for every pretraining method.
     """
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "cpu": {},
         "gpu": {
-            "pretrain_iterations": 5000,
             "pretrain_batch_size": 256,
             "view_size": 0,
             "pretrain_lr": 2e-3,

@@ -98,8 +98,10 @@ def run(
     from benchmark.data.cache import verifying
     from benchmark.progress import Progress
     from benchmark.runner import RunRequest, execute, prepare
+    from benchmark.store import check_results_dir
 
     _check_device(device)
+    check_results_dir(results)  # before any work: a bad results path fails in a second
     progress = Progress(quiet=quiet, console=err)
     failed = 0
     with verifying(verify):

@@ -40,6 +40,8 @@ def _reason(run: pd.Series) -> str:
 
 def unranked_section(unranked: pd.DataFrame, metrics: pd.DataFrame) -> list[str]:
     """Markdown listing every finished run left out of the ranking, with its scores."""
+    from benchmark.report import _f3, _md_table
+
     if unranked.empty:
         return []
     mean = metrics.groupby("run_id")["dsc"].mean()
@@ -48,13 +50,13 @@ def unranked_section(unranked: pd.DataFrame, metrics: pd.DataFrame) -> list[str]
             str(r.method),
             str(r.budget),
             str(r.seed),
-            f"{mean[r.run_id]:.3f}" if r.run_id in mean else "–",
-            _f3(r.get("train_dsc")),
-            _reason(r).replace("|", "\\|"),
+            _f3(mean.get(r.run_id, float("nan"))),
+            _f3(r.get("train_dsc", float("nan"))),
+            _reason(r),
         ]
         for _, r in unranked.sort_values(["method", "budget", "seed"]).iterrows()
     ]
-    head = "| method | budget | seed | test DSC | train-slice DSC | why not ranked |"
+    header = ["method", "budget", "seed", "test DSC", "train-slice DSC", "why not ranked"]
     return [
         "## Not ranked",
         "",
@@ -62,15 +64,9 @@ def unranked_section(unranked: pd.DataFrame, metrics: pd.DataFrame) -> list[str]
         "(their fitted model does not segment its own labeled slices), off-protocol runs "
         "trained with other compute than the protocol's budget.",
         "",
-        head,
-        "|---|---|--:|--:|--:|---|",
-        *("| " + " | ".join(row) + " |" for row in rows),
+        _md_table(header, rows, "llrrrl"),
         "",
     ]
-
-
-def _f3(value: object) -> str:
-    return f"{value:.3f}" if isinstance(value, float) and pd.notna(value) else "–"
 
 
 def undertrained(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
@@ -138,8 +134,9 @@ def plot_curves(runs: pd.DataFrame, curves: pd.DataFrame, out_png: Path) -> Path
         axes = fig.subplots(1, len(budgets), squeeze=False, sharey=True)[0]
         for ax, budget in zip(axes, budgets, strict=True):
             sub = data[data["budget"] == budget]
-            for (method, _seed), run in sub.groupby(["method", "seed"]):
+            for _, run in sub.groupby("run_id"):
                 run = run.sort_values("samples")
+                method = run["method"].iloc[0]
                 ax.plot(run["samples"], run["val_dsc"], color=palette[method], lw=1.2,
                         marker=".", label=method)  # fmt: skip
             ax.set_title(budget)
@@ -162,11 +159,11 @@ def ceiling_scores(runs: pd.DataFrame, ceilings: pd.DataFrame | None) -> dict[st
     split (mean over test cases of the organ mean, as every score), or {} when not stored."""
     if ceilings is None or ceilings.empty or runs.empty:
         return {}
-    mine = ceilings[
-        ceilings["protocol_hash"].isin(runs["protocol_hash"])
-        & ceilings["dataset_key"].isin(runs["dataset_key"])
-        & ceilings["split_hash"].isin(runs["split_hash"])
-    ]
+    keys = ["protocol_hash", "dataset_key", "split_hash"]
+    triples = runs[keys].drop_duplicates()
+    if len(triples) != 1:  # runs on different data or splits have no single ceiling
+        return {}
+    mine = ceilings.merge(triples, on=keys)
     if mine.empty:
         return {}
     per_case = mine.groupby("case_id")[["dsc", "nsd"]].mean()

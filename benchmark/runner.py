@@ -51,7 +51,7 @@ from benchmark.provenance import (
     versions,
 )
 from benchmark.registry import get_method
-from benchmark.store import ResultsStore, RunRecord, check_results_dir
+from benchmark.store import ResultsStore, RunRecord
 from benchmark.validation import Validator, sanity_dsc
 
 T = TypeVar("T")
@@ -134,11 +134,13 @@ class Prepared:
 def prepare(request: RunRequest, progress: Progress, data: DataContext | None = None) -> Prepared:
     """Validate everything and preprocess; raises a `LabelbenchError` on bad input.
 
+    The caller that writes the store checks the results folder first (`check_results_dir`),
+    once, in its own process: sweep workers call this too and never open the store.
+
     Phases recorded: `data` (phantom generation, reading and preprocessing; 0 when the
     caller passes a loaded `data`) and `prepare` (the rest).
     """
     t0 = time.perf_counter()
-    check_results_dir(request.results)  # before any work: a bad path fails in a second
     protocol = data.protocol if data else load_protocol(request.protocol)
     method_cls = get_method(request.method)
     config, compute = configure(method_cls, request.overrides, protocol.training)
@@ -321,6 +323,8 @@ class Trust:
     train_dsc: float | None = None
     unfit: str | None = None
     """Why the model fails the sanity gate (None when it passes)."""
+    unselected: str | None = None
+    """Why the run is off-protocol although its compute matched (no validated model)."""
     curve: list[tuple[int, float, float]] = field(default_factory=list)
 
 
@@ -363,7 +367,8 @@ def _record(
         info=info,
         started_at=started,
         finished_at=finished,
-        off_protocol=prep.compute.off_protocol,
+        off_protocol="; ".join(r for r in (prep.compute.off_protocol, trust.unselected) if r)
+        or None,
         finetune_samples=prep.compute.finetune_samples,
         pretrain_samples=prep.compute.pretrain_samples,
         val_dsc=trust.val_dsc,
@@ -376,10 +381,24 @@ def check_fitted(
     method: Method, labeled: SliceSet, ctx: RunContext, protocol: Protocol
 ) -> Trust:
     """Validation score of the fitted model, the sanity gate on its own labeled slices, and
-    the learning curve the method recorded."""
+    the learning curve the method recorded.
+
+    The validation score is the one `Selection` kept when the method selected (the same
+    scorer on the same model), else the runner scores the fitted model itself. A method that
+    kept no validated model, where the protocol selects and the method declares no rule of
+    its own, is off-protocol.
+    """
     trust = Trust(curve=[(p.samples, p.train_loss, p.val_dsc) for p in ctx.curve])
-    if ctx.validator is not None:
+    selection = ctx.info.get("selection")
+    if selection is not None:
+        trust.val_dsc = round(selection["val_dsc"], 6)
+    elif ctx.validator is not None:
         trust.val_dsc = round(ctx.validator.score(method.predict), 6)
+        if protocol.training.select and type(method).selection_rule == Method.selection_rule:
+            trust.unselected = (
+                "the protocol selects on validation, but the method kept no validated model"
+            )
+    ctx.info["selection_rule"] = selection["rule"] if selection else type(method).selection_rule
     trust.train_dsc = round(sanity_dsc(method.predict, labeled), 6)
     threshold = protocol.training.sanity_min_dsc
     if trust.train_dsc < threshold:
@@ -443,7 +462,6 @@ def perform(prep: Prepared, progress: Progress) -> tuple[RunRecord, list[MetricR
         error = f"{type(exc).__name__}: {exc}"
         ctx.log.debug(traceback.format_exc())
         rows, trust = [], Trust()
-    ctx.info["selection_rule"] = prep.method_cls.selection_rule
     record = _record(
         prep,
         run_id,

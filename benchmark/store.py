@@ -233,12 +233,23 @@ def _insert(table: str, record: RunRecord | GenerativeRecord) -> tuple[str, dict
     return f"INSERT INTO {table} ({cols}) VALUES ({marks})", values
 
 
+MIGRATED = (
+    "recorded before the protocol's training budget: compute not matched, no validation "
+    "selection, no sanity gate"
+)
+
+
 def _migrate(conn: sqlite3.Connection) -> None:
     """Bring a version-0 store to the current schema in one transaction, keeping every row.
 
     The `runs` table is rebuilt (SQLite cannot change a CHECK constraint in place) with
     foreign keys off, so that dropping the old table does not cascade to `case_metrics`.
+    Old runs trained without the protocol's training budget, validation or gate: they are
+    marked off-protocol (shown, never ranked).
     """
+    if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+        return  # the usual case: no lock taken
+    conn.execute("PRAGMA foreign_keys=OFF")  # outside a transaction, where it takes effect
     conn.execute("BEGIN IMMEDIATE")  # concurrent openers wait here, then see the new version
     try:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -253,6 +264,9 @@ def _migrate(conn: sqlite3.Connection) -> None:
         conn.execute(f"INSERT INTO runs_migrated ({cols}) SELECT {cols} FROM runs")
         conn.execute("DROP TABLE runs")  # its index goes with it; SCHEMA makes the new one
         conn.execute("ALTER TABLE runs_migrated RENAME TO runs")
+        conn.execute("UPDATE runs SET off_protocol = ?", (MIGRATED,))
+        if conn.execute("PRAGMA foreign_key_check").fetchall():
+            raise sqlite3.IntegrityError("migration would break case_metrics → runs")
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.commit()
     except BaseException:
@@ -382,7 +396,7 @@ class ResultsStore:
         """
         sql, values = _insert("runs", record)
         with self._connection() as conn, conn:
-            if record.status in ("completed", "unfit"):
+            if record.status in ("completed", "unfit"):  # FINISHED
                 conn.execute(
                     f"DELETE FROM runs WHERE run_key = ? AND status IN {FINISHED}",
                     (record.run_key,),

@@ -58,6 +58,7 @@ class Validator:
         self._bounds = np.cumsum([0, *(len(r) for r in rows)])
         self.slices = SliceSet(store, np.concatenate(rows), labeled=False)
         self._truth: list[np.ndarray] | None = None
+        self._images: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.case_ids)
@@ -81,8 +82,9 @@ class Validator:
 
     def score(self, predict: Callable[[torch.Tensor], torch.Tensor], batch: int = 64) -> float:
         """Mean validation DSC of a predictor ((n, 1, S, S) images → (n, S, S) labels)."""
-        n = len(self.slices)
-        parts = [self.slices.images(np.arange(i, min(i + batch, n))) for i in range(0, n, batch)]
+        if self._images is None:  # read once: validation runs many times in a fit
+            self._images = self.slices.images()
+        parts = self._images.split(batch)
         return self.score_slices(torch.cat([predict(x).cpu() for x in parts]))
 
 
@@ -135,7 +137,12 @@ class Selection:
         self.curve.append(CurvePoint(samples, float(np.mean(self._losses)), dsc))
         self._losses = []
         if self._best is None or dsc > self._best[0]:
-            state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            # Weights are only copied when they may be restored.
+            state = (
+                {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                if self.select
+                else {}
+            )
             self._best = (dsc, samples, state)
 
     def finish(self, info: dict) -> float | None:
@@ -155,7 +162,7 @@ class Selection:
         info["selection"] = {
             "rule": "best validation DSC" if self.select else "last weights",
             "kept_samples": samples if self.select else last.samples,
-            "val_dsc": round(kept, 4),
+            "val_dsc": kept,
             "validations": len(self.curve),
         }
         return kept

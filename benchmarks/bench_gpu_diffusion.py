@@ -23,8 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmark.compute import steps_for
 from benchmark.config import apply_overrides
 from benchmark.progress import Progress
+from benchmark.protocol import load_protocol
 from methods.diffusion.model import DDPMConfig, build_unet
 from methods.diffusion.pretrain import pretrain_ddpm
 from methods.diffusion.sampling import sample
@@ -102,13 +104,16 @@ def main() -> None:
     short = timed_pretraining(cfg(args.warmup_steps), data, device)
     long = timed_pretraining(cfg(args.warmup_steps + args.train_steps), data, device)
     per_step = (long - short) / args.train_steps
+    # Pretraining length is the protocol's (samples ÷ batch), not the preset's.
+    flare = load_protocol("flare22").training.pretrain_samples
+    flare_steps = steps_for(flare, base.pretrain_batch_size)
     images_s = base.pretrain_batch_size / per_step
     peak = peak_gib(device)
     print(
         f"pretraining: {per_step * 1000:.1f} ms/step, {images_s:.1f} training images/s "
         f"(batch {base.pretrain_batch_size}, {args.train_steps} timed steps); peak GPU memory "
-        f"{peak:.2f} GiB; {base.pretrain_iterations} steps of the preset ≈ "
-        f"{base.pretrain_iterations * per_step / 3600:.2f} h"
+        f"{peak:.2f} GiB; the flare22 protocol's {flare_steps} steps ≈ "
+        f"{flare_steps * per_step / 3600:.2f} h"
     )
 
     model = build_unet(base).to(device).eval()

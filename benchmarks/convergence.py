@@ -7,8 +7,8 @@ budget is the smallest B at which every label budget's validation DSC is within 
 its score at 2B: more training would not change the result. Only validation cases are
 scored for the choice (test scores are recorded by the runs but not used here).
 
-Runs go to their own results store (they are off-protocol by construction: their
-`iterations` differ from the protocol's budget), so the study resumes where it stopped.
+Runs go to their own results store (every budget but the protocol's own is off-protocol),
+so the study resumes where it stopped.
 
     LABELBENCH_CACHE=... python benchmarks/convergence.py --results runs/convergence \\
         --budgets 10pct,100pct --samples 2400,4800,9600,19200 [--plot curve.png]
@@ -96,6 +96,8 @@ def main() -> None:
     args = ap.parse_args()
     args.budgets = args.budgets.split(",")
     args.samples = sorted(int(s) for s in args.samples.split(","))
+    if any(s % args.batch for s in args.samples):
+        ap.error(f"every --samples value must be a multiple of --batch {args.batch}")
 
     runs = run_grid(args, Progress(quiet=True))
     table = runs.pivot_table(index="budget", columns="samples", values="val_dsc")

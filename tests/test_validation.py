@@ -60,9 +60,11 @@ def test_a_set_that_changes_compute_is_off_protocol():
     # Steps that match the budget stay on-protocol
     _, same = configure(UNetScratch, ["iterations=1200"], training)
     assert same.off_protocol is None
-    # A preset that pretrains longer (the GPU paper preset) is off-protocol on the phantom
-    _, paper = configure(DiffusionLinear, ["preset=paper"], training)
-    assert "pretrain_iterations=100000" in paper.off_protocol
+    # Presets set the model and batch, the protocol the length: the paper preset stays on it
+    paper, on = configure(DiffusionLinear, ["preset=paper"], training)
+    assert on.off_protocol is None and paper.pretrain_iterations == 12800 // 16
+    _, longer = configure(DiffusionLinear, ["pretrain_iterations=100000"], training)
+    assert "pretrain_iterations=100000" in longer.off_protocol
 
 
 def test_a_method_on_its_own_schedule_is_off_protocol():
@@ -266,7 +268,10 @@ def test_an_old_store_is_migrated_in_place_keeping_every_row(tmp_path):
         conn.execute("INSERT INTO case_metrics VALUES ('old1', 'c1', 1, 'liver', 0.9, 0.8)")
     store = ResultsStore(tmp_path)
     old = store.runs()
-    assert list(old["run_id"]) == ["old1"] and old["off_protocol"].isna().all()
+    # Old runs had no training budget, validation or gate: shown, never ranked
+    assert list(old["run_id"]) == ["old1"] and "before the protocol's training budget" in str(
+        old["off_protocol"].iloc[0]
+    )
     assert len(store.metrics(["old1"])) == 1  # the rebuild did not cascade-delete metrics
     assert store.completed_run("k-old") == "old1"
     unfit = record("new1", "k-new", status="unfit", error="unfit: ...")

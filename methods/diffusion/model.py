@@ -20,7 +20,8 @@ class DDPMConfig:
 
     `--set preset=paper` selects a 256 × 256 GPU configuration modelled on guided-diffusion's
     unconditional 256-px model (channel multipliers 1, 1, 2, 2, 4, 4; attention at 32², 16²
-    and 8²; two residual blocks per level) at half its width.
+    and 8²; two residual blocks per level) at half its width. Presets set the model and
+    batch, never the pretraining length: that is the protocol's `pretrain_samples`.
     """
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
@@ -32,7 +33,6 @@ class DDPMConfig:
             "num_res_blocks": 2,
             "num_head_channels": 64,
             "pretrain_batch_size": 16,
-            "pretrain_iterations": 100_000,
             "pretrain_lr": 1e-4,
             "ema_decay": 0.9999,
             "checkpoint_every": 5_000,
