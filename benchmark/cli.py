@@ -198,13 +198,13 @@ def report(
     from benchmark.errors import StoreError
     from benchmark.protocol import load_protocol
     from benchmark.report import write_report
-    from benchmark.store import ResultsStore
+    from benchmark.store import FINISHED, ResultsStore
 
     name = load_protocol(protocol).name
     store = ResultsStore(results)
     if not store.path.exists():
         raise StoreError(f"{store.path}: no results store here; run `bench run` first")
-    runs = store.runs(protocol=name, status=("completed", "unfit"))
+    runs = store.runs(protocol=name, status=FINISHED)
     generative = store.generative(protocol=name)
     if runs.empty and generative.empty:
         raise StoreError(f"{store.path}: no completed runs for protocol '{name}'")

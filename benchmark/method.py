@@ -19,6 +19,7 @@ import torch
 
 from benchmark.data.slicestore import SliceStore
 from benchmark.progress import Progress
+from benchmark.validation import BEST_VALIDATED
 
 if TYPE_CHECKING:
     from benchmark.protocol import Training
@@ -122,7 +123,7 @@ class Method(abc.ABC):
     from the protocol's `[training]` budget (samples ÷ batch, rounded up); a set value that
     differs makes the run off-protocol. None: the method's compute is its own and not
     matched to the protocol, so its runs are off-protocol (shown, never ranked)."""
-    selection_rule: ClassVar[str] = "best validation DSC"
+    selection_rule: ClassVar[str] = BEST_VALIDATED
     """How the fitted model is chosen. A method with its own canonical rule (nnU-Net keeps
     its final checkpoint) says so; the runner still records its validation score."""
 

@@ -131,8 +131,9 @@ CREATE TABLE IF NOT EXISTS generative (
 );
 """
 
-FINISHED = "('completed', 'unfit')"
+FINISHED = ("completed", "unfit")
 """Statuses of a run that ran to its end (an unfit run is done: rerunning gives the same)."""
+_FINISHED_SQL = f"({', '.join(repr(s) for s in FINISHED)})"
 
 JSON_COLUMNS = ("config", "budget_ids", "versions", "phases", "info", "real_ids")
 
@@ -382,7 +383,8 @@ class ResultsStore:
             return None
         with self._connection() as conn:
             row = conn.execute(
-                f"SELECT run_id FROM runs WHERE run_key = ? AND status IN {FINISHED}", (run_key,)
+                f"SELECT run_id FROM runs WHERE run_key = ? AND status IN {_FINISHED_SQL}",
+                (run_key,),
             ).fetchone()
         return row[0] if row else None
 
@@ -396,9 +398,9 @@ class ResultsStore:
         """
         sql, values = _insert("runs", record)
         with self._connection() as conn, conn:
-            if record.status in ("completed", "unfit"):  # FINISHED
+            if record.status in FINISHED:
                 conn.execute(
-                    f"DELETE FROM runs WHERE run_key = ? AND status IN {FINISHED}",
+                    f"DELETE FROM runs WHERE run_key = ? AND status IN {_FINISHED_SQL}",
                     (record.run_key,),
                 )
             conn.execute(sql, values)

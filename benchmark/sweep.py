@@ -46,7 +46,7 @@ from benchmark.runner import (
     prepare,
     run_pretraining,
 )
-from benchmark.store import ResultsStore, RunRecord, check_results_dir
+from benchmark.store import FINISHED, ResultsStore, RunRecord, check_results_dir
 
 EXECUTORS = ("local", "ray")
 
@@ -237,7 +237,7 @@ def run_sweep(req: SweepRequest, progress: Progress, report: Report | None = Non
     def record(prep: Prepared, rec: RunRecord, rows: list[MetricRow]) -> None:
         store.write_run(rec, rows)  # the driver alone writes, one transaction per run
         dsc = None
-        if rec.status in ("completed", "unfit") and rows:
+        if rec.status in FINISHED and rows:
             per_case: dict[str, list[float]] = {}
             for case_id, _, _, d, _ in rows:
                 per_case.setdefault(case_id, []).append(d)

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from benchmark.method import RunContext, SliceSet
     from benchmark.protocol import Protocol
 
+BEST_VALIDATED = "best validation DSC"
+"""The selection rule of `Selection` (and the default `Method.selection_rule`)."""
+
 UNDERTRAINED_TAIL = 0.10
 """A best validation score in this last fraction of training, above everything before it,
 means the curve was still rising: the run "may be undertrained"."""
@@ -148,19 +151,21 @@ class Selection:
     def finish(self, info: dict) -> float | None:
         """Restore the best weights (when selecting); record the choice in `info`.
 
-        Returns the validation DSC of the model kept.
+        Returns the validation DSC of the model kept (None when no step was taken).
         """
-        if self._best is None:
+        if self._step == 0:
             return None
-        if self._step % self.every and self._step != self.steps:
+        validated = bool(self.curve) and self.curve[-1].samples == self._step * self.batch_size
+        if not validated:  # training ended between two validations: the last weights count too
             self._validate()
+        assert self._best is not None
         best, samples, state = self._best
         last = self.curve[-1]
         if self.select:
             self.model.load_state_dict(state)
         kept = best if self.select else last.val_dsc
         info["selection"] = {
-            "rule": "best validation DSC" if self.select else "last weights",
+            "rule": BEST_VALIDATED if self.select else "last weights",
             "kept_samples": samples if self.select else last.samples,
             "val_dsc": kept,
             "validations": len(self.curve),

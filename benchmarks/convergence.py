@@ -23,7 +23,7 @@ import pandas as pd
 
 from benchmark.progress import Progress
 from benchmark.runner import RunRequest, execute, prepare
-from benchmark.store import ResultsStore
+from benchmark.store import FINISHED, ResultsStore
 
 
 def run_grid(args: argparse.Namespace, progress: Progress) -> pd.DataFrame:
@@ -43,7 +43,7 @@ def run_grid(args: argparse.Namespace, progress: Progress) -> pd.DataFrame:
             data = prep.data
             out = execute(prep, progress)
             print(f"{budget} · {samples} samples: run {out.run_id} ({out.status})", flush=True)
-    runs = ResultsStore(args.results).runs(status=("completed", "unfit"))
+    runs = ResultsStore(args.results).runs(status=FINISHED)
     runs = runs[(runs.method == args.method) & (runs.seed == args.seed)]
     runs = runs[runs.protocol == prep.data.protocol.name]
     runs["samples"] = runs["finetune_samples"]
