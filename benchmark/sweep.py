@@ -63,6 +63,9 @@ class SweepRequest:
     results: Path = Path("runs")
     overrides: list[str] = field(default_factory=list)
     """`key=value` for every method of the grid, `method:key=value` for one."""
+    variants: list[list[str]] = field(default_factory=lambda: [[]])
+    """Further `--set` lists, each one more axis point of the grid (e.g. learning-rate
+    trials): every method × budget × seed runs once per variant, after `overrides`."""
     data: Path | None = None
     executor: str = "local"
     jobs: int = 1
@@ -122,36 +125,40 @@ def plan(
         raise ConfigError("a sweep needs at least one method, one budget and one seed")
     resolve_device(req.device)
     protocol = load_protocol(req.protocol)
-    scopes = {item.partition("=")[0].rpartition(":")[0] for item in req.overrides} - {""}
+    items = req.overrides + [item for variant in req.variants for item in variant]
+    scopes = {item.partition("=")[0].rpartition(":")[0] for item in items} - {""}
     for scope in sorted(scopes - set(req.methods)):
         raise ConfigError(f"--set {scope}:…: method '{scope}' is not in --methods")
+    settings = [req.overrides + variant for variant in req.variants]
     for method in req.methods:  # every name, budget and --set checked before any work
-        apply_overrides(get_method(method).Config, method_overrides(req.overrides, method))
+        for overrides in settings:
+            apply_overrides(get_method(method).Config, method_overrides(overrides, method))
     for budget in req.budgets:
         protocol.budget(budget)
     check_results_dir(req.results)
     data = load_data(protocol, req.data, progress)
     store = ResultsStore(req.results)
     pending, done = [], []
-    for method in req.methods:
-        for budget in req.budgets:
-            for seed in req.seeds:
-                run = RunRequest(
-                    method=method,
-                    budget=budget,
-                    protocol=protocol.name,
-                    seed=seed,
-                    device=req.device,
-                    results=req.results,
-                    overrides=method_overrides(req.overrides, method),
-                    data=req.data,
-                    force=req.force,
-                )
-                prep = prepare(run, progress, data)
-                if not req.force and (run_id := store.completed_run(prep.run_key)):
-                    done.append(Finished(method, budget, seed, run_id, "skipped"))
-                else:
-                    pending.append(prep)
+    for overrides in settings:
+        for method in req.methods:
+            for budget in req.budgets:
+                for seed in req.seeds:
+                    run = RunRequest(
+                        method=method,
+                        budget=budget,
+                        protocol=protocol.name,
+                        seed=seed,
+                        device=req.device,
+                        results=req.results,
+                        overrides=method_overrides(overrides, method),
+                        data=req.data,
+                        force=req.force,
+                    )
+                    prep = prepare(run, progress, data)
+                    if not req.force and (run_id := store.completed_run(prep.run_key)):
+                        done.append(Finished(method, budget, seed, run_id, "skipped"))
+                    else:
+                        pending.append(prep)
     return data, pending, done
 
 

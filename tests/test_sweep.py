@@ -8,6 +8,7 @@ SQLite store.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -22,7 +23,8 @@ from typer.testing import CliRunner
 from benchmark.cli import app
 from benchmark.errors import ConfigError
 from benchmark.store import ResultsStore
-from benchmark.sweep import method_overrides
+from benchmark.progress import Progress
+from benchmark.sweep import SweepRequest, method_overrides, run_sweep
 
 TOY = '''
 import json
@@ -153,6 +155,26 @@ def test_local_sweep_runs_the_grid_pretrains_once_and_skips_what_is_done(tmp_pat
     assert "2 completed, 0 unfit, 4 already done, 0 failed" in again.output
     assert marks(toy, "pretrain") == 1
     assert len(completed(results)) == 6
+
+
+def test_variants_add_one_run_per_setting_and_share_the_pretraining(tmp_path, toy):
+    results = tmp_path / "runs"
+    request = SweepRequest(
+        methods=["toy-mean"],
+        budgets=["4slices"],
+        seeds=[0],
+        protocol="tiny",
+        device="cpu",
+        results=results,
+        variants=[["toy-mean:sleep=0.0"], ["toy-mean:sleep=0.01"]],
+    )
+    result = run_sweep(request, Progress(quiet=True))
+    assert result.count("completed") == 2
+    configs = sorted(json.loads(c)["sleep"] for c in ResultsStore(results).runs().config)
+    assert configs == [0.0, 0.01]
+    assert marks(toy, "pretrain") == 1
+    again = run_sweep(request, Progress(quiet=True))
+    assert again.count("skipped") == 2, "each variant is its own run key"
 
 
 def test_failed_runs_are_recorded_the_sweep_goes_on_and_the_exit_code_counts_them(tmp_path, toy):

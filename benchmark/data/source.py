@@ -58,7 +58,7 @@ def resolve_dataset(protocol: Protocol, data: Path | None, progress: Progress) -
             write_phantom(
                 out,
                 settings,
-                workers=min(2, os.cpu_count() or 1),
+                workers=min(8, os.cpu_count() or 1),  # one case per core, at most 8
                 progress=progress.callback("phantom"),
             )
         return discover(out)
