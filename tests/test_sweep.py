@@ -22,8 +22,8 @@ from typer.testing import CliRunner
 
 from benchmark.cli import app
 from benchmark.errors import ConfigError
-from benchmark.store import ResultsStore
 from benchmark.progress import Progress
+from benchmark.store import ResultsStore
 from benchmark.sweep import SweepRequest, method_overrides, run_sweep
 
 TOY = '''
