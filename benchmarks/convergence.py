@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark.progress import Progress
+from benchmark.protocol import load_protocol
 from benchmark.runner import RunRequest, execute, prepare
 from benchmark.store import FINISHED, ResultsStore
 
@@ -43,9 +44,14 @@ def run_grid(args: argparse.Namespace, progress: Progress) -> pd.DataFrame:
             data = prep.data
             out = execute(prep, progress)
             print(f"{budget} · {samples} samples: run {out.run_id} ({out.status})", flush=True)
+    return collect(args)
+
+
+def collect(args: argparse.Namespace) -> pd.DataFrame:
+    """The study's finished runs in the store (protocol, method, seed, budgets, samples)."""
     runs = ResultsStore(args.results).runs(status=FINISHED)
     runs = runs[(runs.method == args.method) & (runs.seed == args.seed)]
-    runs = runs[runs.protocol == prep.data.protocol.name]
+    runs = runs[runs.protocol == load_protocol(args.protocol).name]
     runs["samples"] = runs["finetune_samples"]
     return runs[runs.budget.isin(args.budgets) & runs.samples.isin(args.samples)]
 
@@ -53,7 +59,9 @@ def run_grid(args: argparse.Namespace, progress: Progress) -> pd.DataFrame:
 def choose(table: pd.DataFrame, samples: list[int], tol: float) -> int | None:
     """The smallest B whose every label budget is within `tol` of its score at 2B."""
     for b in samples:
-        if 2 * b not in samples:
+        if 2 * b not in samples or {b, 2 * b} - set(table.columns):
+            continue  # not measured (yet)
+        if table[[b, 2 * b]].isna().any(axis=None):
             continue
         if all(abs(table.loc[budget, 2 * b] - table.loc[budget, b]) <= tol
                for budget in table.index):  # fmt: skip
@@ -93,13 +101,14 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--results", type=Path, default=Path("runs/convergence"))
     ap.add_argument("--plot", type=Path, default=None)
+    ap.add_argument("--summarize", action="store_true", help="only read the store; run nothing")
     args = ap.parse_args()
     args.budgets = args.budgets.split(",")
     args.samples = sorted(int(s) for s in args.samples.split(","))
     if any(s % args.batch for s in args.samples):
         ap.error(f"every --samples value must be a multiple of --batch {args.batch}")
 
-    runs = run_grid(args, Progress(quiet=True))
+    runs = collect(args) if args.summarize else run_grid(args, Progress(quiet=True))
     table = runs.pivot_table(index="budget", columns="samples", values="val_dsc")
     test = runs.pivot_table(index="budget", columns="samples", values="wall_s")
     print("\nvalidation DSC of the kept model (rows: label budget, columns: samples seen)")
