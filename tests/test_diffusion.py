@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -321,3 +322,38 @@ def test_ddp_pretraining_on_two_gloo_processes_takes_the_same_steps_as_one(tmp_p
     assert models[1].keys() == models[2].keys()
     for key, value in models[1].items():
         torch.testing.assert_close(models[2][key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+def _script(name: str):
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ablation_runs_tiny_resumes_and_refuses_bad_grids(tmp_path, capsys):
+    ablation = _script("ablation_diffusion")
+    out = tmp_path / "ablation"
+    tiny = [a for s in [*TINY_SET, "members=2", "hidden=8,4", "pixels=16"] for a in ("--set", s)]
+    common = ["--protocol", "tiny", "--budgets", "4slices", "--resolutions", "16,32"]
+    common += ["--timesteps", "50", "--device", "cpu", "--quiet", *tiny]
+    args = [*common, "--tap-sets", "0,1/1", "--out", str(out)]
+    assert ablation.main(args) == 0
+    table = pd.read_csv(out / "ablation.csv")
+    assert len(table) == 2 * 2 * 2  # input sizes × heads × tap sets
+    assert table["val_dsc"].between(0, 1).all()
+    assert set(table["head"]) == {"linear", "mlp-ensemble"}
+    md = (out / "ABLATION.md").read_text()
+    assert "python benchmarks/ablation_diffusion.py --protocol tiny" in md
+    assert "| resolution | 16 |" in md and "| head | mlp-ensemble |" in md
+    assert "2 pretrainings × 4 head fits" in capsys.readouterr().out
+    assert ablation.main(args) == 0  # everything done: nothing recomputed
+    assert len(pd.read_csv(out / "ablation.csv")) == 8
+    assert "pretraining:" not in capsys.readouterr().out
+    bad = tmp_path / "bad"
+    assert ablation.main([*common, "--tap-sets", "0,7", "--out", str(bad)]) == 2
+    assert "--tap-sets" in capsys.readouterr().err and not bad.exists()
