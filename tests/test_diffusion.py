@@ -357,3 +357,19 @@ def test_ablation_runs_tiny_resumes_and_refuses_bad_grids(tmp_path, capsys):
     bad = tmp_path / "bad"
     assert ablation.main([*common, "--tap-sets", "0,7", "--out", str(bad)]) == 2
     assert "--tap-sets" in capsys.readouterr().err and not bad.exists()
+
+
+def test_long_pretraining_protocol_differs_from_phantom_only_in_pretraining_samples():
+    import tomllib
+
+    from benchmark.protocol import PROTOCOLS_DIR, load_protocol
+
+    base, long = (
+        tomllib.loads((PROTOCOLS_DIR / f"{n}.toml").read_text())
+        for n in ("phantom", "phantom-longpretrain")
+    )
+    assert long["training"].pop("pretrain_samples") == 4 * base["training"].pop("pretrain_samples")
+    for key in ("name", "description"):
+        base.pop(key), long.pop(key)
+    assert long == base
+    assert load_protocol("phantom-longpretrain").training.pretrain_samples == 51200
