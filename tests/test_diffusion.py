@@ -373,3 +373,18 @@ def test_long_pretraining_protocol_differs_from_phantom_only_in_pretraining_samp
         base.pop(key), long.pop(key)
     assert long == base
     assert load_protocol("phantom-longpretrain").training.pretrain_samples == 51200
+
+
+def test_gpu_benchmark_runs_tiny_on_the_cpu(capsys):
+    """The CPU check of `benchmarks/bench_gpu_diffusion.py` (its figures come from a GPU)."""
+    tiny = ["channels=8,16,16", "attention_levels=false,false,false", "num_head_channels=8"]
+    tiny += ["norm_num_groups=8", "resolution=16", "pretrain_batch_size=4", "members=2"]
+    tiny += ["pixels=16", "batch_size=2"]
+    args = ["--preset", "cpu", "--device", "cpu", "--train-steps", "1", "--warmup-steps", "1"]
+    args += ["--sample-n", "2", "--sample-batch", "2", "--ddim-steps", "2", "--skip-ddpm"]
+    args += ["--head-steps", "1", "--head-slices", "4", *(a for s in tiny for a in ("--set", s))]
+    _script("bench_gpu_diffusion").main(args)
+    out = capsys.readouterr().out
+    assert "training images/s" in out and "sampling DDIM 2 steps" in out
+    assert "mlp-ensemble head on 16×16 features (2 MLPs (128, 32), majority vote" in out
+    assert "linear head on 16×16 features" in out and "images/s" in out.splitlines()[-1]
