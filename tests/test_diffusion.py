@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -21,7 +22,7 @@ from benchmark.data.slicestore import Preprocessing, build_slice_store
 from benchmark.method import SliceSet
 from benchmark.progress import Progress
 from methods.diffusion.features import DecoderTaps, by_resolution
-from methods.diffusion.linear import LinearHead
+from methods.diffusion.heads import LinearHead, MLPEnsemble
 from methods.diffusion.model import DDPMConfig, build_scheduler
 from methods.diffusion.pretrain import CHECKPOINT, MODEL, load_pretrained, pretrain_ddpm
 
@@ -150,7 +151,7 @@ def test_linear_head_equals_conv_of_concatenated_upsampled_features():
     head.set_stats(feats)
     up = [
         torch.nn.functional.interpolate(
-            (f - getattr(head, f"mean{i}")) / getattr(head, f"std{i}"),
+            (f - head.norm.stats(i)[0]) / head.norm.stats(i)[1],
             size=(16, 16),
             mode="bilinear",
             align_corners=False,
@@ -160,6 +161,80 @@ def test_linear_head_equals_conv_of_concatenated_upsampled_features():
     weight = torch.cat([c.weight for c in head.convs], 1)
     expected = torch.nn.functional.conv2d(torch.cat(up, 1), weight, head.bias)
     torch.testing.assert_close(head(feats), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_mlp_ensemble_on_sampled_pixels_equals_it_on_upsampled_slices():
+    """Training sees features interpolated at random pixels; prediction applies the first
+    layer before upsampling. Both must be DDPM-Seg's MLP on the bilinearly upsampled maps."""
+    torch.manual_seed(0)
+    feats = [torch.randn(2, 6, 8, 8), torch.randn(2, 5, 16, 16)]
+    head = MLPEnsemble([6, 5], num_classes=4, size=16, members=3, hidden=(7, 5)).eval()
+    head.set_stats(feats)
+    for norm in head.bn:  # running statistics away from the identity
+        norm.running_mean.uniform_(-1, 1)
+        norm.running_var.uniform_(0.5, 2)
+    up = torch.cat(
+        [
+            torch.nn.functional.interpolate(
+                (f - head.norm.stats(i)[0]) / head.norm.stats(i)[1], size=(16, 16),
+                mode="bilinear", align_corners=False,
+            )
+            for i, f in enumerate(feats)
+        ],
+        1,
+    )  # fmt: skip
+    pixels = up.permute(0, 2, 3, 1).reshape(-1, 11)  # what DDPM-Seg feeds its MLPs
+    member, h0, h1 = 1, slice(7, 14), slice(5, 10)  # member 1's units in each layer
+
+    def bn(x, norm, units):
+        return torch.nn.functional.batch_norm(
+            x, norm.running_mean[units], norm.running_var[units], norm.weight[units],
+            norm.bias[units], eps=norm.eps,
+        )  # fmt: skip
+
+    x = pixels @ torch.cat(list(head.w_in), 0)[:, h0] + head.b_in[h0]
+    x = bn(torch.relu(x), head.bn[0], h0)
+    x = bn(torch.relu(x @ head.w[0][member] + head.b[0][member]), head.bn[1], h1)
+    x = x @ head.w[1][member] + head.b[1][member]
+    full = head.member_logits(feats)  # (M, N, K, S, S)
+    torch.testing.assert_close(full[member].permute(0, 2, 3, 1).reshape(-1, 4), x)
+    points = torch.arange(256).expand(2, -1)
+    sampled = head.pixel_logits(feats, points)  # (M, N·256, K)
+    torch.testing.assert_close(sampled, full.permute(0, 1, 3, 4, 2).reshape(3, -1, 4))
+    head.train()
+    labels = torch.randint(0, 4, (2, 16, 16))
+    loss = head.loss(feats, labels, torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in head.parameters())
+
+
+def test_ensemble_votes():
+    head = MLPEnsemble([2], num_classes=3, size=1, members=3, hidden=(4,))
+    # Members' probabilities at one pixel: two pick class 1 narrowly, one picks 2 firmly.
+    probs = torch.tensor([[0.1, 0.5, 0.4], [0.1, 0.5, 0.4], [0.0, 0.0, 1.0]])
+    head.member_logits = lambda feats: probs.log().clamp_min(-30).view(3, 1, 3, 1, 1)
+    assert head.labels([]).item() == 1  # majority: the mode of the members' labels
+    head.vote = "mean-prob"
+    assert head.labels([]).item() == 2  # the mean probability: 0.6 for class 2
+
+
+def test_tap_blocks_sit_where_the_docstring_says_and_hooks_do_not_leak():
+    """3 levels: up_blocks 0, 1, 2 at 1/2, 1/1, 1/1; 6 levels (the paper preset's layout):
+    1, 2, 3 at 1/8, 1/4, 1/2 (DDPM-Seg's 32², 64², 128² of a 256 model)."""
+    from methods.diffusion.model import build_unet
+
+    six = replace(TINY, channels=(8,) * 6, attention_levels=(False,) * 6)
+    for cfg, blocks, sides in (
+        (TINY, (0, 1, 2), [32, 64, 64]),
+        (six, (1, 2, 3), [8, 16, 32]),
+    ):
+        unet = build_unet(cfg)
+        taps = DecoderTaps(unet, build_scheduler(cfg), 64, blocks, (50,))
+        feats = taps(torch.zeros(1, 1, 64, 64))
+        assert [f.shape[-1] for f in feats] == sides
+        assert all(not unet.up_blocks[b]._forward_hooks for b in blocks)
+        other = DecoderTaps(unet, build_scheduler(cfg), 64, blocks[:1], (50,))
+        torch.testing.assert_close(other(torch.zeros(1, 1, 64, 64))[0], feats[0])
 
 
 def test_both_methods_run_share_one_pretraining_and_sample(tmp_path):
@@ -205,17 +280,18 @@ def test_both_methods_run_share_one_pretraining_and_sample(tmp_path):
 
 
 def test_predictions_have_slice_shape_and_label_range(unlabeled, tmp_path):
+    from benchmark.config import apply_overrides
     from benchmark.method import RunContext
     from methods.diffusion.decoder import DiffusionDecoder, DiffusionDecoderConfig
     from methods.diffusion.linear import DiffusionLinear, DiffusionLinearConfig
 
-    for cls, cfg_cls in (
-        (DiffusionLinear, DiffusionLinearConfig),
-        (DiffusionDecoder, DiffusionDecoderConfig),
+    mlp = ["head=mlp-ensemble", "members=2", "hidden=8,4", "pixels=16"]
+    for cls, cfg_cls, extra in (
+        (DiffusionLinear, DiffusionLinearConfig, []),
+        (DiffusionLinear, DiffusionLinearConfig, mlp),
+        (DiffusionDecoder, DiffusionDecoderConfig, []),
     ):
-        from benchmark.config import apply_overrides
-
-        method = cls(apply_overrides(cfg_cls, TINY_SET))
+        method = cls(apply_overrides(cfg_cls, TINY_SET + extra))
         ctx = RunContext(torch.device("cpu"), 0, 14, Path(tmp_path), QUIET)
         method.pretrain(SliceSet(unlabeled.store, unlabeled.rows, labeled=False), ctx)
         method.fit(SliceSet(unlabeled.store, unlabeled.rows[:4], labeled=True), ctx)
@@ -246,3 +322,69 @@ def test_ddp_pretraining_on_two_gloo_processes_takes_the_same_steps_as_one(tmp_p
     assert models[1].keys() == models[2].keys()
     for key, value in models[1].items():
         torch.testing.assert_close(models[2][key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+def _script(name: str):
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ablation_runs_tiny_resumes_and_refuses_bad_grids(tmp_path, capsys):
+    ablation = _script("ablation_diffusion")
+    out = tmp_path / "ablation"
+    tiny = [a for s in [*TINY_SET, "members=2", "hidden=8,4", "pixels=16"] for a in ("--set", s)]
+    common = ["--protocol", "tiny", "--budgets", "4slices", "--resolutions", "16,32"]
+    common += ["--timesteps", "50", "--device", "cpu", "--quiet", *tiny]
+    args = [*common, "--tap-sets", "0,1/1", "--out", str(out)]
+    assert ablation.main(args) == 0
+    table = pd.read_csv(out / "ablation.csv")
+    assert len(table) == 2 * 2 * 2  # input sizes × heads × tap sets
+    assert table["val_dsc"].between(0, 1).all()
+    assert set(table["head"]) == {"linear", "mlp-ensemble"}
+    md = (out / "ABLATION.md").read_text()
+    assert "python benchmarks/ablation_diffusion.py --protocol tiny" in md
+    assert "| resolution | 16 |" in md and "| head | mlp-ensemble |" in md
+    assert "2 pretrainings × 4 head fits" in capsys.readouterr().out
+    assert ablation.main(args) == 0  # everything done: nothing recomputed
+    assert len(pd.read_csv(out / "ablation.csv")) == 8
+    assert "pretraining:" not in capsys.readouterr().out
+    bad = tmp_path / "bad"
+    assert ablation.main([*common, "--tap-sets", "0,7", "--out", str(bad)]) == 2
+    assert "--tap-sets" in capsys.readouterr().err and not bad.exists()
+
+
+def test_long_pretraining_protocol_differs_from_phantom_only_in_pretraining_samples():
+    import tomllib
+
+    from benchmark.protocol import PROTOCOLS_DIR, load_protocol
+
+    base, long = (
+        tomllib.loads((PROTOCOLS_DIR / f"{n}.toml").read_text())
+        for n in ("phantom", "phantom-longpretrain")
+    )
+    assert long["training"].pop("pretrain_samples") == 4 * base["training"].pop("pretrain_samples")
+    for key in ("name", "description"):
+        base.pop(key), long.pop(key)
+    assert long == base
+    assert load_protocol("phantom-longpretrain").training.pretrain_samples == 51200
+
+
+def test_gpu_benchmark_runs_tiny_on_the_cpu(capsys):
+    """The CPU check of `benchmarks/bench_gpu_diffusion.py` (its figures come from a GPU)."""
+    tiny = ["channels=8,16,16", "attention_levels=false,false,false", "num_head_channels=8"]
+    tiny += ["norm_num_groups=8", "resolution=16", "pretrain_batch_size=4", "members=2"]
+    tiny += ["pixels=16", "batch_size=2"]
+    args = ["--preset", "cpu", "--device", "cpu", "--train-steps", "1", "--warmup-steps", "1"]
+    args += ["--sample-n", "2", "--sample-batch", "2", "--ddim-steps", "2", "--skip-ddpm"]
+    args += ["--head-steps", "1", "--head-slices", "4", *(a for s in tiny for a in ("--set", s))]
+    _script("bench_gpu_diffusion").main(args)
+    out = capsys.readouterr().out
+    assert "training images/s" in out and "sampling DDIM 2 steps" in out
+    assert "mlp-ensemble head on 16×16 features (2 MLPs (128, 32), majority vote" in out
+    assert "linear head on 16×16 features" in out and "images/s" in out.splitlines()[-1]

@@ -19,7 +19,13 @@ from methods.diffusion.model import DDPMConfig, build_scheduler, model_resolutio
 @dataclass(frozen=True)
 class DiffusionDecoderConfig(SupervisedConfig, DDPMConfig):
     """DDPM pretraining (shared with diffusion-linear) plus decoder fine-tuning, which uses the
-    same supervised recipe as the U-Net baselines."""
+    same supervised recipe as the U-Net baselines.
+
+    The backbone fields (`resolution`, `channels`, pretraining) are diffusion-linear's, with
+    the same defaults, so both methods always transfer one pretrained model: a backbone
+    choice made on diffusion-linear's validation ablation (`benchmarks/ablation_diffusion.py`)
+    applies here too. Tuning tried for this method itself: none beyond the shared recipe
+    (timestep 50, as the lowest of DDPM-Seg's timesteps)."""
 
     timestep: int = non_negative(50)
     """Diffusion timestep at which the decoder is fine-tuned and applied."""

@@ -1,20 +1,34 @@
 """Feature taps on the DDPM's decoder, as in label-efficient segmentation with diffusion
-models (Baranchuk et al., ICLR 2022, yandex-research/ddpm-segmentation).
+models (Baranchuk et al., ICLR 2022, yandex-research/ddpm-segmentation), and their cache.
 
 Each image is noised to timestep t with one fixed, seeded noise tensor per timestep (shared
 by all images, so features are deterministic), passed through the UNet, and the outputs of
 chosen decoder blocks are taken with forward hooks.
 
 Block choice. Baranchuk et al. tap guided-diffusion `output_blocks` 5, 6, 7, 8 and 12 of a
-256-px model: the mid-to-late decoder at 32² to 128², i.e. at 1/8 to 1/2 of the input
-size, at timesteps {50, 150, 250}. MONAI's `up_blocks[i]` ends with an upsampler except the
-last, so with L levels block i outputs at 1/2^(L-2-i) of the input (the last at full size).
-For the 3-level `cpu` preset, blocks (0, 1) give 1/2 and 1/1; for the 6-level `paper`
-preset, blocks (2, 3, 4) give 1/8, 1/4 and 1/2, the same band as the paper.
+256-px model (three output blocks per level, the third of each upsamples): 5 ends the 16²
+level and outputs 32², 6 and 7 are at 32², 8 upsamples to 64², 12 is the first at 128². So
+the mid-to-late decoder at 1/8 to 1/2 of the input size, at timesteps {50, 150, 250}.
+MONAI's `up_blocks[i]` is one whole level (its residual blocks, then an upsampler except
+for the last level), and a hook sees the level's output: with L levels, `up_blocks[i]`
+outputs at 1/2^(L-2-i) of the input for i < L-1, and the last at full size.
+
+- `cpu` preset (3 levels, channels 32-64-64): `up_blocks[0]` → 1/2 (64 channels),
+  `up_blocks[1]` → 1/1 (64), `up_blocks[2]` → 1/1 (32). There is no 1/8 or 1/4 decoder
+  output; the default (0, 1) is the mid-to-late band (1/2 and 1/1 after the last
+  upsampling, before the full-size level), 128 channels per timestep. At 64 × 64 input
+  that is 32² and 64²; at 128 × 128 (`resolution=0` on the phantom) 64² and 128².
+- `paper` preset (6 levels, 256 px): `up_blocks[1]` → 1/8 (32²), `[2]` → 1/4 (64²),
+  `[3]` → 1/2 (128²): the default (1, 2, 3) is DDPM-Seg's band (the ends of its levels at
+  32², 64² and 128²: blocks 5, 8 and 11, next to its 12).
 """
 
 from __future__ import annotations
 
+import tempfile
+from contextlib import contextmanager
+
+import numpy as np
 import torch
 from monai.networks.nets import DiffusionModelUNet
 from monai.networks.schedulers import DDPMScheduler
@@ -30,6 +44,7 @@ class DecoderTaps:
     `__call__` returns one tensor per (timestep, block), in that nesting order, each of shape
     (N, C_block, h_block, w_block) at the block's own resolution (float32). Upsample them to
     the slice size (bilinear) and concatenate for pixel features; `channels` gives C_block.
+    Hooks are attached only during a call, so several tap sets can share one backbone.
     """
 
     def __init__(
@@ -43,7 +58,7 @@ class DecoderTaps:
     ):
         if not blocks or max(blocks) >= len(model.up_blocks) or min(blocks) < 0:
             raise ValueError(f"tap blocks {blocks} outside 0..{len(model.up_blocks) - 1}")
-        if max(timesteps) >= scheduler.num_train_timesteps:
+        if not timesteps or max(timesteps) >= scheduler.num_train_timesteps:
             raise ValueError(
                 f"tap timesteps {timesteps} outside 0..{scheduler.num_train_timesteps - 1}"
             )
@@ -56,51 +71,105 @@ class DecoderTaps:
         self.noise = {
             t: torch.randn(1, 1, resolution, resolution, generator=gen) for t in timesteps
         }
-        self._out: dict[int, torch.Tensor] = {}
-        for b in self.blocks:
-            model.up_blocks[b].register_forward_hook(self._hook(b))
-        self.channels = self._probe_channels()
-        probe = [
-            torch.zeros(1, c, *shape) for c, shape in zip(self.channels, self._shapes, strict=True)
-        ]
+        device = next(self.model.parameters()).device
+        probe = self(torch.zeros(1, 1, resolution, resolution, device=device))
+        self.channels = [f.shape[1] for f in probe]
         self.group_channels = [f.shape[1] for f in by_resolution(probe)]
         """Channels of `by_resolution(features)`: one entry per distinct block resolution."""
 
-    def _hook(self, block: int):
-        def store(_module, _inputs, output):
-            self._out[block] = output
+    @contextmanager
+    def _hooks(self, out: dict[int, torch.Tensor]):
+        def store(block: int):
+            def hook(_module, _inputs, output):
+                out[block] = output
 
-        return store
+            return hook
 
-    def _probe_channels(self) -> list[int]:
-        device = next(self.model.parameters()).device
-        feats = self(torch.zeros(1, 1, self.resolution, self.resolution, device=device))
-        self._shapes = [tuple(f.shape[-2:]) for f in feats]
-        return [f.shape[1] for f in feats]
+        handles = [self.model.up_blocks[b].register_forward_hook(store(b)) for b in self.blocks]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> list[torch.Tensor]:
         """images: (N, 1, S, S) in [0, 1] on the model's device."""
         x0 = to_model_input(images, self.resolution)
-        feats = []
-        for t in self.timesteps:
-            noise = self.noise[t].to(x0.device).expand_as(x0)
-            ts = torch.full((len(x0),), t, device=x0.device, dtype=torch.long)
-            xt = self.scheduler.add_noise(original_samples=x0, noise=noise, timesteps=ts)
-            self._out.clear()
-            self.model(xt, ts)
-            feats.extend(self._out[b].float() for b in self.blocks)
+        feats: list[torch.Tensor] = []
+        out: dict[int, torch.Tensor] = {}
+        with self._hooks(out):
+            for t in self.timesteps:
+                noise = self.noise[t].to(x0.device).expand_as(x0)
+                ts = torch.full((len(x0),), t, device=x0.device, dtype=torch.long)
+                xt = self.scheduler.add_noise(original_samples=x0, noise=noise, timesteps=ts)
+                out.clear()
+                self.model(xt, ts)
+                feats.extend(out[b].float() for b in self.blocks)
         return feats
 
 
 def by_resolution(feats: list[torch.Tensor]) -> list[torch.Tensor]:
     """Concatenate, along channels, the features that share a spatial size (first-seen order).
 
-    A linear head over the upsampled concatenation equals one over these groups (a 1×1
-    convolution splits over channel groups), with one upsampling per resolution instead of
-    one per (timestep, block).
+    A head whose first layer is linear (the 1×1 linear head, the first layer of each MLP)
+    over the upsampled concatenation equals one over these groups (a linear map splits over
+    channel groups and commutes with bilinear upsampling), with one upsampling per
+    resolution instead of one per (timestep, block).
     """
     groups: dict[tuple[int, ...], list[torch.Tensor]] = {}
     for f in feats:
         groups.setdefault(tuple(f.shape[-2:]), []).append(f)
     return [torch.cat(g, 1) if len(g) > 1 else g[0] for g in groups.values()]
+
+
+class FeatureBank:
+    """Tapped features of a slice set, computed once: float32 in RAM up to `memory_mb`, else a
+    float16 memory map on disk.
+
+    Features stay at each block's own resolution, grouped by resolution (`by_resolution`);
+    heads upsample per batch. Training a head on the bank instead of recomputing the UNet
+    every step is what makes head training cheap (`benchmarks/bench_diffusion.py`).
+    """
+
+    def __init__(
+        self,
+        taps: DecoderTaps,
+        slices,
+        batch_size: int,
+        memory_mb: int,
+        device: torch.device,
+        progress=None,
+    ):
+        probe = by_resolution(taps(slices.images(np.arange(1)).to(device)))
+        shapes = [tuple(f.shape[1:]) for f in probe]
+        total_mb = len(slices) * sum(int(np.prod(s)) for s in shapes) * 4 / 2**20
+        self._tmp = None
+        if total_mb > memory_mb:  # float16 on disk: half the bytes, converted per batch
+            total_mb /= 2
+            self._tmp = tempfile.TemporaryDirectory(prefix="labelbench-features-")
+            self.arrays = [
+                np.lib.format.open_memmap(
+                    f"{self._tmp.name}/f{i}.npy", "w+", np.float16, (len(slices), *s)
+                )
+                for i, s in enumerate(shapes)
+            ]
+        else:  # float32 in RAM: no conversion per training step
+            self.arrays = [np.empty((len(slices), *s), np.float32) for s in shapes]
+        self.on_disk = self._tmp is not None
+        self.megabytes = total_mb
+        starts = range(0, len(slices), batch_size)
+        for start in progress.track(starts, "features", len(starts)) if progress else starts:
+            idx = np.arange(start, min(start + batch_size, len(slices)))
+            feats = by_resolution(taps(slices.images(idx).to(device)))
+            for arr, f in zip(self.arrays, feats, strict=True):
+                arr[idx] = f.cpu().numpy().astype(arr.dtype)
+
+    def __len__(self) -> int:
+        return len(self.arrays[0])
+
+    def get(self, idx: np.ndarray, device: torch.device) -> list[torch.Tensor]:
+        """Features of slices `idx` (sorted), one float32 tensor per resolution group."""
+        return [
+            torch.from_numpy(np.asarray(a[np.sort(idx)])).to(device).float() for a in self.arrays
+        ]

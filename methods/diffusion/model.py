@@ -43,7 +43,9 @@ class DDPMConfig:
     preset: str = "cpu"
     """Named starting point for the fields below: cpu or paper."""
     resolution: int = non_negative(64)
-    """Side (pixels) of the diffusion model's input; slices are resized to it. 0 = slice size."""
+    """Side (pixels) of the diffusion model's input; slices are resized to it. 0 = the
+    protocol's slice size (128 on the phantom: about 4× the pretraining cost of 64, measured
+    by `benchmarks/bench_diffusion.py`)."""
     channels: tuple[int, ...] = positive((32, 64, 64))
     """Channels per UNet level (each divisible by norm_num_groups)."""
     attention_levels: tuple[bool, ...] = (False, False, True)

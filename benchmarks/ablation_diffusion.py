@@ -1,0 +1,278 @@
+"""Validation-only ablation of `diffusion-linear`: model input size × head × tap set ×
+timesteps (× pretraining samples), scored on the protocol's validation cases, never test.
+
+    python benchmarks/ablation_diffusion.py --device cuda --seeds 0,1,2 \\
+        --out reports/phantom/ablation_diffusion
+
+Defaults: the `phantom` protocol, budgets 4slices and 1pct, input 64 and 128, heads linear
+and mlp-ensemble, tap sets 0,1 and 0,1,2 (`--tap-sets`, sets split by "/"), timesteps 50
+and 50,150,250, the protocol's pretraining samples. Every variant gets the same pretraining
+samples; the DDPM is pretrained once per (input size, pretraining samples, seed) with
+`pretrain_seed` = seed, through the harness's pretraining cache (so `bench run` reuses it),
+and its features are computed once per (budget, tap set, timesteps) and shared by both heads.
+Each head trains exactly as in a run: the protocol's fine-tuning samples, validated every
+`validate_every` samples, the best validated weights kept; the table reports the kept
+model's mean validation DSC (the selection score, so optimistic alike for every variant).
+
+`--pretrain-samples 3200,12800,51200` (with one head and tap set) gives DSC against
+pretraining samples. `--set key=value` passes extra config overrides (e.g. a tiny model).
+Results go to `<out>/ablation.csv` after every variant and `<out>/ABLATION.md` (with the
+command) after every group; a rerun skips the rows already in the CSV, so an interrupted
+grid resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from benchmark.compute import configure, steps_for
+from benchmark.data.source import cache_root
+from benchmark.errors import LabelbenchError
+from benchmark.method import RunContext, SliceSet
+from benchmark.progress import Progress
+from benchmark.protocol import load_protocol
+from benchmark.provenance import describe_device, resolve_device
+from benchmark.runner import load_data, run_pretraining
+from benchmark.validation import Validator
+from methods.diffusion.features import FeatureBank
+from methods.diffusion.linear import DiffusionLinear, make_taps, train_head
+
+KEY = ["pretrain_samples", "resolution", "head", "taps", "timesteps", "budget", "seed"]
+FACTORS = ["pretrain_samples", "resolution", "head", "taps", "timesteps"]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--protocol", default="phantom")
+    ap.add_argument("--budgets", default="4slices,1pct")
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--resolutions", default="64,128", help="model input sides (pixels)")
+    ap.add_argument("--heads", default="linear,mlp-ensemble")
+    ap.add_argument("--tap-sets", default="0,1/0,1,2", help="up_blocks sets, split by /")
+    ap.add_argument("--timesteps", default="50/50,150,250", help="timestep sets, split by /")
+    ap.add_argument("--pretrain-samples", default="", help="default: the protocol's")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", type=Path, default=Path("runs/ablation_diffusion"))
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = ap.parse_args(argv)
+    args.budgets = args.budgets.split(",")
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.resolutions = [int(r) for r in args.resolutions.split(",")]
+    args.heads = args.heads.split(",")
+    args.tap_sets = [_ints(t) for t in args.tap_sets.split("/")]
+    args.timesteps = [_ints(t) for t in args.timesteps.split("/")]
+    args.command = shlex.join(["python", "benchmarks/ablation_diffusion.py", *(argv or [])])
+    return args
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(","))
+
+
+def _label(values: tuple[int, ...]) -> str:
+    return ",".join(map(str, values))
+
+
+class Results:
+    """The CSV of finished variants, appended to one row at a time."""
+
+    def __init__(self, out: Path):
+        out.mkdir(parents=True, exist_ok=True)
+        self.csv, self.md = out / "ablation.csv", out / "ABLATION.md"
+        self.table: pd.DataFrame | None = None
+        self.done: set[tuple[str, ...]] = set()
+        if self.csv.exists():
+            self.table = pd.read_csv(self.csv, dtype={"taps": str, "timesteps": str})
+            self.done = set(map(tuple, self.table[KEY].astype(str).values))
+
+    def has(self, **key) -> bool:
+        return tuple(str(key[k]) for k in KEY) in self.done
+
+    def add(self, row: dict) -> None:
+        frame = pd.DataFrame([row])
+        frame.to_csv(self.csv, mode="a", header=not self.csv.exists(), index=False)
+        self.table = frame if self.table is None else pd.concat([self.table, frame])
+        self.done.add(tuple(str(row[k]) for k in KEY))
+
+
+def markdown(table: pd.DataFrame, args: argparse.Namespace, device: str) -> str:
+    """The ablation table: mean validation DSC per variant and budget, and per factor level."""
+    t = table.copy()
+    t["taps"], t["timesteps"] = t["taps"].astype(str), t["timesteps"].astype(str)
+    budgets = [b for b in args.budgets if b in set(t["budget"])]
+    agg = t.groupby([*FACTORS, "budget"])["val_dsc"].agg(["mean", "std", "count"])
+    wide = agg["mean"].unstack("budget").reindex(columns=budgets)
+    wide["mean"] = wide.mean(axis=1)
+    wide = wide.sort_values("mean", ascending=False)
+    lines = [
+        "# diffusion-linear ablation (validation cases only)",
+        "",
+        f"Made by `{args.command}` on {device}, {datetime.now(UTC):%Y-%m-%d}. Protocol "
+        f"`{args.protocol}`; mean DSC over the validation cases and organs of the head kept by "
+        "validation selection, averaged over seeds (± sd when more than one). Every variant "
+        "has the same fine-tuning and pretraining samples within a row's `pretrain_samples`.",
+        "",
+        "| pretrain samples | input | head | taps | timesteps | "
+        + " | ".join(budgets)
+        + " | mean |",
+        "|---:|---:|---|---|---|" + "---:|" * (len(budgets) + 1),
+    ]
+    best = wide["mean"].max()
+    for key, row in wide.iterrows():
+        cells = []
+        for b in budgets:
+            if pd.isna(row[b]):
+                cells.append("")
+                continue
+            sd, k = agg.loc[(*key, b), "std"], agg.loc[(*key, b), "count"]
+            cells.append(f"{row[b]:.3f}" + (f" ± {sd:.3f}" if k > 1 else ""))
+        mean = f"{row['mean']:.3f}"
+        if row["mean"] == best:
+            mean = f"**{mean}**"
+        lines.append("| " + " | ".join(map(str, key)) + " | " + " | ".join(cells) + f" | {mean} |")
+    lines += ["", "Each factor's levels, averaged over every other factor and seed:", ""]
+    lines += ["| factor | level | " + " | ".join(budgets) + " |",
+              "|---|---|" + "---:|" * len(budgets)]  # fmt: skip
+    for factor in FACTORS:
+        levels = t.pivot_table(index=factor, columns="budget", values="val_dsc", aggfunc="mean")
+        if len(levels) < 2:
+            continue
+        for level, row in levels[budgets].iterrows():
+            lines.append(f"| {factor} | {level} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+    seconds = t.groupby("head")["fit_s"].mean()
+    lines += ["", "Mean seconds per head fit (features cached): "
+              + ", ".join(f"{h} {s:.0f} s" for h, s in seconds.items()) + "."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    progress = Progress(quiet=args.quiet)
+    try:
+        protocol = load_protocol(args.protocol)
+        data = load_data(protocol, None, progress)
+        if not data.split.val or not protocol.training.select:
+            raise LabelbenchError(
+                f"protocol {args.protocol}: the ablation needs validation cases and select = true"
+            )
+        base, _ = configure(DiffusionLinear, args.overrides, protocol.training)
+        for b in args.budgets:
+            protocol.budget(b)
+        levels = len(base.channels)
+        if bad := [t for t in args.tap_sets if max(t) >= levels or min(t) < 0]:
+            raise LabelbenchError(f"--tap-sets {bad}: up_blocks run 0..{levels - 1}")
+        if bad := [t for t in args.timesteps if max(t) >= base.train_timesteps or min(t) < 0]:
+            raise LabelbenchError(f"--timesteps {bad}: outside 0..{base.train_timesteps - 1}")
+    except LabelbenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    device = resolve_device(args.device)
+    pretrain = [int(s) for s in args.pretrain_samples.split(",") if s] or [
+        protocol.training.pretrain_samples
+    ]
+    validator = Validator(data.store, data.split.val, protocol)
+    results = Results(args.out)
+    groups = [(n, r, s) for n in pretrain for r in args.resolutions for s in args.seeds]
+    per_group = len(args.budgets) * len(args.tap_sets) * len(args.timesteps) * len(args.heads)
+    print(
+        f"{len(groups)} pretrainings × {per_group} head fits = {len(groups) * per_group} "
+        f"variants on {describe_device(device)}; results in {args.out}",
+        flush=True,
+    )
+    t_start, fits_done, fit_time, pre_done, pre_time = time.perf_counter(), 0, 0.0, 0, 0.0
+    remaining = sum(
+        not results.has(pretrain_samples=n, resolution=r, head=h, taps=_label(tp),
+                        timesteps=_label(ts), budget=b, seed=s)
+        for n, r, s in groups for b in args.budgets for tp in args.tap_sets
+        for ts in args.timesteps for h in args.heads
+    )  # fmt: skip
+    for gi, (n, r, s) in enumerate(groups):
+        todo = [
+            (b, tp, ts, h)
+            for b in args.budgets for tp in args.tap_sets for ts in args.timesteps
+            for h in args.heads
+            if not results.has(pretrain_samples=n, resolution=r, head=h, taps=_label(tp),
+                               timesteps=_label(ts), budget=b, seed=s)
+        ]  # fmt: skip
+        if not todo:
+            continue
+        steps = steps_for(n, base.pretrain_batch_size)
+        cfg = dataclasses.replace(base, resolution=r, pretrain_seed=s, pretrain_iterations=steps)
+        method = DiffusionLinear(cfg)
+        ctx = RunContext(device, s, protocol.num_classes, cache_root() / "pretrain", progress)
+        print(f"[{gi + 1}/{len(groups)}] pretraining: input {r}, {n} samples ({steps} steps "
+              f"of {cfg.pretrain_batch_size}), pretrain_seed {s}", flush=True)  # fmt: skip
+        t = time.perf_counter()
+        run_pretraining(method, protocol, data.index, ctx, progress)
+        dt = time.perf_counter() - t
+        if not ctx.info["pretrain"]["cached"]:
+            pre_done, pre_time = pre_done + 1, pre_time + dt
+        backbone = method.backbone.to(device)
+        for b in args.budgets:
+            _, rows = data.budget_rows(protocol.budget(b), s)
+            labeled = SliceSet(data.store, rows, labeled=True)
+            for tp in args.tap_sets:
+                for ts in args.timesteps:
+                    heads = [h for bb, t2, s2, h in todo if (bb, t2, s2) == (b, tp, ts)]
+                    if not heads:
+                        continue
+                    tcfg = dataclasses.replace(cfg, tap_blocks=tp, tap_timesteps=ts)
+                    t = time.perf_counter()
+                    taps = make_taps(backbone, tcfg, labeled.slice_size)
+                    banks = [
+                        FeatureBank(
+                            taps, x, tcfg.predict_batch_size, tcfg.feature_memory_mb, device
+                        )
+                        for x in (labeled, validator.slices)
+                    ]
+                    feat_s = time.perf_counter() - t
+                    for h in heads:
+                        hcfg = dataclasses.replace(tcfg, head=h)
+                        fctx = RunContext(
+                            device, s, protocol.num_classes, ctx.cache_dir, progress,
+                            training=protocol.training, validator=validator,
+                        )  # fmt: skip
+                        t = time.perf_counter()
+                        train_head(banks[0], labeled, hcfg, fctx, taps.group_channels, banks[1])
+                        fit_s = time.perf_counter() - t
+                        sel = fctx.info["selection"]
+                        results.add({
+                            "pretrain_samples": n, "resolution": r, "head": h,
+                            "taps": _label(tp), "timesteps": _label(ts), "budget": b,
+                            "seed": s, "val_dsc": round(sel["val_dsc"], 5),
+                            "kept_samples": sel["kept_samples"],
+                            "n_labeled": len(labeled), "channels": sum(taps.channels),
+                            "features_s": round(feat_s, 1), "fit_s": round(fit_s, 1),
+                        })  # fmt: skip
+                        fits_done, fit_time = fits_done + 1, fit_time + fit_s
+                        remaining -= 1
+                        eta = remaining * fit_time / fits_done + (len(groups) - gi - 1) * (
+                            pre_time / pre_done if pre_done else 0.0
+                        )
+                        print(
+                            f"  {b} seed {s} input {r} taps {_label(tp)} t {_label(ts)} {h}: "
+                            f"val DSC {sel['val_dsc']:.3f} (fit {fit_s:.0f} s); {remaining} "
+                            f"left, about {eta / 60:.0f} min more",
+                            flush=True,
+                        )
+        assert results.table is not None
+        results.md.write_text(markdown(results.table, args, describe_device(device)))
+    if results.table is not None:
+        results.md.write_text(markdown(results.table, args, describe_device(device)))
+        print(f"wrote {results.csv} and {results.md} in {time.perf_counter() - t_start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    torch.backends.cudnn.benchmark = True
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,226 @@
+"""Pixel classifiers on cached diffusion features: the seed paper's linear head and
+DDPM-Seg's MLP ensemble (Baranchuk et al., ICLR 2022, `src/pixel_classifier.py`).
+
+Both take the features of a batch of slices as `FeatureBank.get` returns them: one tensor
+(N, C_g, h_g, w_g) per block resolution g, at the block's own resolution. Both standardise
+each channel with statistics of the labeled features, and both see the features bilinearly
+upsampled to the slice size (S × S), as DDPM-Seg does. A head answers two questions:
+`loss(feats, labels, gen)` on a training batch and `labels(feats)` (N, S, S) for prediction.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceCELoss
+from torch import nn
+
+HEADS = ("linear", "mlp-ensemble")
+VOTES = ("majority", "mean-prob")
+
+
+def _dice_ce(batch: bool) -> DiceCELoss:
+    return DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=batch)
+
+
+class Standardise(nn.Module):
+    """Per-channel (x − μ) / σ of each resolution group, μ and σ set once from labeled data."""
+
+    def __init__(self, channels: list[int]):
+        super().__init__()
+        for i, c in enumerate(channels):
+            self.register_buffer(f"mean{i}", torch.zeros(1, c, 1, 1))
+            self.register_buffer(f"std{i}", torch.ones(1, c, 1, 1))
+
+    def set_stats(self, feats: list[torch.Tensor]) -> None:
+        for i, f in enumerate(feats):
+            getattr(self, f"mean{i}").copy_(f.mean((0, 2, 3), keepdim=True))
+            getattr(self, f"std{i}").copy_(f.std((0, 2, 3), keepdim=True).clamp_min(1e-4))
+
+    def stats(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return getattr(self, f"mean{i}"), getattr(self, f"std{i}")
+
+
+class LinearHead(nn.Module):
+    """A 1×1 convolution over the standardised, upsampled, concatenated tapped features
+    (the seed paper's "linear classification"), trained with batch Dice + cross-entropy on
+    whole slices.
+
+    Computed as Σ_i upsample(W_i · f_i) + b: bilinear upsampling and a 1×1 convolution are
+    both linear and upsampling weights sum to one, so this equals the 1×1 convolution of the
+    concatenation at full size, at a fraction of the memory and time.
+    """
+
+    def __init__(self, channels: list[int], num_classes: int, size: int):
+        super().__init__()
+        self.size = size
+        self.convs = nn.ModuleList(nn.Conv2d(c, num_classes, 1, bias=False) for c in channels)
+        self.bias = nn.Parameter(torch.zeros(num_classes))
+        self.norm = Standardise(channels)
+        self._loss = _dice_ce(batch=True)
+
+    def set_stats(self, feats: list[torch.Tensor]) -> None:
+        self.norm.set_stats(feats)
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """(N, K, S, S) logits."""
+        out = self.bias.view(1, -1, 1, 1)
+        for i, (conv, f) in enumerate(zip(self.convs, feats, strict=True)):
+            # W·((f − μ)/σ) = (W/σ)·f − (W/σ)·μ: the standardisation folded into the weights,
+            # so no pass over the (large) feature maps beyond the convolution itself.
+            mean, std = self.norm.stats(i)
+            w = conv.weight.flatten(1) / std.flatten()
+            b = -(w @ mean.flatten())
+            # A 1×1 convolution as one matrix product (N, K, C) @ (N, C, HW): faster than
+            # the CPU convolution kernels, forward and backward.
+            z = torch.bmm(w.expand(len(f), -1, -1), f.flatten(2)) + b.view(1, -1, 1)
+            z = z.view(f.shape[0], -1, *f.shape[2:])
+            out = out + _upsample(z, self.size)
+        return out
+
+    def loss(
+        self, feats: list[torch.Tensor], labels: torch.Tensor, gen: torch.Generator
+    ) -> torch.Tensor:
+        """Batch Dice + CE of (N, S, S) label maps."""
+        return self._loss(self(feats), labels[:, None])
+
+    def labels(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        return self(feats).argmax(1)
+
+
+class MLPEnsemble(nn.Module):
+    """DDPM-Seg's pixel classifier: `members` MLPs, each features → hidden[0] → hidden[1] → …
+    → classes, every hidden layer Linear, ReLU, BatchNorm1d (DDPM-Seg's order; 128, 32 for
+    fewer than 30 classes), weights drawn N(0, 0.02) as DDPM-Seg's `init_weights`.
+
+    Training (`loss`) follows DDPM-Seg's pixel batches: `pixels` random pixels of each slice
+    of the batch, their features bilinearly interpolated from the cached maps at exactly the
+    points where upsampling to S × S would put them (`grid_sample`), shared by all members,
+    which differ by their initialisation. Loss: mean over members of batch Dice + CE over
+    the sampled pixels (DDPM-Seg: CE alone; the Dice term is the harness's recipe, which
+    keeps small organs from vanishing). Prediction (`labels`) applies the first layer at
+    each group's own resolution and upsamples its output (exact: the layer is linear), then
+    votes: `majority` (the mode of the members' argmax, DDPM-Seg's `predict_labels`) or
+    `mean-prob` (argmax of the mean softmax).
+    """
+
+    def __init__(
+        self,
+        channels: list[int],
+        num_classes: int,
+        size: int,
+        members: int = 10,
+        hidden: tuple[int, ...] = (128, 32),
+        vote: str = "majority",
+        pixels: int = 256,
+        chunk: int = 2,
+    ):
+        super().__init__()
+        if vote not in VOTES:
+            raise ValueError(f"vote must be one of {VOTES}, not {vote!r}")
+        if not hidden:
+            raise ValueError("the MLP needs at least one hidden layer")
+        self.size, self.members, self.hidden, self.vote = size, members, tuple(hidden), vote
+        self.num_classes, self.pixels, self.chunk = num_classes, pixels, chunk
+        self.norm = Standardise(channels)
+        m = members
+        # First layer of every member at once, split by resolution group: (C_g, M·h0).
+        self.w_in = nn.ParameterList(
+            nn.Parameter(torch.randn(c, m * hidden[0]) * 0.02) for c in channels
+        )
+        self.b_in = nn.Parameter(torch.zeros(m * hidden[0]))
+        widths = [*hidden, num_classes]
+        self.w = nn.ParameterList(
+            nn.Parameter(torch.randn(m, a, b) * 0.02) for a, b in itertools.pairwise(widths)
+        )
+        self.b = nn.ParameterList(nn.Parameter(torch.zeros(m, 1, b)) for b in widths[1:])
+        self.bn = nn.ModuleList(nn.BatchNorm1d(m * h) for h in hidden)
+        self._loss = _dice_ce(batch=False)  # one "sample" per member: Dice over its pixels
+
+    def set_stats(self, feats: list[torch.Tensor]) -> None:
+        self.norm.set_stats(feats)
+
+    def _tail(self, z: torch.Tensor) -> torch.Tensor:
+        """First-layer pre-activations (P, M·h0) → logits (M, P, K)."""
+        p, m = len(z), self.members
+        z = self.bn[0](F.relu(z + self.b_in))
+        x = z.view(p, m, -1).transpose(0, 1)  # (M, P, h0)
+        for i, (w, b) in enumerate(zip(self.w, self.b, strict=True)):
+            x = torch.baddbmm(b, x, w)
+            if i + 1 < len(self.w):
+                x = self.bn[i + 1](F.relu(x).transpose(0, 1).reshape(p, -1))
+                x = x.view(p, m, -1).transpose(0, 1)
+        return x
+
+    def pixel_logits(self, feats: list[torch.Tensor], points: torch.Tensor) -> torch.Tensor:
+        """Logits (M, N·p, K) at `points` (N, p) flat pixel indices into the S × S slice."""
+        s = self.size
+        # Pixel centres in grid_sample's [-1, 1] frame (align_corners=False): the points
+        # F.interpolate(..., size=(S, S), mode="bilinear", align_corners=False) samples.
+        row, col = points // s, points % s
+        grid = torch.stack([(2 * col + 1) / s - 1, (2 * row + 1) / s - 1], -1)[:, None].float()
+        z = self.b_in.new_zeros(points.numel(), self.w_in[0].shape[1])
+        for i, (w, f) in enumerate(zip(self.w_in, feats, strict=True)):
+            mean, std = self.norm.stats(i)
+            x = F.grid_sample(
+                (f - mean) / std, grid, mode="bilinear", padding_mode="border", align_corners=False
+            )  # (N, C, 1, p)
+            z = z + x.squeeze(2).transpose(1, 2).reshape(-1, x.shape[1]) @ w
+        return self._tail(z)
+
+    def loss(
+        self, feats: list[torch.Tensor], labels: torch.Tensor, gen: torch.Generator
+    ) -> torch.Tensor:
+        n, s = labels.shape[0], self.size
+        pixels = min(self.pixels, s * s)
+        points = torch.randint(0, s * s, (n, pixels), generator=gen).to(labels.device)
+        target = labels.flatten(1).gather(1, points).reshape(1, 1, -1)
+        logits = self.pixel_logits(feats, points).transpose(1, 2)  # (M, K, N·p)
+        return self._loss(logits, target.expand(self.members, 1, -1))
+
+    def member_logits(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """Logits (M, N, K, S, S) of every member on whole slices."""
+        out = []
+        for start in range(0, len(feats[0]), self.chunk):
+            part = [f[start : start + self.chunk] for f in feats]
+            z = 0
+            for i, (w, f) in enumerate(zip(self.w_in, part, strict=True)):
+                mean, std = self.norm.stats(i)
+                x = torch.einsum("nchw,co->nohw", (f - mean) / std, w)
+                z = z + _upsample(x, self.size)  # the first layer commutes with upsampling
+            n = len(part[0])
+            z = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])  # (n·S·S, M·h0)
+            logits = self._tail(z).view(self.members, n, self.size, self.size, -1)
+            out.append(logits.permute(0, 1, 4, 2, 3))
+        return torch.cat(out, 1)
+
+    def labels(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        logits = self.member_logits(feats)
+        if self.vote == "mean-prob":
+            return logits.softmax(2).mean(0).argmax(1)
+        return logits.argmax(2).mode(0).values
+
+
+def _upsample(z: torch.Tensor, size: int) -> torch.Tensor:
+    if z.shape[-1] == size:
+        return z
+    return F.interpolate(z, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def build_head(
+    kind: str,
+    channels: list[int],
+    num_classes: int,
+    size: int,
+    members: int,
+    hidden: tuple[int, ...],
+    vote: str,
+    pixels: int,
+) -> LinearHead | MLPEnsemble:
+    if kind == "linear":
+        return LinearHead(channels, num_classes, size)
+    if kind == "mlp-ensemble":
+        return MLPEnsemble(channels, num_classes, size, members, hidden, vote, pixels)
+    raise ValueError(f"head must be one of {HEADS}, not {kind!r}")
