@@ -35,11 +35,15 @@ METHODS = "unet-scratch,simclr,mae,diffusion-decoder,diffusion-linear"
 
 def trial_values(methods: list[str], field: str, factors: list[float]) -> dict[str, list[float]]:
     """Each method's trial values: its default `field` times each factor (3 significant digits)."""
-    values = {}
-    for method in methods:
-        default = getattr(get_method(method).Config(), field)
-        values[method] = [float(f"{default * f:.3g}") for f in factors]
-    return values
+    return {m: [float(f"{default(m, field) * f:.3g}") for f in factors] for m in methods}
+
+
+def default(method: str, field: str) -> float:
+    """The method's default value of `field`; a None default resolves as the method does
+    (`diffusion-linear`'s `lr` follows its head: its `head_lr`)."""
+    config = get_method(method).Config()
+    value = getattr(config, field)
+    return getattr(config, f"head_{field}") if value is None else value
 
 
 def variants(values: dict[str, list[float]], field: str) -> list[list[str]]:
@@ -56,10 +60,10 @@ def table(results: Path, methods: list[str], budgets: list[str], field: str,
     runs = runs.assign(value=[json.loads(c).get(field) for c in runs.config])
     rows = []
     for method in methods:
-        default = getattr(get_method(method).Config(), field)
+        default_value = float(f"{default(method, field):.3g}")
         for value in values[method]:
             mine = runs[(runs.method == method) & (runs.value == value)]
-            row = {"method": method, field: value, "default": value == float(f"{default:.3g}")}
+            row = {"method": method, field: value, "default": value == default_value}
             for budget in budgets:
                 hit = mine[mine.budget == budget]
                 row[budget] = float(hit.val_dsc.iloc[-1]) if len(hit) else float("nan")
