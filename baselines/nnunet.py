@@ -346,6 +346,10 @@ def trainer_class(name: str) -> type:
     class Trainer(base):  # type: ignore[valid-type, misc]
         """`configure` sets the schedule (last epoch shortened), mirroring and progress."""
 
+        schedule: Schedule
+        mirroring = False
+        task: Any = None
+
         def configure(self, schedule: Schedule, config: NNUNetConfig, task: Any = None) -> None:
             self.schedule = schedule
             self.num_epochs = schedule.epochs
