@@ -3,7 +3,10 @@
 The protocol's `[training]` table fixes how many samples every method sees in fine-tuning
 and in pretraining. A method declares which config fields set its steps and batch size
 (`Method.compute`); `resolve` fills steps left at None from the budget and says whether a
-run stays on-protocol. Off-protocol runs are recorded and shown, never ranked.
+run stays on-protocol. A method whose batch is chosen inside `fit` (nnU-Net's plan) declares
+no batch field: it takes its steps from `ctx.training` there and reports (steps, batch) in
+`ctx.finetune_steps`, and `settle` then records the samples it saw. Off-protocol runs are
+recorded and shown, never ranked.
 """
 
 from __future__ import annotations
@@ -24,10 +27,13 @@ class Compute:
     """Samples a run sees, and why it is off-protocol (None when it is not)."""
 
     finetune_samples: int | None
-    """Labeled slices seen in fine-tuning (steps × batch); None when the method's own."""
+    """Labeled slices seen in fine-tuning (steps × batch); None when the method's own, or
+    until `settle` when the batch is chosen in `fit`."""
     pretrain_samples: int | None
     """Unlabeled slices seen in pretraining; 0 without pretraining, None when its own."""
     off_protocol: str | None
+    finetune_in_fit: bool = False
+    """The method chooses its batch in `fit` and reports (steps, batch) there (`settle`)."""
 
 
 def steps_for(samples: int, batch_size: int) -> int:
@@ -44,7 +50,13 @@ def resolve(method_cls: type[Method], config: Any, training: Training) -> tuple[
     filled: dict[str, int] = {}
     seen = {"finetune": 0, "pretrain": 0}
     reasons = []
+    in_fit = False
     for phase, (steps_field, batch_field) in method_cls.compute.items():
+        if batch_field is None:  # the batch is known in fit only: `settle` decides there
+            if phase != "finetune":
+                raise ValueError(f"{method_cls.name}: only fine-tuning may choose its batch in fit")
+            in_fit = True
+            continue
         batch = getattr(config, batch_field)
         steps = getattr(config, steps_field)
         wanted = steps_for(budgets[phase], batch)
@@ -57,7 +69,32 @@ def resolve(method_cls: type[Method], config: Any, training: Training) -> tuple[
             )
         seen[phase] = steps * batch
     config = dataclasses.replace(config, **filled) if filled else config
-    return config, Compute(seen["finetune"], seen["pretrain"], "; ".join(reasons) or None)
+    finetune = None if in_fit else seen["finetune"]
+    return config, Compute(finetune, seen["pretrain"], "; ".join(reasons) or None, in_fit)
+
+
+def settle(compute: Compute, reported: tuple[int, int] | None, training: Training) -> Compute:
+    """The compute of a run whose method chose its batch in `fit`, from the (optimizer steps,
+    batch size) it reported: on-protocol when the steps are the budget's (samples ÷ batch,
+    rounded up), as `resolve` requires of every other method. Other runs pass unchanged."""
+    if not compute.finetune_in_fit:
+        return compute
+    reasons = [compute.off_protocol] if compute.off_protocol else []
+    samples = None
+    if reported is None:
+        reasons.append("the method did not report its fine-tuning steps and batch")
+    else:
+        steps, batch = reported
+        samples = steps * batch
+        wanted = steps_for(training.finetune_samples, batch)
+        if steps != wanted:
+            reasons.append(
+                f"{steps} steps × batch {batch} is {samples} finetune samples; the protocol "
+                f"fixes {training.finetune_samples} ({wanted} steps)"
+            )
+    return dataclasses.replace(
+        compute, finetune_samples=samples, off_protocol="; ".join(reasons) or None
+    )
 
 
 def configure(

@@ -108,6 +108,10 @@ class RunContext:
     """Scores a model on the protocol's validation cases; None when there are none."""
     curve: list[CurvePoint] = field(default_factory=list)
     """The learning curve of fine-tuning, appended to by `benchmark.validation.Selection`."""
+    finetune_steps: tuple[int, int] | None = None
+    """(optimizer steps, batch size) of fine-tuning, set in `fit` by a method that chooses
+    its batch there (its `compute` names no batch field); the runner records steps × batch
+    as the samples seen."""
 
 
 class Method(abc.ABC):
@@ -117,12 +121,15 @@ class Method(abc.ABC):
     summary: ClassVar[str]
     Config: ClassVar[type]
     uses_pretraining: ClassVar[bool] = False
-    compute: ClassVar[dict[str, tuple[str, str]] | None] = None
+    compute: ClassVar[dict[str, tuple[str, str | None]] | None] = None
     """Which config fields set the compute of each phase, as {phase: (steps field, batch
     field)} for the phases "finetune" and "pretrain". A steps field left at None is filled
     from the protocol's `[training]` budget (samples ÷ batch, rounded up); a set value that
-    differs makes the run off-protocol. None: the method's compute is its own and not
-    matched to the protocol, so its runs are off-protocol (shown, never ranked)."""
+    differs makes the run off-protocol. A fine-tuning batch field of None: the batch is
+    chosen inside `fit` (nnU-Net's plan), where the method derives its steps from
+    `ctx.training` and reports them in `ctx.finetune_steps` (`benchmark.compute.settle`).
+    None: the method's compute is its own and not matched to the protocol, so its runs are
+    off-protocol (shown, never ranked)."""
     selection_rule: ClassVar[str] = BEST_VALIDATED
     """How the fitted model is chosen. A method with its own canonical rule (nnU-Net keeps
     its final checkpoint) says so; the runner still records its validation score."""

@@ -16,7 +16,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from benchmark.compute import Compute, configure
+from benchmark.compute import Compute, configure, settle
 from benchmark.config import config_dict
 from benchmark.data.reader import DatasetIndex
 from benchmark.data.slicestore import Preprocessing, SliceStore, build_slice_store
@@ -446,6 +446,7 @@ def perform(prep: Prepared, progress: Progress) -> tuple[RunRecord, list[MetricR
         labeled = SliceSet(data.store, prep.budget_rows, labeled=True)
         method.fit(labeled, ctx)
         phases["fit"] = time.perf_counter() - t
+        prep = replace(prep, compute=settle(prep.compute, ctx.finetune_steps, protocol.training))
         t = time.perf_counter()
         trust = check_fitted(method, labeled, ctx, protocol)
         phases["check"] = time.perf_counter() - t

@@ -2,11 +2,13 @@
 
 Runs the command on the CPU, pinned to `--cores` cores (default 2), with a fresh results
 folder and the normal cache (`$LABELBENCH_CACHE`; pass `--fresh-cache` to include phantom
-generation and preprocessing). Prints the wall time (target: under 10 minutes on 2 cores
-with the default short trainer), the runner's phases from the results store, nnU-Net's own
-steps (export, fingerprint, plan, preprocess, train, validation) from the run record, the
-plan nnU-Net chose, the CPU time used (all processes, nnU-Net's workers included) and the
-load average, which says whether other work shared the cores.
+generation and preprocessing). Prints the wall time, the runner's phases from the results
+store, nnU-Net's own steps (export, fingerprint, plan, preprocess, train, validation) from
+the run record, the plan and schedule nnU-Net ran (by default the protocol's fine-tuning
+samples at its planned batch) with the time per training step, the run's status, samples,
+validation and sanity DSC, the CPU time used (all processes, nnU-Net's workers included) and
+the load average, which says whether other work shared the cores. All figures come from one
+run of the command.
 
     python benchmarks/bench_baselines.py [--method nnunet] [--budget 4slices] [--cores 2]
         [--threads N] [--fresh-cache] [-- extra bench run arguments, e.g. --set epochs=5]
@@ -75,8 +77,9 @@ def main() -> None:
         cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
         load_after = os.getloadavg()[0]
         with sqlite3.connect(results / "labelbench.sqlite") as conn:
-            status, phases, info, device, peak = conn.execute(
-                "SELECT status, phases, info, device, peak_mem_mb FROM runs"
+            status, phases, info, device, peak, samples, off, val, train = conn.execute(
+                "SELECT status, phases, info, device, peak_mem_mb, finetune_samples, "
+                "off_protocol, val_dsc, train_dsc FROM runs"
             ).fetchone()
             dsc = conn.execute("SELECT avg(dsc) FROM case_metrics").fetchone()[0]
     cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
@@ -86,8 +89,12 @@ def main() -> None:
         f"--protocol {args.protocol} --device cpu {' '.join(args.extra)}".rstrip()
     )
     print(
-        f"wall time: {wall:.1f}s (target < 600s) on {device}, pinned to {len(cores)} cores "
-        f"{cores}, {threads} threads; status {status}"
+        f"wall time: {wall:.1f}s on {device}, pinned to {len(cores)} cores {cores}, "
+        f"{threads} threads; status {status}"
+    )
+    print(
+        f"fine-tuning samples {samples} ({'off-protocol: ' + off if off else 'on-protocol'}); "
+        f"validation DSC {val}, sanity DSC on its labeled slices {train}"
     )
     print("phases: " + ", ".join(f"{k} {v:.1f}s" for k, v in json.loads(phases).items()))
     nn = info.get("nnunet")
@@ -98,8 +105,18 @@ def main() -> None:
             f"nnU-Net plan ({plan.get('planner')}, {plan.get('configuration')}): patch "
             f"{plan.get('patch_size')}, batch {plan.get('batch_size')}, {plan.get('n_stages')} "
             f"stages {plan.get('features_per_stage')}, spacing {plan.get('spacing_mm')} mm; "
-            f"split: {nn.get('split', {}).get('source')}; "
-            f"{nn.get('optimizer_steps')} optimizer steps"
+            f"split: {nn.get('split', {}).get('source')}"
+        )
+        sched = nn.get("schedule", {})
+        steps = sched.get("optimizer_steps") or 0
+        per_step = nn["seconds"].get("train", 0.0) / max(steps, 1)
+        print(
+            f"nnU-Net schedule ({sched.get('trainer')}, from {sched.get('from')}): "
+            f"{sched.get('epochs')} epochs of {sched.get('iterations_per_epoch')} iterations "
+            f"(last {sched.get('last_epoch_iterations')}) = {steps} steps × batch "
+            f"{sched.get('batch_size')} = {sched.get('samples_seen')} samples; "
+            f"{per_step:.3f}s per step (training incl. nnU-Net's per-epoch validation); "
+            f"pseudo-Dice {nn.get('pseudo_dice')}"
         )
     if "pretrain" in info:
         print(f"pretraining: {info['pretrain']}")

@@ -16,10 +16,11 @@ from typer.testing import CliRunner
 from baselines.mae import MAEConfig, MaskedAutoencoder, masked_loss, random_patch_mask, train_mae
 from baselines.nnunet import (
     DATASET_NAME,
+    NOMINAL_SPACING_MM,
     NNUNetConfig,
     export_raw_dataset,
     nnunet_environment,
-    slice_spacing,
+    plan_schedule,
     write_split,
 )
 from baselines.pretrained_unet import pretrain_fields
@@ -38,7 +39,7 @@ CPU = torch.device("cpu")
 FINE_TUNE = ["iterations=3", "batch_size=2"]
 SIMCLR_TINY = [*FINE_TUNE, "pretrain_iterations=3", "pretrain_batch_size=4", "view_size=32"]
 MAE_TINY = [*FINE_TUNE, "pretrain_iterations=3", "pretrain_batch_size=4", "patch_size=8"]
-NNUNET_TINY = ["epochs=2", "iterations_per_epoch=3", "val_iterations_per_epoch=1"]
+NNUNET_TINY = ["val_iterations_per_epoch=1"]
 
 
 @pytest.fixture
@@ -89,9 +90,42 @@ def test_nnunet_export_passes_nnunets_integrity_check(slices, tmp_path):
     assert image.shape == (1, 1, 32, 32) and seg.shape == (1, 1, 32, 32)
     np.testing.assert_allclose(image[0, 0], four.images()[0, 0].numpy(), atol=1e-6)
     np.testing.assert_array_equal(seg[0, 0], four.labels()[0].numpy())
-    # in-plane spacing kept: 40 × 36 voxels of 0.8 mm resized to 32 × 32
-    np.testing.assert_allclose(props["spacing"][1:], slice_spacing(four, 0), rtol=1e-6)
-    np.testing.assert_allclose(slice_spacing(four, 0), (1.0, 0.9), rtol=1e-6)
+    # one nominal spacing for every slice (the case's is 40 × 36 voxels of 0.8 mm resized to
+    # 32 × 32, 1.0 × 0.9 mm): the spacing `predict` gives nnU-Net too, so it never resamples
+    assert tuple(props["spacing"][1:]) == NOMINAL_SPACING_MM
+
+
+def test_nnunet_schedule_is_the_protocols_samples_at_the_planned_batch():
+    two = plan_schedule(NNUNetConfig(), batch_size=2, samples=9600)
+    assert (two.epochs, two.iterations_per_epoch, two.last_epoch_iterations) == (20, 250, 50)
+    assert (two.steps, two.samples) == (4800, 9600)
+    three = plan_schedule(NNUNetConfig(), batch_size=3, samples=9600)
+    assert (three.epochs, three.last_epoch_iterations, three.samples) == (13, 200, 9600)
+    short = plan_schedule(NNUNetConfig(iterations_per_epoch=100), batch_size=5, samples=9600)
+    assert (short.epochs, short.last_epoch_iterations, short.samples) == (20, 20, 9600)
+    tiny = plan_schedule(NNUNetConfig(), batch_size=2, samples=6)
+    assert (tiny.epochs, tiny.last_epoch_iterations, tiny.samples) == (1, 3, 6)
+    fixed = plan_schedule(NNUNetConfig(epochs=3), batch_size=2, samples=9600)
+    assert (fixed.steps, fixed.samples) == (750, 1500)
+    with pytest.raises(ValueError, match="no protocol budget"):
+        plan_schedule(NNUNetConfig(), batch_size=2, samples=None)
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("trainer=nnUNetTrainer_5epoch", "did you mean: nnUNetTrainer_5epochs"),
+        ("planner=Nope", "planner=Nope: no nnU-Net experiment planner class"),
+        ("epochs=0", "epochs=0: epochs must be > 0"),
+    ],
+)
+def test_nnunet_bad_settings_are_one_line_before_any_work(tmp_path, setting, message):
+    results = tmp_path / "runs"
+    r = bench_run("nnunet", "4slices", results, [setting])
+    assert r.exit_code == 2, r.output
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert lines[-1].startswith("error: ") and message in lines[-1], r.stderr
+    assert "Traceback" not in r.output and not results.exists()
 
 
 def test_nnunet_split_for_tiny_budgets(tmp_path):
@@ -118,11 +152,12 @@ def test_nnunet_environment_is_restored(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_nnunet_runs_through_bench_run_and_records_its_plan(tmp_path):
+def test_nnunet_runs_through_bench_run_on_the_protocols_samples(tmp_path):
     results = tmp_path / "runs"
     r = bench_run("nnunet", "4slices", results, NNUNET_TINY)
     assert r.exit_code == 0, r.output
-    r = bench_run("nnunet", "4slices", results, [*NNUNET_TINY, "fold=0", "final_validation=false"])
+    longer = ["epochs=2", "iterations_per_epoch=3", "fold=0", "final_validation=false"]
+    r = bench_run("nnunet", "4slices", results, [*NNUNET_TINY, *longer])
     assert r.exit_code == 0, r.output
     (_, s1, all_), (_, s2, explicit) = runs(results)
     assert s1 == s2 == "completed"
@@ -130,14 +165,31 @@ def test_nnunet_runs_through_bench_run_and_records_its_plan(tmp_path):
     plan = info["plan"]
     assert plan["configuration"] == "2d" and plan["batch_size"] >= 2 and plan["n_stages"] >= 2
     assert len(plan["patch_size"]) == 2 and plan["normalization"] == ["CTNormalization"]
+    assert plan["spacing_mm"] == list(NOMINAL_SPACING_MM)
     assert info["split"]["fold"] == "all" and info["split"]["n_train"] == 4
-    assert info["optimizer_steps"] == 6 and info["work_dir"] is None
+    # the tiny protocol's 6 samples at the planned batch: one short epoch
+    batch = plan["batch_size"]
+    schedule = info["schedule"]
+    assert schedule["trainer"] == "nnUNetTrainer" and schedule["batch_size"] == batch
+    assert schedule["samples_seen"] == schedule["optimizer_steps"] * batch == -(-6 // batch) * batch
+    assert schedule["epochs"] == 1 and schedule["patch_size"] == plan["patch_size"]
+    assert info["mirroring"] == {"axes": None, "test_time": False} and info["work_dir"] is None
+    assert "final_validation" in info["pseudo_dice"] and "last_epoch" in info["pseudo_dice"]
     assert {"export", "fingerprint", "plan", "preprocess", "train", "validation"} <= set(
         info["seconds"]
     )
     split = explicit["nnunet"]["split"]
     assert split["source"].startswith("splits_final.json") and split["n_train"] == 3
     assert "validation" not in explicit["nnunet"]["seconds"]
+    assert explicit["nnunet"]["schedule"]["optimizer_steps"] == 6
+    with sqlite3.connect(results / "labelbench.sqlite") as conn:
+        (on, on_samples, train_dsc, val_dsc), (off, off_samples, *_) = conn.execute(
+            "SELECT off_protocol, finetune_samples, train_dsc, val_dsc FROM runs "
+            "ORDER BY started_at"
+        ).fetchall()
+    assert on is None and on_samples == schedule["samples_seen"]
+    assert train_dsc is not None and val_dsc is not None  # the runner's gate and validation
+    assert off_samples == 6 * batch and f"6 steps × batch {batch}" in off
 
 
 # --- augmentation ---------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from baselines.unet_scratch import UNetScratch
 from benchmark.cli import app
-from benchmark.compute import configure, steps_for
+from benchmark.compute import configure, settle, steps_for
 from benchmark.method import SliceSet
 from benchmark.progress import Progress
 from benchmark.protocol import load_protocol
@@ -68,10 +68,32 @@ def test_a_set_that_changes_compute_is_off_protocol():
 
 
 def test_a_method_on_its_own_schedule_is_off_protocol():
+    class OwnSchedule(UNetScratch):
+        name = "own"
+        compute = None
+
+    _, compute = configure(OwnSchedule, [], load_protocol("phantom").training)
+    assert compute.finetune_samples is None and "own schedule" in compute.off_protocol
+
+
+def test_a_batch_chosen_in_fit_is_settled_from_the_steps_it_reports():
+    """nnU-Net's batch comes from its plan: its samples are known, and checked, after fit."""
     from baselines.nnunet import NNUNet
 
-    _, compute = configure(NNUNet, [], load_protocol("phantom").training)
-    assert compute.finetune_samples is None and "own schedule" in compute.off_protocol
+    training = load_protocol("phantom").training
+    _, compute = configure(NNUNet, [], training)
+    assert compute.finetune_in_fit and compute.finetune_samples is None
+    assert compute.off_protocol is None and compute.pretrain_samples == 0
+    on = settle(compute, (4800, 2), training)
+    assert (on.finetune_samples, on.off_protocol) == (9600, None)
+    assert settle(compute, (3200, 3), training).off_protocol is None  # 9600 ÷ 3
+    assert settle(compute, (1372, 7), training).off_protocol is None  # rounded up: 9604
+    longer = settle(compute, (5000, 2), training)
+    assert longer.finetune_samples == 10000
+    assert "5000 steps × batch 2 is 10000 finetune samples" in longer.off_protocol
+    assert "did not report" in settle(compute, None, training).off_protocol
+    unet = configure(UNetScratch, [], training)[1]
+    assert settle(unet, (1, 1), training) is unet  # a declared batch is settled in prepare
 
 
 # --------------------------------------------------------------------------- selection
