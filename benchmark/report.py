@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmark.report_code import code_note, newest_code
 from benchmark.report_training import (
     CURVES_NAME,
     ceiling_scores,
@@ -801,6 +802,7 @@ def render_markdown(
     curves: pd.DataFrame | None = None,
     curves_plot: str | None = None,
     ceilings: pd.DataFrame | None = None,
+    mix_code: bool = False,
 ) -> str:
     """The leaderboard as Markdown; `plot_name` (a path relative to the .md) is embedded.
 
@@ -809,11 +811,16 @@ def render_markdown(
     enter the tables; `unfit` and off-protocol runs are listed apart with their reason.
     `curves` (the store's learning curves) adds the curve section, `curves_plot` its image;
     `ceilings` (the store's ceiling rows) adds the protocol's ceiling under each score table.
+    Each method is reported by its runs under its newest code fingerprint, and the report says
+    how many it left out; `mix_code` pools every fingerprint, with a warning
+    (`benchmark.report_code`).
     """
     finished = _select_protocol(protocol, runs)
+    finished, older = (finished, finished.iloc[0:0]) if mix_code else newest_code(finished)
+    note = code_note(finished, older, mix_code)
     runs, unranked = split_ranked(finished)
     if runs.empty:
-        return _unranked_only(protocol, finished, unranked, metrics, curves, curves_plot)
+        return _unranked_only(protocol, finished, unranked, metrics, curves, curves_plot, note)
     _check_metrics(protocol, runs, metrics)
     hashes = _hash_order(runs)
     methods = runs["method"].nunique()
@@ -832,7 +839,7 @@ def render_markdown(
         "labeled training slices; bold marks the best method per column."
     )
     if len(hashes) == 1:
-        out += [f"Protocol hash `{hashes[0]}` · {overview}", "", how_to_read, ""]
+        out += [f"Protocol hash `{hashes[0]}` · {overview}", "", how_to_read, "", *note]
         out += _section(runs, metrics, 2, plot_name, ceilings)
     else:
         listed = ", ".join(f"`{h}`" for h in hashes)
@@ -847,6 +854,7 @@ def render_markdown(
             "",
             how_to_read,
             "",
+            *note,
         ]
         for i, ph in enumerate(hashes):
             sub = runs[runs["protocol_hash"] == ph]
@@ -876,6 +884,7 @@ def _unranked_only(
     metrics: pd.DataFrame,
     curves: pd.DataFrame | None,
     curves_plot: str | None,
+    note: list[str],
 ) -> str:
     out = [
         f"# Leaderboard: {protocol}",
@@ -883,6 +892,7 @@ def _unranked_only(
         f"No ranked runs: all {_plural(len(unranked), 'finished run')} are unfit or "
         "off-protocol.",
         "",
+        *note,
         *unranked_section(unranked, metrics),
         *curves_section(finished, curves, curves_plot),
         *_provenance(finished),
@@ -1074,6 +1084,7 @@ def write_report(
     generative: pd.DataFrame | None = None,
     curves: pd.DataFrame | None = None,
     ceilings: pd.DataFrame | None = None,
+    mix_code: bool = False,
 ) -> Path:
     """Write LEADERBOARD.md, LEADERBOARD.html and the plots into out_dir; return the .md path.
 
@@ -1097,7 +1108,8 @@ def write_report(
             return _atomic_write(
                 out_dir / MD_NAME, lambda tmp: tmp.write_text(markdown + "\n", encoding="utf-8")
             )
-    finished = _select_protocol(protocol, runs)
+    every = _select_protocol(protocol, runs)
+    finished = every if mix_code else newest_code(every)[0]
     runs = split_ranked(finished)[0]
     curves_plot = None
     if curves is not None and not curves.empty:
@@ -1105,7 +1117,7 @@ def write_report(
         if plot_curves(newest, curves, out_dir / CURVES_NAME):
             curves_plot = CURVES_NAME
     markdown = render_markdown(
-        protocol, finished, metrics, PLOT_NAME, generative, curves, curves_plot, ceilings
+        protocol, every, metrics, PLOT_NAME, generative, curves, curves_plot, ceilings, mix_code
     )
     if not runs.empty:
         _check_metrics(protocol, runs, metrics)
