@@ -10,6 +10,8 @@ from pathlib import Path
 from benchmark import fingerprint
 from benchmark.fingerprint import CORE, NOT_CORE, code_fingerprint, plugin_files
 from benchmark.protocol import PROTOCOLS_DIR
+from benchmark.store import ResultsStore
+from tests.test_sweep import sweep, toy  # noqa: F401
 
 REPO = PROTOCOLS_DIR.parent
 PRINT = "from benchmark.fingerprint import code_fingerprint as f; print(f({!r}))"
@@ -82,3 +84,18 @@ def test_same_in_another_process_and_folder_and_changed_only_by_its_code(tmp_pat
     with (root / "benchmark" / "data" / "reader.py").open("a") as f:
         f.write("\n# core\n")
     assert _in_process(root, "baselines.mae").split("-")[0] != core
+
+
+def test_a_sweep_reuses_a_finished_run_only_under_the_same_code(tmp_path, toy):  # noqa: F811
+    results, grid = tmp_path / "runs", ("--methods", "toy-mean", "--budgets", "4slices")
+    assert sweep(results, *grid, "--seeds", "0").exit_code == 0
+    again = sweep(results, *grid, "--seeds", "0")
+    assert "0 completed, 0 unfit, 1 already done" in again.output
+    with (tmp_path / "site" / "toy_methods" / "__init__.py").open("a") as f:
+        f.write("\n# an edit to the method\n")
+    fingerprint.method_digest.cache_clear()  # a new process would see the edit by itself
+    edited = sweep(results, *grid, "--seeds", "0")
+    assert "1 completed, 0 unfit, 0 already done" in edited.output, edited.output
+    codes = ResultsStore(results).runs().sort_values("finished_at")["code"].tolist()
+    assert len(codes) == 2 and codes[0] != codes[1]
+    assert codes[0].split("-")[::2] == codes[1].split("-")[::2]  # core and packages as before
