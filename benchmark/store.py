@@ -385,10 +385,16 @@ class ResultsStore:
             try:
                 conn.execute("PRAGMA journal_mode=WAL")
                 _migrate(conn)
+                if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                    # A new store: its tables and its version in one transaction, so that a
+                    # concurrent opener never takes new tables without a version for old ones
+                    # and migrates them.
+                    conn.executescript(
+                        f"BEGIN IMMEDIATE;\n{SCHEMA}\nPRAGMA user_version = {SCHEMA_VERSION};\n"
+                        "COMMIT;"
+                    )
                 conn.execute("PRAGMA foreign_keys=ON")
-                conn.executescript(SCHEMA)
-                if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
-                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                conn.executescript(SCHEMA)  # tables added since a store's version, if any
             except BaseException:
                 conn.close()
                 raise

@@ -137,3 +137,27 @@ def test_a_version_1_store_gets_the_code_column_keeping_every_row(tmp_path):
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
     ResultsStore(tmp_path / "new").runs()  # a new store, made from the current schema
     assert _columns(old / "labelbench.sqlite") == _columns(tmp_path / "new" / "labelbench.sqlite")
+
+
+def test_openers_of_a_new_store_at_once_never_take_it_for_an_old_one(tmp_path):
+    """Tables and version are created in one transaction: an opener in between would see
+    tables at version 0 and migrate a new store."""
+    import threading
+
+    for trial in range(10):
+        errors: list[Exception] = []
+
+        def open_store(folder=tmp_path / str(trial), errors=errors) -> None:
+            try:
+                ResultsStore(folder).runs()
+            except Exception as exc:  # collected: a thread cannot fail the test itself
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_store) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        with sqlite3.connect(tmp_path / str(trial) / "labelbench.sqlite") as conn:
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
