@@ -168,8 +168,15 @@ def core_digest() -> str:
     return _digest(core_files())
 
 
-@cache
 def method_digest(module: str) -> str:
+    # Cached by where the module is found too: a name can point at another folder later in
+    # one process (a plugin installed elsewhere, or the same-named packages of tests).
+    found = _locate(module)
+    return _method_digest(module, str(found[0]) if found else "")
+
+
+@cache
+def _method_digest(module: str, _where: str) -> str:
     return _digest(plugin_files(module))
 
 

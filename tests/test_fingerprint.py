@@ -93,7 +93,7 @@ def test_a_sweep_reuses_a_finished_run_only_under_the_same_code(tmp_path, toy): 
     assert "0 completed, 0 unfit, 1 already done" in again.output
     with (tmp_path / "site" / "toy_methods" / "__init__.py").open("a") as f:
         f.write("\n# an edit to the method\n")
-    fingerprint.method_digest.cache_clear()  # a new process would see the edit by itself
+    fingerprint._method_digest.cache_clear()  # a new process would see the edit by itself
     edited = sweep(results, *grid, "--seeds", "0")
     assert "1 completed, 0 unfit, 0 already done" in edited.output, edited.output
     codes = ResultsStore(results).runs().sort_values("finished_at")["code"].tolist()
