@@ -193,6 +193,13 @@ def report(
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Output folder (default reports/<protocol>).")
     ] = None,
+    mix_code: Annotated[
+        bool,
+        typer.Option(
+            "--mix-code",
+            help="Pool runs made by different code (default: each method's newest code only).",
+        ),
+    ] = False,
 ) -> None:
     """Write LEADERBOARD.md and plots for one protocol from the results store."""
     from benchmark.errors import StoreError
@@ -211,7 +218,7 @@ def report(
     metrics = store.metrics(runs.run_id)
     curves = store.curves(runs.run_id)
     target = out_dir or Path("reports") / name
-    path = write_report(name, runs, metrics, target, generative, curves, store.ceilings())
+    path = write_report(name, runs, metrics, target, generative, curves, store.ceilings(), mix_code)
     out.print(f"wrote {path}", highlight=False)
 
 

@@ -11,12 +11,13 @@ import os
 import re
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from benchmark.report_code import code_note, newest_code
 from benchmark.report_training import (
     CURVES_NAME,
     ceiling_scores,
@@ -53,28 +54,60 @@ SUMMARY_COLUMNS = [
 # --------------------------------------------------------------------------- statistics
 
 
-def _cluster_bootstrap(
-    sums: np.ndarray, counts: np.ndarray, n_boot: int, alpha: float, seed: int
-) -> tuple[float, float, float]:
-    """Percentile bootstrap of sum/count, resampling whole clusters (rows of sums/counts)."""
-    sums = np.asarray(sums, dtype=float)
-    counts = np.asarray(counts, dtype=float)
-    if sums.size == 0 or counts.sum() == 0:
+def _by_case(case_ids: Iterable[str], values: Iterable[float]) -> tuple[np.ndarray, np.ndarray]:
+    """(cases × seeds matrix, values per case): each case's values (its seeds) first in its
+    row, 0-padded; NaNs dropped."""
+    frame = pd.DataFrame({"case": list(case_ids), "value": np.asarray(list(values), float)})
+    groups = [g.to_numpy() for _, g in frame.dropna().groupby("case", sort=True)["value"]]
+    if not groups:
         raise ValueError("cannot bootstrap an empty sample")
-    mean = float(sums.sum() / counts.sum())
-    n = sums.size
-    if n == 1:
+    counts = np.array([len(g) for g in groups])
+    matrix = np.zeros((len(groups), counts.max()))
+    for row, g in enumerate(groups):
+        matrix[row, : len(g)] = g
+    return matrix, counts
+
+
+def _two_level_bootstrap(
+    matrix: np.ndarray, counts: np.ndarray, n_boot: int, alpha: float, seed: int
+) -> tuple[float, float, float]:
+    """Mean over cases of each case's mean, and its percentile bootstrap interval.
+
+    Each resample draws the cases with replacement, then, within each drawn case, as many of
+    its values (seeds) as it has, with replacement: the case is the unit, and the seeds'
+    spread within a case is kept. `matrix` is cases × seeds, row c valid in its first
+    `counts[c]` columns.
+    """
+    n, width = matrix.shape
+    mean = float(np.mean([matrix[c, : counts[c]].mean() for c in range(n)]))
+    if n == 1 and counts[0] == 1:
         return mean, mean, mean
     rng = np.random.default_rng(seed)
     boot = np.empty(n_boot)
-    # Draw in chunks so n_boot × n index matrices stay small even for large test sets.
-    step = max(1, 4_000_000 // n)
+    keep = np.arange(width)
+    # Draw in chunks so the n_boot × cases × seeds index arrays stay small.
+    step = max(1, 4_000_000 // (n * width))
     for start in range(0, n_boot, step):
-        stop = min(n_boot, start + step)
-        idx = rng.integers(0, n, size=(stop - start, n))
-        boot[start:stop] = sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
+        size = min(n_boot, start + step) - start
+        cases = rng.integers(0, n, size=(size, n))
+        k = counts[cases]
+        seeds = (rng.random((size, n, width)) * k[..., None]).astype(np.int64)
+        drawn = matrix[cases[..., None], seeds] * (keep < k[..., None])
+        boot[start : start + size] = (drawn.sum(axis=2) / k).mean(axis=1)
     low, high = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
     return mean, float(low), float(high)
+
+
+def case_bootstrap_ci(
+    case_ids: Iterable[str],
+    values: Iterable[float],
+    n_boot: int = N_BOOT,
+    alpha: float = ALPHA,
+    seed: int = BOOT_SEED,
+) -> tuple[float, float, float]:
+    """(mean, low, high): the mean over cases of each case's mean value (one value per seed),
+    with a two-level percentile bootstrap interval (cases, then seeds within each case)."""
+    return _two_level_bootstrap(*_by_case(case_ids, values), n_boot, alpha, seed)
 
 
 def bootstrap_ci(
@@ -85,20 +118,23 @@ def bootstrap_ci(
     v = v[~np.isnan(v)]
     if v.size == 0:
         raise ValueError("bootstrap_ci needs at least one non-NaN value")
-    return _cluster_bootstrap(v, np.ones_like(v), n_boot, alpha, seed)
+    return _two_level_bootstrap(v[:, None], np.ones(v.size, int), n_boot, alpha, seed)
 
 
 def _case_ci(
     scores: pd.DataFrame, column: str, n_boot: int, seed: int = BOOT_SEED
 ) -> tuple[float, float, float]:
-    """Mean of `column` over all (seed, case) rows; CI resamples cases with all their seeds."""
+    """`column` of (seed, case) rows: mean over cases of the seed mean, two-level CI."""
     rows = scores[["case_id", column]].dropna()
     if rows.empty:
         return np.nan, np.nan, np.nan
-    by_case = rows.groupby("case_id")[column].agg(["sum", "count"])
-    return _cluster_bootstrap(
-        by_case["sum"].to_numpy(), by_case["count"].to_numpy(), n_boot, ALPHA, seed
-    )
+    return case_bootstrap_ci(rows["case_id"], rows[column], n_boot, ALPHA, seed)
+
+
+def smallest_p(n: int) -> float:
+    """The smallest two-sided p an exact Wilcoxon signed-rank test can give for n pairs:
+    every difference of one sign, 2 / 2^n (1 for n = 0)."""
+    return min(1.0, 2.0 / 2**n)
 
 
 def holm(p_values: Iterable[float]) -> np.ndarray:
@@ -114,55 +150,62 @@ def holm(p_values: Iterable[float]) -> np.ndarray:
     return out
 
 
-def paired_tests(runs: pd.DataFrame, metrics: pd.DataFrame, metric: str = "dsc") -> pd.DataFrame:
-    """Per budget, methods ranked by mean `metric`, each tested against the best.
+TEST_COLUMNS = [
+    "metric", "budget", "rank", "method", "mean", "cases", "pairs", "diff", "diff_lo",
+    "diff_hi", "p", "p_holm",
+]  # fmt: skip
 
-    Pairs are the (seed, test case) units both methods were scored on; the test is scipy's
-    two-sided Wilcoxon signed-rank test of the per-case organ-mean scores, and the p-values of
-    one budget are Holm-corrected together. Columns: budget, rank, method, mean, pairs, p,
-    p_holm (NaN for the best method itself, or with no pairs).
+
+def paired_tests(
+    runs: pd.DataFrame,
+    metrics: pd.DataFrame,
+    names: Sequence[str] = ("dsc", "nsd"),
+    n_boot: int = N_BOOT,
+) -> pd.DataFrame:
+    """Per metric and budget, methods ranked by mean score, each compared with the best.
+
+    The test case is the unit: the seeds of a case share one test volume and the cases of a
+    seed one trained model, so (seed, case) pairs are not independent. `diff`: the
+    method's mean minus the best's over the (seed, case) pairs both were scored on (mean over
+    cases of the seed mean), with a 95 % two-level bootstrap interval (`diff_lo`, `diff_hi`:
+    cases resampled, then seeds within each case). `p`: scipy's two-sided Wilcoxon
+    signed-rank test of the per-case seed means (`cases` = n; exact for n ≤ 50 without zero
+    differences); `p_holm`: Holm over every comparison in the result, all budgets and
+    metrics together. NaN for the best method itself, or with no pairs.
     """
     from scipy.stats import wilcoxon
 
     _require_runs(runs)
     scores = _case_scores(runs, metrics)
     rows = []
-    for budget in _budget_order(runs):
-        sub = scores[scores.budget == budget]
-        table = sub.pivot_table(
-            index=["seed", "case_id"], columns="method", values=metric, aggfunc="mean"
-        )
-        means = sub.groupby("method")[metric].mean().sort_values(ascending=False, kind="stable")
-        if means.empty:
-            continue
-        best = means.index[0]
-        p_raw = []
-        for method in means.index:
-            pair = table[[best, method]].dropna()
-            if method == best or pair.empty:
-                p_raw.append(np.nan)
-                continue
-            diff = pair[best] - pair[method]
-            if np.allclose(diff, 0):
-                p_raw.append(1.0)
-                continue
-            p_raw.append(float(wilcoxon(pair[best], pair[method]).pvalue))
-        adjusted = holm(p_raw)
-        for rank, (method, mean) in enumerate(means.items(), start=1):
-            rows.append(
-                {
-                    "budget": budget,
-                    "rank": rank,
-                    "method": method,
-                    "mean": float(mean),
-                    "pairs": int(table[[best, method]].dropna().shape[0]),
-                    "p": p_raw[rank - 1],
-                    "p_holm": float(adjusted[rank - 1]),
-                }
+    for metric in names:
+        for budget in _budget_order(runs):
+            sub = scores[scores.budget == budget]
+            table = sub.pivot_table(
+                index=["case_id", "seed"], columns="method", values=metric, aggfunc="mean"
             )
-    return pd.DataFrame(
-        rows, columns=["budget", "rank", "method", "mean", "pairs", "p", "p_holm"]
-    )
+            by_case = sub.groupby(["method", "case_id"])[metric].mean().groupby("method").mean()
+            means = by_case.sort_values(ascending=False, kind="stable")
+            if means.empty:
+                continue
+            best = means.index[0]
+            for rank, (method, mean) in enumerate(means.items(), start=1):
+                pair = table[[best, method]].dropna()
+                row = {"metric": metric, "budget": budget, "rank": rank, "method": method,
+                       "mean": float(mean), "pairs": len(pair),
+                       "cases": pair.index.get_level_values("case_id").nunique()}  # fmt: skip
+                if method != best and not pair.empty:
+                    d = pair[method] - pair[best]
+                    cases = d.index.get_level_values("case_id")
+                    row["diff"], row["diff_lo"], row["diff_hi"] = case_bootstrap_ci(
+                        cases, d, n_boot
+                    )
+                    per_case = d.groupby(level="case_id").mean()
+                    row["p"] = 1.0 if np.allclose(per_case, 0) else float(wilcoxon(per_case).pvalue)
+                rows.append(row)
+    out = pd.DataFrame(rows, columns=TEST_COLUMNS)
+    out["p_holm"] = holm(out["p"])
+    return out
 
 
 # --------------------------------------------------------------------------- tables
@@ -451,32 +494,38 @@ def _ranking(
 ) -> list[str]:
     """Per budget: methods ranked by mean DSC, a paired test against the best, and cost."""
     h = "#" * level
-    tests = {"dsc": paired_tests(runs, metrics, "dsc"), "nsd": paired_tests(runs, metrics, "nsd")}
+    tests = paired_tests(runs, metrics)
     cost = _cost_table(runs).set_index(["method", "budget"])
     unit, scale = _time_unit(float(cost["wall_s"].max()))
 
-    def vs_best(t: pd.DataFrame, method: str) -> str:
+    def vs_best(t: pd.DataFrame, method: str) -> list[str]:
         r = t[t.method == method].iloc[0]
         if r["rank"] == 1:
-            return "best"
+            return ["best", "—"]
         if pd.isna(r["p_holm"]):
-            return "no pairs"
+            return ["no pairs", "—"]
         mark = " ▼" if r["p_holm"] < ALPHA else ""
-        return f"{r['p_holm']:.3g}{mark}"
+        diff = f"{r['diff']:+.3f} [{r['diff_lo']:+.3f}, {r['diff_hi']:+.3f}]"
+        return [diff, f"{r['p_holm']:.3g}{mark}"]
 
     out = [
         f"{h} Ranking per budget",
         "",
-        "Methods ranked by mean DSC. *p vs best*: two-sided paired Wilcoxon signed-rank test "
-        "of each method's per-case scores against the best method's on the same (seed, test "
-        "case) pairs, Holm-corrected over the methods of the budget; ▼ marks a method "
-        f"significantly below the best (adjusted p < {ALPHA}). NSD is tested the same way "
-        "against the method best in NSD. Cost: mean wall time per run, largest peak memory.",
+        "Methods ranked by mean DSC. *Δ vs best*: the method's mean minus the best method's, "
+        "on the (seed, test case) pairs both were scored on, with a 95% two-level bootstrap "
+        "interval (test cases resampled, then seeds within each case). *p*: two-sided paired "
+        "Wilcoxon signed-rank test of the per-case seed means (the test case is the unit: the "
+        "seeds of a case share its volume), Holm-corrected over "
+        f"{_plural(int(tests['p'].notna().sum()), 'comparison')} of this table (every budget, "
+        f"DSC and NSD); ▼ marks a method significantly below the best (adjusted p < {ALPHA}). "
+        "NSD is compared with the method best in NSD. Cost: mean wall time per run, largest "
+        "peak memory.",
         "",
+        *_power_note(tests),
     ]
     for budget in _budget_order(runs):
-        t_dsc = tests["dsc"][tests["dsc"].budget == budget]
-        t_nsd = tests["nsd"][tests["nsd"].budget == budget]
+        t_dsc = tests[(tests.metric == "dsc") & (tests.budget == budget)]
+        t_nsd = tests[(tests.metric == "nsd") & (tests.budget == budget)]
         sub = summary[summary.budget == budget].set_index("method")
         rows = []
         for r in t_dsc.itertuples():
@@ -487,24 +536,48 @@ def _ranking(
                     str(r.rank),
                     r.method,
                     f"{_f3(s_['dsc'])} [{_f3(s_['dsc_lo'])}, {_f3(s_['dsc_hi'])}]",
-                    vs_best(t_dsc, r.method),
+                    *vs_best(t_dsc, r.method),
                     f"{_f3(s_['nsd'])} [{_f3(s_['nsd_lo'])}, {_f3(s_['nsd_hi'])}]",
-                    vs_best(t_nsd, r.method),
+                    *vs_best(t_nsd, r.method),
                     f"{int(s_['seeds'])} × {int(s_['cases'])}",
                     f"{c['wall_s'] / scale:,.1f}",
                     f"{c['peak_mem_mb']:,.0f}",
                     str(c["device"]),
                 ]
             )
-        header = ["#", "method", "DSC [95% CI]", "p vs best", "NSD [95% CI]", "p vs best"]
+        header = ["#", "method", "DSC [95% CI]", "Δ vs best [95% CI]", "p"]
+        header += ["NSD [95% CI]", "Δ vs best [95% CI]", "p"]
         header += ["seeds × cases", f"wall ({unit})", "peak MB", "device"]
         out += [
             f"{h}# {_budget_header(budget, n_by_budget[budget])}",
             "",
-            _md_table(header, rows, "rlrrrrrrrl"),
+            _md_table(header, rows, "rlrrrrrrrrrl"),
             "",
         ]
     return out
+
+
+def _power_note(tests: pd.DataFrame) -> list[str]:
+    """What the number of test cases allows: the smallest p an exact test can give, and
+    whether any adjusted p can fall below `ALPHA` after Holm over all the comparisons."""
+    tested = tests[tests["p"].notna()]
+    if tested.empty:
+        return []
+    n = int(tested["cases"].mode().iloc[0])
+    m = len(tested)
+    floor = min(1.0, m * smallest_p(n))
+    text = (
+        f"n = {_plural(n, 'test case')} per comparison: the smallest two-sided p an exact "
+        f"test can give is 2 / 2^{n} = {smallest_p(n):.2g}, and after Holm over {m} "
+        f"comparison{'s' if m != 1 else ''} the smallest adjusted p is {floor:.2g}."
+    )
+    if floor >= ALPHA:
+        need = next(k for k in range(1, 64) if m * smallest_p(k) < ALPHA)
+        text += (
+            f" No difference can be marked significant with so few cases (it takes at least "
+            f"{need})."
+        )
+    return [text, ""]
 
 
 def _section(
@@ -729,6 +802,7 @@ def render_markdown(
     curves: pd.DataFrame | None = None,
     curves_plot: str | None = None,
     ceilings: pd.DataFrame | None = None,
+    mix_code: bool = False,
 ) -> str:
     """The leaderboard as Markdown; `plot_name` (a path relative to the .md) is embedded.
 
@@ -737,11 +811,16 @@ def render_markdown(
     enter the tables; `unfit` and off-protocol runs are listed apart with their reason.
     `curves` (the store's learning curves) adds the curve section, `curves_plot` its image;
     `ceilings` (the store's ceiling rows) adds the protocol's ceiling under each score table.
+    Each method is reported by its runs under its newest code fingerprint, and the report says
+    how many it left out; `mix_code` pools every fingerprint, with a warning
+    (`benchmark.report_code`).
     """
     finished = _select_protocol(protocol, runs)
+    finished, older = (finished, finished.iloc[0:0]) if mix_code else newest_code(finished)
+    note = code_note(finished, older, mix_code)
     runs, unranked = split_ranked(finished)
     if runs.empty:
-        return _unranked_only(protocol, finished, unranked, metrics, curves, curves_plot)
+        return _unranked_only(protocol, finished, unranked, metrics, curves, curves_plot, note)
     _check_metrics(protocol, runs, metrics)
     hashes = _hash_order(runs)
     methods = runs["method"].nunique()
@@ -753,14 +832,14 @@ def render_markdown(
         f"{_plural(budgets, 'budget')} · last run finished {last}"
     )
     how_to_read = (
-        "Each score is the mean over all seeds × test cases of a per-case score: the mean over "
-        "organs of DSC (Dice) or NSD (normalized surface Dice). Brackets: 95% percentile "
-        f"bootstrap CI over test cases ({N_BOOT} resamples; all seeds of a drawn case stay "
-        "together). Budget headers give the number of labeled training slices; bold marks the "
-        "best method per column."
+        "Each score is the mean over test cases of each case's mean over seeds of a per-case "
+        "score: the mean over organs of DSC (Dice) or NSD (normalized surface Dice). Brackets: "
+        f"95% percentile bootstrap CI, two-level ({N_BOOT} resamples: test cases drawn with "
+        "replacement, then seeds within each drawn case). Budget headers give the number of "
+        "labeled training slices; bold marks the best method per column."
     )
     if len(hashes) == 1:
-        out += [f"Protocol hash `{hashes[0]}` · {overview}", "", how_to_read, ""]
+        out += [f"Protocol hash `{hashes[0]}` · {overview}", "", how_to_read, "", *note]
         out += _section(runs, metrics, 2, plot_name, ceilings)
     else:
         listed = ", ".join(f"`{h}`" for h in hashes)
@@ -775,6 +854,7 @@ def render_markdown(
             "",
             how_to_read,
             "",
+            *note,
         ]
         for i, ph in enumerate(hashes):
             sub = runs[runs["protocol_hash"] == ph]
@@ -804,6 +884,7 @@ def _unranked_only(
     metrics: pd.DataFrame,
     curves: pd.DataFrame | None,
     curves_plot: str | None,
+    note: list[str],
 ) -> str:
     out = [
         f"# Leaderboard: {protocol}",
@@ -811,6 +892,7 @@ def _unranked_only(
         f"No ranked runs: all {_plural(len(unranked), 'finished run')} are unfit or "
         "off-protocol.",
         "",
+        *note,
         *unranked_section(unranked, metrics),
         *curves_section(finished, curves, curves_plot),
         *_provenance(finished),
@@ -1002,6 +1084,7 @@ def write_report(
     generative: pd.DataFrame | None = None,
     curves: pd.DataFrame | None = None,
     ceilings: pd.DataFrame | None = None,
+    mix_code: bool = False,
 ) -> Path:
     """Write LEADERBOARD.md, LEADERBOARD.html and the plots into out_dir; return the .md path.
 
@@ -1025,7 +1108,8 @@ def write_report(
             return _atomic_write(
                 out_dir / MD_NAME, lambda tmp: tmp.write_text(markdown + "\n", encoding="utf-8")
             )
-    finished = _select_protocol(protocol, runs)
+    every = _select_protocol(protocol, runs)
+    finished = every if mix_code else newest_code(every)[0]
     runs = split_ranked(finished)[0]
     curves_plot = None
     if curves is not None and not curves.empty:
@@ -1033,7 +1117,7 @@ def write_report(
         if plot_curves(newest, curves, out_dir / CURVES_NAME):
             curves_plot = CURVES_NAME
     markdown = render_markdown(
-        protocol, finished, metrics, PLOT_NAME, generative, curves, curves_plot, ceilings
+        protocol, every, metrics, PLOT_NAME, generative, curves, curves_plot, ceilings, mix_code
     )
     if not runs.empty:
         _check_metrics(protocol, runs, metrics)

@@ -31,6 +31,7 @@ from benchmark.data.reader import DatasetIndex
 from benchmark.data.slicestore import Preprocessing, SliceStore, build_slice_store
 from benchmark.data.source import cache_root, resolve_dataset
 from benchmark.errors import DatasetError
+from benchmark.fingerprint import code_fingerprint
 from benchmark.method import Method, RunContext, SliceSet
 from benchmark.metrics.segmentation import score_case
 from benchmark.progress import Progress
@@ -129,6 +130,8 @@ class Prepared:
     run_key: str
     phases: dict[str, float]
     compute: Compute
+    code: str
+    """Code fingerprint (`benchmark.fingerprint`), part of `run_key`."""
 
 
 def prepare(request: RunRequest, progress: Progress, data: DataContext | None = None) -> Prepared:
@@ -149,6 +152,8 @@ def prepare(request: RunRequest, progress: Progress, data: DataContext | None = 
     data = data or load_data(protocol, request.data, progress)
     t_data = time.perf_counter() - t_data
     ids, rows = data.budget_rows(budget, request.seed)
+    # A finished run is reused only by the same code: its fingerprint is part of the key.
+    code = code_fingerprint(method_cls.__module__)
     key = stable_hash(
         {
             "protocol": protocol.hash,
@@ -158,10 +163,13 @@ def prepare(request: RunRequest, progress: Progress, data: DataContext | None = 
             "config": config_dict(config),
             "budget": budget.name,
             "seed": request.seed,
+            "code": code,
         }
     )
     phases = {"data": t_data, "prepare": time.perf_counter() - t0 - t_data}
-    return Prepared(request, data, method_cls, config, budget, ids, rows, key, phases, compute)
+    return Prepared(
+        request, data, method_cls, config, budget, ids, rows, key, phases, compute, code
+    )
 
 
 @dataclass
@@ -374,6 +382,7 @@ def _record(
         val_dsc=trust.val_dsc,
         train_dsc=trust.train_dsc,
         curve=trust.curve,
+        code=prep.code,
     )
 
 

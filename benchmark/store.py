@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +28,6 @@ from benchmark.errors import StoreError
 
 DEFAULT_RESULTS = Path("runs")
 DB_NAME = "labelbench.sqlite"
-
-SCHEMA_VERSION = 1
-"""0: before the sanity gate (no `unfit`, no compute or validation columns, no curves)."""
 
 RUNS_TABLE = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -61,7 +58,8 @@ CREATE TABLE IF NOT EXISTS runs (
     finetune_samples INTEGER,
     pretrain_samples INTEGER,
     val_dsc REAL,
-    train_dsc REAL
+    train_dsc REAL,
+    code TEXT
 );
 """
 
@@ -175,6 +173,8 @@ class RunRecord:
     """Mean DSC of the fitted model on the validation cases."""
     train_dsc: float | None = None
     """Sanity gate: mean 2D DSC on its own labeled slices, over the organs present."""
+    code: str | None = None
+    """Code fingerprint (`benchmark.fingerprint`); None: recorded before fingerprints."""
     curve: list[tuple[int, float, float]] = field(default_factory=list)
     """Learning curve (samples seen, training loss, validation DSC), stored in `curves`."""
 
@@ -240,14 +240,73 @@ MIGRATED = (
 )
 
 
-def _migrate(conn: sqlite3.Connection) -> None:
-    """Bring a version-0 store to the current schema in one transaction, keeping every row.
+_RUNS_V1 = """
+CREATE TABLE runs_migrated (
+    run_id TEXT PRIMARY KEY,
+    run_key TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('completed', 'failed', 'unfit')),
+    error TEXT,
+    protocol TEXT NOT NULL,
+    protocol_hash TEXT NOT NULL,
+    dataset_key TEXT NOT NULL,
+    split_hash TEXT NOT NULL,
+    method TEXT NOT NULL,
+    config TEXT NOT NULL,
+    budget TEXT NOT NULL,
+    n_labeled INTEGER NOT NULL,
+    budget_ids TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    versions TEXT NOT NULL,
+    git_commit TEXT NOT NULL,
+    device TEXT NOT NULL,
+    phases TEXT NOT NULL,
+    wall_s REAL NOT NULL,
+    peak_mem_mb REAL NOT NULL,
+    info TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    finished_at TEXT NOT NULL,
+    off_protocol TEXT,
+    finetune_samples INTEGER,
+    pretrain_samples INTEGER,
+    val_dsc REAL,
+    train_dsc REAL
+);
+"""
+"""The runs table of version 1, frozen: step 0 → 1 builds exactly this, whatever
+`RUNS_TABLE` becomes, and later steps change it from there."""
 
-    The `runs` table is rebuilt (SQLite cannot change a CHECK constraint in place) with
-    foreign keys off, so that dropping the old table does not cascade to `case_metrics`.
-    Old runs trained without the protocol's training budget, validation or gate: they are
-    marked off-protocol (shown, never ranked).
+
+def _to_v1_trust(conn: sqlite3.Connection) -> None:
+    """0 → 1, the sanity gate: `unfit` status; compute, validation and gate columns; curves.
+
+    The `runs` table is rebuilt (SQLite cannot change a CHECK constraint in place); foreign
+    keys are off (see `_migrate`), so dropping the old table does not cascade to
+    `case_metrics`. Old runs trained without the protocol's training budget, validation or
+    gate: they are marked off-protocol (shown, never ranked).
     """
+    cols = ", ".join(r[1] for r in conn.execute("PRAGMA table_info(runs)"))
+    conn.execute(_RUNS_V1)
+    conn.execute(f"INSERT INTO runs_migrated ({cols}) SELECT {cols} FROM runs")
+    conn.execute("DROP TABLE runs")  # its index goes with it; SCHEMA makes the new one
+    conn.execute("ALTER TABLE runs_migrated RENAME TO runs")
+    conn.execute("UPDATE runs SET off_protocol = ?", (MIGRATED,))
+
+
+def _to_v2_code(conn: sqlite3.Connection) -> None:
+    """1 → 2, code-versioned runs: the code fingerprint; NULL for older runs (code unknown)."""
+    conn.execute("ALTER TABLE runs ADD COLUMN code TEXT")
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_to_v1_trust, _to_v2_code)
+"""Step i brings a store of version i to version i + 1; append a step for a new version."""
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring an older store to `SCHEMA_VERSION` in one transaction, keeping every row: the
+    steps of `MIGRATIONS` from its version on, in order. A new store (no `runs` table yet)
+    gets the current schema from `SCHEMA` instead."""
     if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
         return  # the usual case: no lock taken
     conn.execute("PRAGMA foreign_keys=OFF")  # outside a transaction, where it takes effect
@@ -260,12 +319,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
         if version >= SCHEMA_VERSION or not old:
             conn.rollback()
             return
-        cols = ", ".join(r[1] for r in conn.execute("PRAGMA table_info(runs)"))
-        conn.execute(RUNS_TABLE.replace("runs (", "runs_migrated (", 1))
-        conn.execute(f"INSERT INTO runs_migrated ({cols}) SELECT {cols} FROM runs")
-        conn.execute("DROP TABLE runs")  # its index goes with it; SCHEMA makes the new one
-        conn.execute("ALTER TABLE runs_migrated RENAME TO runs")
-        conn.execute("UPDATE runs SET off_protocol = ?", (MIGRATED,))
+        for step in MIGRATIONS[version:]:
+            step(conn)
         if conn.execute("PRAGMA foreign_key_check").fetchall():
             raise sqlite3.IntegrityError("migration would break case_metrics → runs")
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -330,10 +385,16 @@ class ResultsStore:
             try:
                 conn.execute("PRAGMA journal_mode=WAL")
                 _migrate(conn)
+                if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                    # A new store: its tables and its version in one transaction, so that a
+                    # concurrent opener never takes new tables without a version for old ones
+                    # and migrates them.
+                    conn.executescript(
+                        f"BEGIN IMMEDIATE;\n{SCHEMA}\nPRAGMA user_version = {SCHEMA_VERSION};\n"
+                        "COMMIT;"
+                    )
                 conn.execute("PRAGMA foreign_keys=ON")
-                conn.executescript(SCHEMA)
-                if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
-                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                conn.executescript(SCHEMA)  # tables added since a store's version, if any
             except BaseException:
                 conn.close()
                 raise

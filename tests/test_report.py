@@ -10,11 +10,13 @@ import pytest
 
 from benchmark.report import (
     bootstrap_ci,
+    case_bootstrap_ci,
     holm,
     paired_tests,
     per_organ,
     plot_dsc_vs_labels,
     render_markdown,
+    smallest_p,
     summarize,
     write_report,
 )
@@ -123,10 +125,10 @@ def test_summarize_matches_hand_computed_example():
     assert (s["seeds"], s["cases"]) == (2, 2)
     assert s["n_labeled"] == 5  # median over runs
     assert s["wall_s"] == pytest.approx(20.0)
-    # Cases are resampled whole (both seeds together): c1 pools to 0.75 and c2 to 0.35, so
-    # the bootstrap means can only be 0.35, 0.55 or 0.75 and the 95% CI spans the extremes.
-    assert s["dsc_lo"] == pytest.approx(0.35)
-    assert s["dsc_hi"] == pytest.approx(0.75)
+    # Two levels: cases drawn (c1's seed mean is 0.75, c2's 0.35), then seeds within each: c1
+    # gives 0.7, 0.75 or 0.8 and c2 0.3, 0.35 or 0.4, so the interval reaches past the case
+    # means (a bootstrap of whole cases stops at 0.35 and 0.75) but never past the extremes.
+    assert 0.3 <= s["dsc_lo"] < 0.35 and 0.75 < s["dsc_hi"] <= 0.8
 
 
 def test_summarize_averages_over_seeds_and_cases():
@@ -278,7 +280,7 @@ def test_paired_wilcoxon_against_the_best_with_holm():
     close = best + rng.normal(0, 0.01, 10)  # indistinguishable
     same = best.copy()
     runs, metrics = _paired({"a": best, "b": worse, "c": close, "d": same})
-    t = paired_tests(runs, metrics).set_index("method")
+    t = paired_tests(runs, metrics, ["dsc"]).set_index("method")
     assert t.loc["a", "rank"] == 1 or t.loc["c", "rank"] == 1
     top = t[t["rank"] == 1].index[0]
     assert np.isnan(t.loc[top, "p"])
@@ -301,6 +303,79 @@ def test_report_ranks_methods_and_marks_significant_losses():
     assert "best" in lines[1] and ("| good" in lines[1] or "| twin" in lines[1])
     assert "| bad" in lines[3] and "▼" in lines[3]
     assert "▼" not in lines[2]
+
+
+def _seeded(case_dsc: dict[str, np.ndarray], budgets=("1pct",)) -> tuple[pd.DataFrame, ...]:
+    """Runs of every method × budget × seed: `case_dsc[method]` is seeds × cases of DSC."""
+    runs, metrics = [], []
+    for budget in budgets:
+        for method, table in case_dsc.items():
+            for seed, values in enumerate(np.atleast_2d(table)):
+                rid = f"{method}-{budget}-{seed}"
+                runs.append(run_row(rid, method, budget, seed, 8))
+                metrics += [
+                    {"run_id": rid, "case_id": f"c{c}", "organ_id": 1, "organ": "liver",
+                     "dsc": d, "nsd": d}
+                    for c, d in enumerate(values)
+                ]  # fmt: skip
+    return pd.DataFrame(runs), pd.DataFrame(metrics)
+
+
+def test_the_case_is_the_unit_of_the_paired_test():
+    """8 cases × 3 seeds, the method below the best on every pair: the test sees 8 cases, not
+    24 pairs, so its p is the smallest 8 cases allow, 2 / 2^8, and the report says so."""
+    rng = np.random.default_rng(3)
+    best = rng.uniform(0.6, 0.9, (3, 8))
+    runs, metrics = _seeded({"a": best, "b": best - rng.uniform(0.01, 0.1, (3, 8))})
+    t = paired_tests(runs, metrics, ["dsc"]).set_index("method")
+    assert smallest_p(8) == pytest.approx(0.0078125)
+    assert t.loc["b", "p"] == pytest.approx(2 / 2**8)
+    assert (t.loc["b", "cases"], t.loc["b", "pairs"]) == (8, 24)
+    md = render_markdown("tiny", runs, metrics)
+    assert "n = 8 test cases per comparison" in md and "2 / 2^8 = 0.0078" in md
+    # DSC and NSD: 2 comparisons, so the smallest adjusted p is 0.016 and b is marked.
+    assert "smallest adjusted p is 0.016" in md and "0.0156 ▼" in md
+
+
+def test_holm_runs_over_every_budget_and_metric_and_says_when_nothing_can_pass():
+    rng = np.random.default_rng(4)
+    best = rng.uniform(0.6, 0.9, (1, 8))
+    budgets = ("1pct", "10pct", "100pct")
+    runs, metrics = _seeded({"a": best, "b": best - 0.05, "c": best - 0.1}, budgets)
+    t = paired_tests(runs, metrics)
+    tested = t[t["p"].notna()]
+    assert len(tested) == 2 * 3 * 2  # methods below the best × budgets × {DSC, NSD}
+    np.testing.assert_allclose(tested["p_holm"], holm(tested["p"]))
+    assert tested["p_holm"].min() == pytest.approx(12 * 2 / 2**8)
+    md = render_markdown("tiny", runs, metrics)
+    assert "Holm-corrected over 12 comparisons" in md
+    assert "No difference can be marked significant with so few cases" in md
+    assert "at least 9)" in md  # 12 × 2 / 2^9 = 0.047 < 0.05 ≤ 12 × 2 / 2^8 = 0.094
+    assert " ▼ |" not in md
+
+
+def test_paired_difference_and_its_interval():
+    rng = np.random.default_rng(5)
+    best = rng.uniform(0.6, 0.9, (3, 6))
+    runs, metrics = _seeded({"a": best, "b": best - 0.1})
+    r = paired_tests(runs, metrics, ["dsc"]).set_index("method").loc["b"]
+    assert r["diff"] == pytest.approx(-0.1)
+    assert r["diff_lo"] == pytest.approx(-0.1) and r["diff_hi"] == pytest.approx(-0.1)
+    md = render_markdown("tiny", runs, metrics)
+    assert "-0.100 [-0.100, -0.100]" in md
+
+
+def test_bootstrap_resamples_cases_then_seeds_within_a_case():
+    # 3 cases × 4 identical seeds, case values 0, 0, 1. Drawing the third case 3 times (1 in
+    # 27 > 2.5 %) puts the upper bound at 1.0; resampling the 12 (seed, case) pairs instead
+    # would need all 12 draws from it, and the bound would stay well below 1.
+    cases = [c for c in ("c0", "c1", "c2") for _ in range(4)]
+    values = [0.0] * 8 + [1.0] * 4
+    mean, low, high = case_bootstrap_ci(cases, values)
+    assert mean == pytest.approx(1 / 3) and low == 0.0 and high == 1.0
+    # Within a case the seeds are resampled: one case with seeds 0.2 and 0.8 has an interval.
+    mean, low, high = case_bootstrap_ci(["c0", "c0"], [0.2, 0.8])
+    assert mean == pytest.approx(0.5) and low < 0.5 < high
 
 
 def test_html_report_is_self_contained(tmp_path):

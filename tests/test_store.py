@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import json
 import sqlite3
 from dataclasses import replace
 
 import pytest
 
+from benchmark import store as store_module
 from benchmark.errors import StoreError
-from benchmark.store import ResultsStore, RunRecord, check_results_dir
+from benchmark.store import SCHEMA_VERSION, ResultsStore, RunRecord, check_results_dir
 
 
 def record(run_id="r1", key="k1", status="completed", error=None) -> RunRecord:
@@ -100,3 +102,62 @@ def test_results_dir_is_checked_without_creating_it(tmp_path):
         check_results_dir(tmp_path / "file")
     with pytest.raises(StoreError, match="is a file; give --results a folder"):
         check_results_dir(tmp_path / "file" / "runs")
+
+
+def _json(value: object) -> object:
+    return json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else value
+
+
+def _columns(db) -> list[tuple[str, str]]:
+    with sqlite3.connect(db) as conn:
+        return [(r[1], r[2]) for r in conn.execute("PRAGMA table_info(runs)")]
+
+
+def test_a_version_1_store_gets_the_code_column_keeping_every_row(tmp_path):
+    old = tmp_path / "old"
+    old.mkdir()
+    with sqlite3.connect(old / "labelbench.sqlite") as conn:
+        v1 = store_module._RUNS_V1.replace("runs_migrated", "runs")
+        conn.executescript(v1 + store_module.SCHEMA.removeprefix(store_module.RUNS_TABLE))
+        conn.execute("PRAGMA user_version = 1")
+        values = [v for k, v in vars(record("v1run", "k-v1")).items() if k not in ("curve", "code")]
+        conn.execute(f"INSERT INTO runs VALUES ({', '.join('?' * len(values))})",
+                     [_json(v) for v in values])  # fmt: skip
+        conn.executemany("INSERT INTO case_metrics VALUES ('v1run', ?, ?, ?, ?, ?)", ROWS)
+        conn.execute("INSERT INTO curves VALUES ('v1run', 4, 0.5, 0.3)")
+    v1_store = ResultsStore(old)
+    runs = v1_store.runs()
+    assert list(runs["run_id"]) == ["v1run"] and runs["code"].isna().all()
+    assert v1_store.completed_run("k-v1") == "v1run"
+    assert len(v1_store.metrics(["v1run"])) == 2 and len(v1_store.curves(["v1run"])) == 1
+    assert runs["off_protocol"].isna().all()  # only step 0 → 1 marks runs off-protocol
+    v1_store.write_run(replace(record("v2run", "k-v2"), code="core-method-packages"), ROWS)
+    assert v1_store.runs().set_index("run_id").loc["v2run", "code"] == "core-method-packages"
+    with sqlite3.connect(old / "labelbench.sqlite") as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    ResultsStore(tmp_path / "new").runs()  # a new store, made from the current schema
+    assert _columns(old / "labelbench.sqlite") == _columns(tmp_path / "new" / "labelbench.sqlite")
+
+
+def test_openers_of_a_new_store_at_once_never_take_it_for_an_old_one(tmp_path):
+    """Tables and version are created in one transaction: an opener in between would see
+    tables at version 0 and migrate a new store."""
+    import threading
+
+    for trial in range(10):
+        errors: list[Exception] = []
+
+        def open_store(folder=tmp_path / str(trial), errors=errors) -> None:
+            try:
+                ResultsStore(folder).runs()
+            except Exception as exc:  # collected: a thread cannot fail the test itself
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_store) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        with sqlite3.connect(tmp_path / str(trial) / "labelbench.sqlite") as conn:
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION

@@ -10,8 +10,9 @@ import logging
 import os
 from pathlib import Path
 
-from benchmark.data.cache import check_folder, full_check_due
+from benchmark.data.cache import check_folder, full_check_due, verify_requested
 from benchmark.data.digests import DigestMemo
+from benchmark.data.leakage import check_leakage
 from benchmark.data.reader import DatasetIndex, discover
 from benchmark.errors import DatasetError
 from benchmark.progress import Progress
@@ -40,7 +41,15 @@ def _damaged(phantom: Path) -> bool:
 
 
 def resolve_dataset(protocol: Protocol, data: Path | None, progress: Progress) -> DatasetIndex:
-    """Find the protocol's data set, generating the phantom on first use."""
+    """Find the protocol's data set, generating the phantom on first use; a labeled image
+    copied into the unlabeled pool is a `DatasetError` (`benchmark.data.leakage`)."""
+    index = _find_dataset(protocol, data, progress)
+    with DigestMemo.in_cache(cache_root()) as memo:
+        check_leakage(index, memo, fresh=verify_requested())
+    return index
+
+
+def _find_dataset(protocol: Protocol, data: Path | None, progress: Progress) -> DatasetIndex:
     if protocol.dataset.source == "phantom":
         if data is not None:
             raise DatasetError(

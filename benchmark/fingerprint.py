@@ -1,0 +1,197 @@
+"""The code fingerprint of a run: which code and which package versions made its numbers.
+
+A run is keyed by it (`benchmark.runner.prepare`), so a finished run is reused only by the
+same code, and `bench report` does not pool runs of different code unless asked. It has
+three parts, joined by `-`, each the first 16 hex digits of a SHA-256:
+
+- **core**: the modules of this package that decide a number (`CORE`): data reading and
+  preprocessing, protocol, metrics, runner, the shared supervised recipe, validation and
+  selection, compute matching, augmentation, the method interface, config parsing and
+  checkpoints. Reporting, storage, the CLI and the sweep driver (`NOT_CORE`) are left out:
+  changing them changes no score.
+- **method**: the method's own source: its module and every module of the same top-level
+  package it imports, directly or not (found by reading the `import` statements, without
+  importing anything), with the `__init__.py` files on their way. `mae` covers
+  `baselines/mae.py`, `pretrained_unet.py` and `unet_scratch.py`; an edit to
+  `baselines/nnunet.py` leaves it alone.
+- **packages**: the installed versions of `PACKAGES`.
+
+Files are hashed by their bytes under their module-derived relative path (`benchmark/
+runner.py`), sorted: no absolute paths, no modification times, so the fingerprint is the same
+in every process and on every machine with the same files. Each part is computed once per
+process.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.util
+from functools import cache
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+CORE = (
+    "benchmark.augment",
+    "benchmark.checkpoint",
+    "benchmark.compute",
+    "benchmark.config",
+    "benchmark.data",
+    "benchmark.method",
+    "benchmark.metrics",
+    "benchmark.protocol",
+    "benchmark.runner",
+    "benchmark.supervised",
+    "benchmark.validation",
+)
+"""Core modules and packages (every `.py` file inside) whose code can change a score."""
+
+NOT_CORE = (
+    "benchmark.cli",
+    "benchmark.errors",
+    "benchmark.fidelity",
+    "benchmark.fingerprint",
+    "benchmark.progress",
+    "benchmark.provenance",
+    "benchmark.registry",
+    "benchmark.report",
+    "benchmark.report_code",
+    "benchmark.report_training",
+    "benchmark.store",
+    "benchmark.sweep",
+)
+"""Core modules that cannot change a segmentation score (a test keeps every module of
+`benchmark` in exactly one of the two lists, so a new module needs a decision)."""
+
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "monai",
+    "segmentation-models-pytorch",
+    "nnunetv2",
+    "numpy",
+    "scipy",
+    "nibabel",
+)
+"""Installed distributions that a run's numbers pass through."""
+
+DIGITS = 16
+
+
+def _locate(name: str) -> tuple[Path, bool] | None:
+    """(source file, is a package) of module `name`, found by path under its top-level
+    package's folders; None when no module has that name (an imported attribute). Imports
+    the top-level package only, never the module itself."""
+    top, *rest = name.split(".")
+    spec = importlib.util.find_spec(top)
+    if spec is None:
+        return None
+    if not spec.submodule_search_locations:  # a top-level module
+        origin = spec.origin or ""
+        return (Path(origin), False) if not rest and origin.endswith(".py") else None
+    for location in spec.submodule_search_locations:
+        base = Path(location).joinpath(*rest)
+        if (base / "__init__.py").is_file():
+            return base / "__init__.py", True
+        if rest and base.with_suffix(".py").is_file():
+            return base.with_suffix(".py"), False
+    return None  # an attribute, or a namespace package (no file of its own)
+
+
+def _module_files(name: str) -> dict[str, Path]:
+    """Relative path → file of a module, or of every `.py` file of a package."""
+    found = _locate(name)
+    if found is None:
+        raise ModuleNotFoundError(f"no Python source for module {name!r}")
+    path, is_package = found
+    prefix = name.replace(".", "/")
+    if is_package:
+        return {f"{prefix}/{p.relative_to(path.parent).as_posix()}": p
+                for p in path.parent.rglob("*.py")}  # fmt: skip
+    return {f"{prefix}.py": path}
+
+
+def _digest(files: dict[str, Path]) -> str:
+    h = hashlib.sha256()
+    for rel in sorted(files):
+        h.update(rel.encode() + b"\0" + hashlib.sha256(files[rel].read_bytes()).digest())
+    return h.hexdigest()[:DIGITS]
+
+
+def _imports(tree: ast.Module, name: str, is_package: bool) -> set[str]:
+    """Absolute names of the modules (or attributes of modules) that `tree` imports."""
+    package = name if is_package else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = importlib.util.resolve_name("." * node.level + (node.module or ""), package)
+            found.add(base)
+            # `from pkg import mod` imports a submodule; `from mod import name` an attribute,
+            # which `_locate` finds no file for.
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return found
+
+
+def plugin_files(module: str) -> dict[str, Path]:
+    """Relative path → file of a plugin module and of every module of its top-level package
+    that it imports, transitively, with the `__init__.py` of each package on the way."""
+    top = module.split(".")[0]
+    files: dict[str, Path] = {}
+    todo, seen = [module], set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        parts = name.split(".")
+        todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))  # parent packages
+        found = _locate(name)
+        if found is None:
+            continue
+        path, is_package = found
+        rel = name.replace(".", "/") + ("/__init__.py" if is_package else ".py")
+        files[rel] = path
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+        todo.extend(n for n in _imports(tree, name, is_package) if n.split(".")[0] == top)
+    return files
+
+
+def core_files() -> dict[str, Path]:
+    """Relative path → file of every core module that can change a score (`CORE`)."""
+    return {rel: path for name in CORE for rel, path in _module_files(name).items()}
+
+
+@cache
+def core_digest() -> str:
+    return _digest(core_files())
+
+
+def method_digest(module: str) -> str:
+    # Cached by where the module is found too: a name can point at another folder later in
+    # one process (a plugin installed elsewhere, or the same-named packages of tests).
+    found = _locate(module)
+    return _method_digest(module, str(found[0]) if found else "")
+
+
+@cache
+def _method_digest(module: str, _where: str) -> str:
+    return _digest(plugin_files(module))
+
+
+@cache
+def packages_digest() -> str:
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    text = "\n".join(f"{k}=={v}" for k, v in sorted(found.items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:DIGITS]
+
+
+def code_fingerprint(module: str) -> str:
+    """`core-method-packages` of the method defined in `module` (see the module docstring)."""
+    return f"{core_digest()}-{method_digest(module)}-{packages_digest()}"
