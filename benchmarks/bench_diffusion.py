@@ -1,31 +1,47 @@
-"""Diffusion transfer figures on the phantom (CPU): pretraining time, a cached run, and the
-speed-up of training the linear head on cached features vs recomputing them every step.
+"""Diffusion transfer speed on the phantom (CPU): what a 128 × 128 model input costs in
+pretraining against 64 × 64, and the speed-up of training each head (linear, MLP ensemble)
+on cached features against recomputing them every step.
 
-    python benchmarks/bench_diffusion.py [--head-steps 20] [--skip-pretrain]
+    python benchmarks/bench_diffusion.py [--head-steps 10] [--pretrain-steps 6]
+        [--resolutions 64,128] [--end-to-end] [--device cpu]
 
-Uses the normal cache (`$LABELBENCH_CACHE`), so a pretraining already cached is reused
-and reported as such; pass a fresh LABELBENCH_CACHE to time pretraining from scratch.
+Every figure is a ratio of two timings taken in this one run (the machine is shared and
+noisy; absolute times from different runs do not compare). Pretraining runs the project's
+`pretrain_ddpm` on random in-memory slices of the phantom's slice size, at each input size,
+and the per-step time is the difference of a short and a longer run, so start-up does not
+count. The head steps use the phantom's `1pct` labeled slices and a randomly initialised
+DDPM of the `cpu` preset (speed does not depend on weights): "cached" reads the features
+from a `FeatureBank`, "recomputed" runs the UNet taps on the batch every step. With
+`--end-to-end` it also times `bench pretrain` and a cached `bench run` of diffusion-linear
+(uses `$LABELBENCH_CACHE`; a cached pretraining is reported as such).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
-from monai.losses import DiceCELoss
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_gpu_diffusion import RandomSlices, timed_pretraining
+
+from benchmark.compute import steps_for
 from benchmark.config import apply_overrides
 from benchmark.method import SliceSet
 from benchmark.progress import Progress
 from benchmark.protocol import load_protocol
-from benchmark.runner import load_data, pretrained_method
-from methods.diffusion.features import by_resolution
-from methods.diffusion.linear import DiffusionLinearConfig, FeatureBank, LinearHead
+from benchmark.runner import load_data
+from methods.diffusion.features import FeatureBank, by_resolution
+from methods.diffusion.heads import build_head
+from methods.diffusion.linear import DiffusionLinearConfig, make_taps
+from methods.diffusion.model import build_unet
 
 
 def bench(*args: str) -> float:
@@ -34,59 +50,139 @@ def bench(*args: str) -> float:
     return time.perf_counter() - t
 
 
-def head_speedup(steps: int) -> tuple[float, float, float]:
-    """Seconds per head step with cached features, with recomputed features, and setup time."""
+def pretraining_step_s(
+    resolutions: list[int], slice_size: int, steps: int, warmup: int, device: torch.device
+) -> dict[int, float]:
+    """Seconds per DDPM pretraining step (cpu preset) at each model input size."""
+    data = RandomSlices(64, slice_size)
+    base = apply_overrides(DiffusionLinearConfig, [])
+    never = 10**9
+
+    def cfg(res: int, n: int) -> DiffusionLinearConfig:
+        return dataclasses.replace(
+            base, resolution=res, pretrain_iterations=n, checkpoint_every=never
+        )
+
+    short = {r: timed_pretraining(cfg(r, warmup), data, device) for r in resolutions}
+    long = {r: timed_pretraining(cfg(r, warmup + steps), data, device) for r in resolutions}
+    return {r: (long[r] - short[r]) / steps for r in resolutions}
+
+
+def head_step_s(
+    protocol: str, resolution: int, head: str, steps: int, device: torch.device
+) -> tuple[float, float, float, int]:
+    """Seconds per head step on cached and on recomputed features, caching time, channels."""
     progress = Progress(quiet=True)
-    method, ctx = pretrained_method("phantom", "diffusion-linear", [], "cpu", None, 0, progress)
-    data = load_data(load_protocol("phantom"), None, progress)
-    _, rows = data.budget_rows(load_protocol("phantom").budget("1pct"), 0)
+    proto = load_protocol(protocol)
+    data = load_data(proto, None, progress)
+    _, rows = data.budget_rows(proto.budget("1pct"), 0)
     labeled = SliceSet(data.store, rows, labeled=True)
-    cfg: DiffusionLinearConfig = apply_overrides(DiffusionLinearConfig, [])
-    taps = method._taps(ctx, labeled.slice_size)
+    cfg = apply_overrides(DiffusionLinearConfig, [f"resolution={resolution}", f"head={head}"])
+    torch.manual_seed(0)
+    taps = make_taps(build_unet(cfg).to(device), cfg, labeled.slice_size)
     t = time.perf_counter()
-    bank = FeatureBank(taps, labeled, cfg.predict_batch_size, cfg.feature_memory_mb, ctx.device)
+    bank = FeatureBank(taps, labeled, cfg.predict_batch_size, cfg.feature_memory_mb, device)
     setup = time.perf_counter() - t
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
-    labels = labeled.labels()
+    labels = labeled.labels().to(device)
     rng = np.random.default_rng(0)
 
     def run(get_feats) -> float:
-        head = LinearHead(taps.group_channels, ctx.num_classes, labeled.slice_size)
-        head.set_stats(bank.get(np.arange(len(labeled)), ctx.device))
-        opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr)
+        net = build_head(
+            head,
+            taps.group_channels,
+            proto.num_classes,
+            labeled.slice_size,
+            cfg.members,
+            cfg.hidden,
+            cfg.vote,
+            cfg.pixels,
+        ).to(device)
+        net.set_stats(bank.get(np.arange(len(labeled)), device))
+        opt = torch.optim.AdamW(net.parameters(), lr=cfg.head_lr)
+        gen = torch.Generator().manual_seed(0)
         t0 = time.perf_counter()
         for _ in range(steps):
             idx = np.sort(rng.integers(0, len(labeled), cfg.batch_size))
-            loss = loss_fn(head(get_feats(idx)), labels[torch.from_numpy(idx)][:, None])
+            loss = net.loss(get_feats(idx), labels[torch.from_numpy(idx)], gen)
             opt.zero_grad()
             loss.backward()
             opt.step()
         return (time.perf_counter() - t0) / steps
 
-    cached = run(lambda idx: bank.get(idx, ctx.device))
-    recomputed = run(lambda idx: by_resolution(taps(labeled.images(idx))))
-    return cached, recomputed, setup
+    def recompute(idx: np.ndarray) -> list[torch.Tensor]:
+        return by_resolution(taps(labeled.images(idx).to(device)))
+
+    run(lambda idx: bank.get(idx, device))  # warm-up of both paths' kernels
+    cached = run(lambda idx: bank.get(idx, device))
+    recomputed = run(recompute)
+    return cached, recomputed, setup, sum(taps.channels)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--head-steps", type=int, default=20)
-    parser.add_argument("--skip-pretrain", action="store_true")
-    args = parser.parse_args()
-    lines = []
-    if not args.skip_pretrain:
-        s = bench("pretrain", "--method", "diffusion-linear", "--device", "cpu", "--quiet")
-        lines.append(f"bench pretrain --method diffusion-linear (phantom defaults): {s:.0f}s "
-                     f"(target < 900s; includes unlabeled preprocessing; ~0s when cached)")
-        s = bench("run", "--method", "diffusion-linear", "--budget", "1pct", "--device", "cpu",
-                  "--results", "/tmp/labelbench-bench-diffusion", "--force", "--quiet")
-        lines.append(f"bench run --method diffusion-linear --budget 1pct, pretraining cached: "
-                     f"{s:.0f}s (target < 120s)")
-    cached, recomputed, setup = head_speedup(args.head_steps)
-    lines.append(f"linear head step: cached features {cached * 1e3:.1f} ms, recomputed "
-                 f"{recomputed * 1e3:.1f} ms -> {recomputed / cached:.0f}x faster (target >= 10x); "
-                 f"one-off feature caching {setup:.1f}s")
-    print("\n".join(lines))
+    parser.add_argument("--protocol", default="phantom")
+    parser.add_argument("--head-steps", type=int, default=10)
+    parser.add_argument("--pretrain-steps", type=int, default=6, help="timed steps per size")
+    parser.add_argument("--pretrain-warmup", type=int, default=2)
+    parser.add_argument("--resolutions", default="64,128")
+    parser.add_argument("--heads", default="linear,mlp-ensemble")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--end-to-end", action="store_true")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    resolutions = [int(r) for r in args.resolutions.split(",")]
+    slice_size = load_protocol(args.protocol).slice_size
+    print(
+        f"{args.protocol}: {slice_size}² slices; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {device}",
+        flush=True,
+    )
+    if args.pretrain_steps:
+        per_step = pretraining_step_s(
+            resolutions, slice_size, args.pretrain_steps, args.pretrain_warmup, device
+        )
+        batch = apply_overrides(DiffusionLinearConfig, []).pretrain_batch_size
+        steps = steps_for(load_protocol(args.protocol).training.pretrain_samples, batch)
+        for r, s in per_step.items():
+            print(
+                f"DDPM pretraining (cpu preset, batch {batch}) at {r}×{r}: {s * 1e3:.0f} ms/step, "
+                f"the protocol's {steps} steps ≈ {steps * s / 60:.0f} min",
+                flush=True,
+            )
+        lo, hi = min(resolutions), max(resolutions)
+        print(
+            f"  {hi}×{hi} costs {per_step[hi] / per_step[lo]:.2f}× {lo}×{lo} per step (same run)",
+            flush=True,
+        )
+    for r in resolutions:
+        for head in args.heads.split(","):
+            cached, recomputed, setup, channels = head_step_s(
+                args.protocol, r, head, args.head_steps, device
+            )
+            print(
+                f"{head} head at input {r} ({channels} channels): cached features "
+                f"{cached * 1e3:.0f} ms/step, recomputed {recomputed * 1e3:.0f} ms/step -> "
+                f"{recomputed / cached:.1f}x faster (target >= 10x); one-off caching "
+                f"{setup:.1f} s",
+                flush=True,
+            )
+    if args.end_to_end:
+        s = bench("pretrain", "--method", "diffusion-linear", "--device", args.device, "--quiet")
+        print(f"bench pretrain --method diffusion-linear: {s:.0f} s (~0 s when cached)")
+        s = bench(
+            "run",
+            "--method",
+            "diffusion-linear",
+            "--budget",
+            "1pct",
+            "--device",
+            args.device,
+            "--results",
+            "/tmp/labelbench-bench-diffusion",
+            "--force",
+            "--quiet",
+        )
+        print(f"bench run --method diffusion-linear --budget 1pct, pretraining cached: {s:.0f} s")
 
 
 if __name__ == "__main__":

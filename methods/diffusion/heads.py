@@ -163,11 +163,12 @@ class MLPEnsemble(nn.Module):
         grid = torch.stack([(2 * col + 1) / s - 1, (2 * row + 1) / s - 1], -1)[:, None].float()
         z = self.b_in.new_zeros(points.numel(), self.w_in[0].shape[1])
         for i, (w, f) in enumerate(zip(self.w_in, feats, strict=True)):
+            x = F.grid_sample(f, grid, mode="bilinear", padding_mode="border", align_corners=False)
+            x = x.squeeze(2).transpose(1, 2).reshape(-1, x.shape[1])  # (N·p, C)
+            # Standardised after sampling, not before: interpolation weights sum to one, so
+            # this is the same and touches p pixels instead of whole maps.
             mean, std = self.norm.stats(i)
-            x = F.grid_sample(
-                (f - mean) / std, grid, mode="bilinear", padding_mode="border", align_corners=False
-            )  # (N, C, 1, p)
-            z = z + x.squeeze(2).transpose(1, 2).reshape(-1, x.shape[1]) @ w
+            z = z + ((x - mean.flatten()) / std.flatten()) @ w
         return self._tail(z)
 
     def loss(
