@@ -143,17 +143,19 @@ def run(
 
 
 def _print_outcome(label: str, outcome: Any) -> None:
+    from benchmark.metrics.registry import display_name
+
     rec = outcome.record
+    per_organ = outcome.per_organ
+    names = [c for c in per_organ.columns if c not in ("organ_id", "organ")]
     table = Table(title=f"{label} (run {outcome.run_id})")
     table.add_column("organ")
-    table.add_column("DSC", justify="right")
-    table.add_column("NSD", justify="right")
-    for r in outcome.per_organ.itertuples():
-        table.add_row(r.organ, f"{r.dsc:.3f}", f"{r.nsd:.3f}")
+    for name in names:
+        table.add_column(display_name(name), justify="right")
+    for _, r in per_organ.iterrows():
+        table.add_row(str(r["organ"]), *(f"{r[n]:.3f}" for n in names))
     table.add_section()
-    table.add_row(
-        "mean", f"{outcome.per_organ.dsc.mean():.3f}", f"{outcome.per_organ.nsd.mean():.3f}"
-    )
+    table.add_row("mean", *(f"{per_organ[n].mean():.3f}" for n in names))
     out.print(table)
     phases = ", ".join(f"{k} {v:.1f}s" for k, v in rec.phases.items())
     out.print(
@@ -637,6 +639,7 @@ def sweep(
 ) -> None:
     """Run every METHOD × BUDGET × SEED not yet in the store; exit code = runs that failed."""
     from benchmark.data.cache import verifying
+    from benchmark.metrics.registry import display_name
     from benchmark.progress import Progress
     from benchmark.sweep import SweepRequest, run_sweep
 
@@ -666,7 +669,8 @@ def sweep(
             err.print(f"[red]{label}: run {f.run_id} failed:[/red] {f.error}", highlight=False)
         else:
             unfit = f" [yellow]{f.error}[/yellow]" if f.status == "unfit" else ""
-            out.print(f"{label}: mean DSC {f.dsc:.3f} (run {f.run_id}){unfit}", highlight=False)
+            means = ", ".join(f"{display_name(k)} {v:.3f}" for k, v in f.scores.items())
+            out.print(f"{label}: mean {means} (run {f.run_id}){unfit}", highlight=False)
 
     try:
         with verifying(verify):

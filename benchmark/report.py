@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmark.metrics.registry import display_name, higher_is_better
 from benchmark.report_training import (
     CURVES_NAME,
     ceiling_scores,
@@ -34,20 +35,13 @@ HEATMAP_NAME = "organ_dsc_heatmap.png"
 HTML_NAME = "LEADERBOARD.html"
 MD_NAME = "LEADERBOARD.md"
 
-SUMMARY_COLUMNS = [
-    "method",
-    "budget",
-    "n_labeled",
-    "seeds",
-    "cases",
-    "dsc",
-    "dsc_lo",
-    "dsc_hi",
-    "nsd",
-    "nsd_lo",
-    "nsd_hi",
-    "wall_s",
-]
+KEY_COLUMNS = ("run_id", "case_id", "organ_id", "organ")
+"""Columns of a metrics frame that are not metrics; every other column is one metric."""
+
+
+def metric_names(metrics: pd.DataFrame) -> list[str]:
+    """The metrics in a (wide) metrics frame, in the order they were recorded."""
+    return [c for c in metrics.columns if c not in KEY_COLUMNS]
 
 
 # --------------------------------------------------------------------------- statistics
@@ -115,7 +109,8 @@ def holm(p_values: Iterable[float]) -> np.ndarray:
 
 
 def paired_tests(runs: pd.DataFrame, metrics: pd.DataFrame, metric: str = "dsc") -> pd.DataFrame:
-    """Per budget, methods ranked by mean `metric`, each tested against the best.
+    """Per budget, methods ranked by mean `metric` (in its direction), each tested against the
+    best.
 
     Pairs are the (seed, test case) units both methods were scored on; the test is scipy's
     two-sided Wilcoxon signed-rank test of the per-case organ-mean scores, and the p-values of
@@ -132,7 +127,8 @@ def paired_tests(runs: pd.DataFrame, metrics: pd.DataFrame, metric: str = "dsc")
         table = sub.pivot_table(
             index=["seed", "case_id"], columns="method", values=metric, aggfunc="mean"
         )
-        means = sub.groupby("method")[metric].mean().sort_values(ascending=False, kind="stable")
+        means = sub.groupby("method")[metric].mean()
+        means = means.sort_values(ascending=not higher_is_better(metric), kind="stable")
         if means.empty:
             continue
         best = means.index[0]
@@ -181,43 +177,40 @@ def _budget_order(runs: pd.DataFrame) -> list[str]:
 
 
 def _case_scores(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
-    """One row per (run, case): mean over organs of DSC and NSD, with method/budget/seed."""
-    per_case = metrics.groupby(["run_id", "case_id"], as_index=False)[["dsc", "nsd"]].mean()
+    """One row per (run, case): mean over organs of every metric, with method/budget/seed."""
+    names = metric_names(metrics)
+    per_case = metrics.groupby(["run_id", "case_id"], as_index=False)[names].mean()
     return per_case.merge(runs[["run_id", "method", "budget", "seed"]], on="run_id")
 
 
 def summarize(runs: pd.DataFrame, metrics: pd.DataFrame, n_boot: int = N_BOOT) -> pd.DataFrame:
     """One row per (method, budget), budgets by median n_labeled, then methods by name.
 
-    dsc/nsd: mean over all (seed, case) rows of the per-case organ-mean score; *_lo/*_hi:
-    95% percentile bootstrap over test cases. Pass runs of a single protocol hash.
+    For every metric `m` of `metrics`: `m`, the mean over all (seed, case) rows of the
+    per-case organ-mean score, and `m_lo`/`m_hi`, its 95% percentile bootstrap over test
+    cases. Pass runs of a single protocol hash.
     """
     _require_runs(runs)
     scores = _case_scores(runs, metrics)
+    names = metric_names(metrics)
     order = {b: i for i, b in enumerate(_budget_order(runs))}
     rows = []
     for (method, budget), grp in runs.groupby(["method", "budget"]):
         sc = scores[(scores.method == method) & (scores.budget == budget)]
-        dsc = _case_ci(sc, "dsc", n_boot)
-        nsd = _case_ci(sc, "nsd", n_boot)
-        rows.append(
-            {
-                "method": method,
-                "budget": budget,
-                "n_labeled": float(grp["n_labeled"].median()),
-                "seeds": int(grp["seed"].nunique()),
-                "cases": int(sc["case_id"].nunique()),
-                "dsc": dsc[0],
-                "dsc_lo": dsc[1],
-                "dsc_hi": dsc[2],
-                "nsd": nsd[0],
-                "nsd_lo": nsd[1],
-                "nsd_hi": nsd[2],
-                "wall_s": float(grp["wall_s"].mean()),
-            }
-        )
+        row = {
+            "method": method,
+            "budget": budget,
+            "n_labeled": float(grp["n_labeled"].median()),
+            "seeds": int(grp["seed"].nunique()),
+            "cases": int(sc["case_id"].nunique()),
+        }
+        for name in names:
+            row[name], row[f"{name}_lo"], row[f"{name}_hi"] = _case_ci(sc, name, n_boot)
+        rows.append({**row, "wall_s": float(grp["wall_s"].mean())})
     rows.sort(key=lambda r: (order[r["budget"]], str(r["method"])))
-    out = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    columns = ["method", "budget", "n_labeled", "seeds", "cases"]
+    columns += [c for n in names for c in (n, f"{n}_lo", f"{n}_hi")] + ["wall_s"]
+    out = pd.DataFrame(rows, columns=columns)
     protocols = sorted(runs["protocol"].unique()) if "protocol" in runs else []
     out.attrs["protocol"] = ", ".join(map(str, protocols))
     return out
@@ -361,12 +354,15 @@ def _short_organs(organs: Iterable[str]) -> dict[str, str]:
     return {o: (str(o) if s in clashes else s) for o, s in short.items()}
 
 
-def _bold_best(values: dict[str, float], text: dict[str, str]) -> dict[str, str]:
-    """Bold the highest value (ties included) when there is something to compare."""
+def _bold_best(
+    values: dict[str, float], text: dict[str, str], higher: bool = True
+) -> dict[str, str]:
+    """Bold the best value (highest, or lowest when not `higher`; ties included) when there
+    is something to compare."""
     finite = {k: v for k, v in values.items() if v is not None and not pd.isna(v)}
     if len(finite) < 2:
         return text
-    best = max(finite.values())
+    best = max(finite.values()) if higher else min(finite.values())
     return {k: (f"**{t}**" if finite.get(k) == best else t) for k, t in text.items()}
 
 
@@ -429,7 +425,7 @@ def _score_table(
                 continue
             values[method] = r[metric]
             text[method] = f"{_f3(r[metric])} [{_f3(r[metric + '_lo'])}, {_f3(r[metric + '_hi'])}]"
-        for method, t in _bold_best(values, text).items():
+        for method, t in _bold_best(values, text, higher_is_better(metric)).items():
             r = sub.loc[method] if method in sub.index else None
             # Cells that pool a different number of seeds or cases than the rest say so.
             if r is not None and r["cases"] > 0 and (int(r["seeds"]), int(r["cases"])) != usual:
@@ -449,9 +445,11 @@ def _ranking(
     level: int,
     n_by_budget: dict[str, float],
 ) -> list[str]:
-    """Per budget: methods ranked by mean DSC, a paired test against the best, and cost."""
+    """Per budget: methods ranked by mean DSC, a paired test against the best in every
+    metric, and cost."""
     h = "#" * level
-    tests = {"dsc": paired_tests(runs, metrics, "dsc"), "nsd": paired_tests(runs, metrics, "nsd")}
+    names = metric_names(metrics)
+    tests = {name: paired_tests(runs, metrics, name) for name in names}
     cost = _cost_table(runs).set_index(["method", "budget"])
     unit, scale = _time_unit(float(cost["wall_s"].max()))
 
@@ -470,38 +468,38 @@ def _ranking(
         "Methods ranked by mean DSC. *p vs best*: two-sided paired Wilcoxon signed-rank test "
         "of each method's per-case scores against the best method's on the same (seed, test "
         "case) pairs, Holm-corrected over the methods of the budget; ▼ marks a method "
-        f"significantly below the best (adjusted p < {ALPHA}). NSD is tested the same way "
-        "against the method best in NSD. Cost: mean wall time per run, largest peak memory.",
+        f"significantly worse than the best (adjusted p < {ALPHA}). Every other metric is "
+        "tested the same way against the method best in it. Cost: mean wall time per run, "
+        "largest peak memory.",
         "",
     ]
     for budget in _budget_order(runs):
-        t_dsc = tests["dsc"][tests["dsc"].budget == budget]
-        t_nsd = tests["nsd"][tests["nsd"].budget == budget]
+        mine = {name: t[t.budget == budget] for name, t in tests.items()}
         sub = summary[summary.budget == budget].set_index("method")
         rows = []
-        for r in t_dsc.itertuples():
+        for r in mine["dsc"].itertuples():
             s_ = sub.loc[r.method]
             c = cost.loc[(r.method, budget)]
-            rows.append(
-                [
-                    str(r.rank),
-                    r.method,
-                    f"{_f3(s_['dsc'])} [{_f3(s_['dsc_lo'])}, {_f3(s_['dsc_hi'])}]",
-                    vs_best(t_dsc, r.method),
-                    f"{_f3(s_['nsd'])} [{_f3(s_['nsd_lo'])}, {_f3(s_['nsd_hi'])}]",
-                    vs_best(t_nsd, r.method),
-                    f"{int(s_['seeds'])} × {int(s_['cases'])}",
-                    f"{c['wall_s'] / scale:,.1f}",
-                    f"{c['peak_mem_mb']:,.0f}",
-                    str(c["device"]),
+            row = [str(r.rank), r.method]
+            for name in names:
+                row += [
+                    f"{_f3(s_[name])} [{_f3(s_[name + '_lo'])}, {_f3(s_[name + '_hi'])}]",
+                    vs_best(mine[name], r.method),
                 ]
-            )
-        header = ["#", "method", "DSC [95% CI]", "p vs best", "NSD [95% CI]", "p vs best"]
+            row += [
+                f"{int(s_['seeds'])} × {int(s_['cases'])}",
+                f"{c['wall_s'] / scale:,.1f}",
+                f"{c['peak_mem_mb']:,.0f}",
+                str(c["device"]),
+            ]
+            rows.append(row)
+        header = ["#", "method"]
+        header += [h_ for n in names for h_ in (f"{display_name(n)} [95% CI]", "p vs best")]
         header += ["seeds × cases", f"wall ({unit})", "peak MB", "device"]
         out += [
             f"{h}# {_budget_header(budget, n_by_budget[budget])}",
             "",
-            _md_table(header, rows, "rlrrrrrrrl"),
+            _md_table(header, rows, "rl" + "rr" * len(names) + "rrrl"),
             "",
         ]
     return out
@@ -539,15 +537,15 @@ def _section(
             else ""
         ),
         "",
-        f"{h}# DSC",
-        "",
-        _score_table(summary, "dsc", methods, budgets, n_by_budget, usual, ceiling.get("dsc")),
-        "",
-        f"{h}# NSD",
-        "",
-        _score_table(summary, "nsd", methods, budgets, n_by_budget, usual, ceiling.get("nsd")),
-        "",
     ]
+    for name in metric_names(metrics):
+        direction = "" if higher_is_better(name) else " (lower is better)"
+        out += [
+            f"{h}# {display_name(name)}{direction}",
+            "",
+            _score_table(summary, name, methods, budgets, n_by_budget, usual, ceiling.get(name)),
+            "",
+        ]
     if plot_name:
         out += [f"![Mean DSC vs. labeled training slices]({plot_name})", ""]
     out += _ranking(runs, metrics, summary, level, n_by_budget)
@@ -754,7 +752,8 @@ def render_markdown(
     )
     how_to_read = (
         "Each score is the mean over all seeds × test cases of a per-case score: the mean over "
-        "organs of DSC (Dice) or NSD (normalized surface Dice). Brackets: 95% percentile "
+        "organs of one of the protocol's metrics (DSC: Dice; NSD: normalized surface Dice; "
+        "HD95: 95th-percentile Hausdorff distance in mm). Brackets: 95% percentile "
         f"bootstrap CI over test cases ({N_BOOT} resamples; all seeds of a drawn case stay "
         "together). Budget headers give the number of labeled training slices; bold marks the "
         "best method per column."

@@ -7,8 +7,12 @@ A run's learning curve (samples seen, training loss, validation DSC) is kept in 
 the protocol's ceiling (its test ground truth resized to the slice size and back, scored as
 a prediction) in `ceilings`, once per protocol hash, data set and split.
 
+Per-case scores are kept in long format, one row per (run, case, organ, metric), so a metric
+declared by a protocol needs no column of its own; `metrics` and `ceilings` read them back
+wide (one column per metric).
+
 The schema carries a version (`PRAGMA user_version`); opening an older store migrates it in
-place, in one transaction, keeping every row.
+place, step by step (`MIGRATIONS`), in one transaction, keeping every row.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +33,9 @@ from benchmark.errors import StoreError
 DEFAULT_RESULTS = Path("runs")
 DB_NAME = "labelbench.sqlite"
 
-SCHEMA_VERSION = 1
-"""0: before the sanity gate (no `unfit`, no compute or validation columns, no curves)."""
+SCHEMA_VERSION = 3
+"""0: before the sanity gate (no `unfit`, no compute or validation columns, no curves).
+1: before the code fingerprint (`runs.code`). 2: scores in wide columns (dsc, nsd)."""
 
 RUNS_TABLE = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -61,7 +66,34 @@ CREATE TABLE IF NOT EXISTS runs (
     finetune_samples INTEGER,
     pretrain_samples INTEGER,
     val_dsc REAL,
-    train_dsc REAL
+    train_dsc REAL,
+    code TEXT
+);
+"""
+
+CASE_METRICS_TABLE = """
+CREATE TABLE IF NOT EXISTS case_metrics (
+    run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+    case_id TEXT NOT NULL,
+    organ_id INTEGER NOT NULL,
+    organ TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    value REAL NOT NULL,
+    PRIMARY KEY (run_id, case_id, organ_id, metric)
+);
+"""
+
+CEILINGS_TABLE = """
+CREATE TABLE IF NOT EXISTS ceilings (
+    protocol_hash TEXT NOT NULL,
+    dataset_key TEXT NOT NULL,
+    split_hash TEXT NOT NULL,
+    case_id TEXT NOT NULL,
+    organ_id INTEGER NOT NULL,
+    organ TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    value REAL NOT NULL,
+    PRIMARY KEY (protocol_hash, dataset_key, split_hash, case_id, organ_id, metric)
 );
 """
 
@@ -75,26 +107,7 @@ CREATE TABLE IF NOT EXISTS curves (
     val_dsc REAL NOT NULL,
     PRIMARY KEY (run_id, samples)
 );
-CREATE TABLE IF NOT EXISTS case_metrics (
-    run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
-    case_id TEXT NOT NULL,
-    organ_id INTEGER NOT NULL,
-    organ TEXT NOT NULL,
-    dsc REAL NOT NULL,
-    nsd REAL NOT NULL,
-    PRIMARY KEY (run_id, case_id, organ_id)
-);
-CREATE TABLE IF NOT EXISTS ceilings (
-    protocol_hash TEXT NOT NULL,
-    dataset_key TEXT NOT NULL,
-    split_hash TEXT NOT NULL,
-    case_id TEXT NOT NULL,
-    organ_id INTEGER NOT NULL,
-    organ TEXT NOT NULL,
-    dsc REAL NOT NULL,
-    nsd REAL NOT NULL,
-    PRIMARY KEY (protocol_hash, dataset_key, split_hash, case_id, organ_id)
-);
+""" + CASE_METRICS_TABLE + CEILINGS_TABLE + """
 CREATE TABLE IF NOT EXISTS generative (
     gen_id TEXT PRIMARY KEY,
     gen_key TEXT NOT NULL UNIQUE,
@@ -134,6 +147,23 @@ CREATE TABLE IF NOT EXISTS generative (
 FINISHED = ("completed", "unfit")
 """Statuses of a run that ran to its end (an unfit run is done: rerunning gives the same)."""
 _FINISHED_SQL = f"({', '.join(repr(s) for s in FINISHED)})"
+
+MetricRow = tuple[str, int, str, str, float]
+"""(case_id, organ_id, organ, metric, value): one row of `case_metrics` (and of `ceilings`)."""
+ROW_KEYS = ["case_id", "organ_id", "organ"]
+
+
+def wide(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Long (…, metric, value) rows → one row per `keys` and one column per metric, metrics
+    in order of first appearance, rows in order of first appearance."""
+    if rows.empty:
+        return pd.DataFrame(columns=keys)
+    names = list(dict.fromkeys(rows["metric"]))
+    table = rows.pivot_table(index=keys, columns="metric", values="value", sort=False)
+    table = table.reindex(columns=names).reset_index()
+    table.columns.name = None
+    return table
+
 
 JSON_COLUMNS = ("config", "budget_ids", "versions", "phases", "info", "real_ids")
 
@@ -240,13 +270,61 @@ MIGRATED = (
 )
 
 
-def _migrate(conn: sqlite3.Connection) -> None:
-    """Bring a version-0 store to the current schema in one transaction, keeping every row.
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    return conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+    ).fetchone() is not None
 
-    The `runs` table is rebuilt (SQLite cannot change a CHECK constraint in place) with
-    foreign keys off, so that dropping the old table does not cascade to `case_metrics`.
+
+def _columns(conn: sqlite3.Connection, table: str) -> list[str]:
+    return [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
+
+
+def _to_v1(conn: sqlite3.Connection) -> None:
+    """The sanity gate: `runs` is rebuilt (SQLite cannot change a CHECK constraint in place).
     Old runs trained without the protocol's training budget, validation or gate: they are
-    marked off-protocol (shown, never ranked).
+    marked off-protocol (shown, never ranked)."""
+    cols = ", ".join(_columns(conn, "runs"))
+    conn.execute(RUNS_TABLE.replace("runs (", "runs_migrated (", 1))
+    conn.execute(f"INSERT INTO runs_migrated ({cols}) SELECT {cols} FROM runs")
+    conn.execute("DROP TABLE runs")  # its index goes with it; SCHEMA makes the new one
+    conn.execute("ALTER TABLE runs_migrated RENAME TO runs")
+    conn.execute("UPDATE runs SET off_protocol = ?", (MIGRATED,))
+
+
+def _to_v2(conn: sqlite3.Connection) -> None:
+    """The code fingerprint of a run (NULL: recorded before fingerprints)."""
+    if "code" not in _columns(conn, "runs"):  # a rebuild by `_to_v1` has it already
+        conn.execute("ALTER TABLE runs ADD COLUMN code TEXT")
+
+
+def _to_v3(conn: sqlite3.Connection) -> None:
+    """Scores in long format: each (dsc, nsd) row becomes a `dsc` row and an `nsd` row."""
+    for table, ddl in (("case_metrics", CASE_METRICS_TABLE), ("ceilings", CEILINGS_TABLE)):
+        if not _has_table(conn, table) or "metric" in _columns(conn, table):
+            continue
+        keys = [c for c in _columns(conn, table) if c not in ("dsc", "nsd")]
+        cols = ", ".join(keys)
+        conn.execute(ddl.replace(f"{table} (", f"{table}_long (", 1))
+        for metric in ("dsc", "nsd"):
+            conn.execute(
+                f"INSERT INTO {table}_long ({cols}, metric, value) "
+                f"SELECT {cols}, '{metric}', {metric} FROM {table} ORDER BY rowid"
+            )
+        conn.execute(f"DROP TABLE {table}")
+        conn.execute(f"ALTER TABLE {table}_long RENAME TO {table}")
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_to_v1, _to_v2, _to_v3)
+"""`MIGRATIONS[v]` brings a version-v store to version v + 1."""
+assert len(MIGRATIONS) == SCHEMA_VERSION
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring an older store to the current schema in one transaction, keeping every row.
+
+    Tables are rebuilt with foreign keys off, so that dropping an old `runs` does not cascade
+    to `case_metrics`; the foreign keys are checked before committing.
     """
     if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
         return  # the usual case: no lock taken
@@ -254,18 +332,11 @@ def _migrate(conn: sqlite3.Connection) -> None:
     conn.execute("BEGIN IMMEDIATE")  # concurrent openers wait here, then see the new version
     try:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        old = conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runs'"
-        ).fetchone()
-        if version >= SCHEMA_VERSION or not old:
+        if version >= SCHEMA_VERSION or not _has_table(conn, "runs"):
             conn.rollback()
             return
-        cols = ", ".join(r[1] for r in conn.execute("PRAGMA table_info(runs)"))
-        conn.execute(RUNS_TABLE.replace("runs (", "runs_migrated (", 1))
-        conn.execute(f"INSERT INTO runs_migrated ({cols}) SELECT {cols} FROM runs")
-        conn.execute("DROP TABLE runs")  # its index goes with it; SCHEMA makes the new one
-        conn.execute("ALTER TABLE runs_migrated RENAME TO runs")
-        conn.execute("UPDATE runs SET off_protocol = ?", (MIGRATED,))
+        for step in MIGRATIONS[version:]:
+            step(conn)
         if conn.execute("PRAGMA foreign_key_check").fetchall():
             raise sqlite3.IntegrityError("migration would break case_metrics → runs")
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -388,11 +459,9 @@ class ResultsStore:
             ).fetchone()
         return row[0] if row else None
 
-    def write_run(
-        self, record: RunRecord, metrics: Iterable[tuple[str, int, str, float, float]] = ()
-    ) -> None:
-        """Insert a run, its (case_id, organ_id, organ, dsc, nsd) rows and its learning curve
-        in one transaction.
+    def write_run(self, record: RunRecord, metrics: Iterable[MetricRow] = ()) -> None:
+        """Insert a run, its (case_id, organ_id, organ, metric, value) rows and its learning
+        curve in one transaction.
 
         A finished run replaces an earlier finished run with the same key (`--force`).
         """
@@ -405,7 +474,8 @@ class ResultsStore:
                 )
             conn.execute(sql, values)
             conn.executemany(
-                "INSERT INTO case_metrics VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO case_metrics (run_id, case_id, organ_id, organ, metric, value) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
                 [(record.run_id, *m) for m in metrics],
             )
             conn.executemany(
@@ -430,8 +500,9 @@ class ResultsStore:
             return pd.read_sql_query(sql + " ORDER BY finished_at", conn, params=args)
 
     def metrics(self, run_ids: Iterable[str]) -> pd.DataFrame:
-        """Per-case, per-organ rows of these runs."""
-        return self._of_runs("case_metrics", run_ids)
+        """Per-case, per-organ rows of these runs, wide: run_id, case_id, organ_id, organ and
+        one column per metric, in the order the metrics were recorded."""
+        return wide(self._of_runs("case_metrics", run_ids), ["run_id", *ROW_KEYS])
 
     def curves(self, run_ids: Iterable[str]) -> pd.DataFrame:
         """Learning-curve points (run_id, samples, train_loss, val_dsc) of these runs."""
@@ -444,7 +515,7 @@ class ResultsStore:
                 return pd.read_sql_query(f"SELECT * FROM {table} WHERE 0", conn)
             marks = ", ".join("?" * len(ids))
             return pd.read_sql_query(
-                f"SELECT * FROM {table} WHERE run_id IN ({marks})", conn, params=ids
+                f"SELECT * FROM {table} WHERE run_id IN ({marks}) ORDER BY rowid", conn, params=ids
             )
 
     def has_ceiling(self, protocol_hash: str, dataset_key: str, split_hash: str) -> bool:
@@ -462,9 +533,10 @@ class ResultsStore:
         protocol_hash: str,
         dataset_key: str,
         split_hash: str,
-        metrics: Iterable[tuple[str, int, str, float, float]],
+        metrics: Iterable[MetricRow],
     ) -> None:
-        """The protocol's ceiling: (case_id, organ_id, organ, dsc, nsd) rows, one transaction."""
+        """The protocol's ceiling: (case_id, organ_id, organ, metric, value) rows, in one
+        transaction."""
         keys = (protocol_hash, dataset_key, split_hash)
         with self._connection() as conn, conn:
             conn.execute(
@@ -473,14 +545,15 @@ class ResultsStore:
                 keys,
             )
             conn.executemany(
-                "INSERT INTO ceilings VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO ceilings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(*keys, *m) for m in metrics],
             )
 
     def ceilings(self) -> pd.DataFrame:
-        """Every stored ceiling row."""
+        """Every stored ceiling row, wide (one column per metric)."""
         with self._connection() as conn:
-            return pd.read_sql_query("SELECT * FROM ceilings", conn)
+            rows = pd.read_sql_query("SELECT * FROM ceilings ORDER BY rowid", conn)
+        return wide(rows, ["protocol_hash", "dataset_key", "split_hash", *ROW_KEYS])
 
     def write_generative(self, record: GenerativeRecord) -> None:
         """Insert a generative-quality row in one transaction, replacing one with the same key."""

@@ -198,6 +198,17 @@ def read_header(path: Path) -> Header:
     )
 
 
+def slice_order(affine: tuple[tuple[float, ...], ...]) -> tuple[int, bool]:
+    """Where a file's third voxel axis (its slice axis) lies in the canonical (RAS+) volume,
+    and whether its indices run against that axis: ``(axis, reversed)``.
+
+    FLARE's z-range rule is defined in the file's own slice order; the volumes we score are
+    canonical, so the order is kept from the header.
+    """
+    axis, flip = nib.io_orientation(np.asarray(affine))[2]
+    return int(axis), bool(flip < 0)
+
+
 def _as_tuple(affine: np.ndarray) -> tuple[tuple[float, ...], ...]:
     return tuple(tuple(float(v) for v in row) for row in np.asarray(affine))
 
