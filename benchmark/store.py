@@ -545,7 +545,7 @@ class ResultsStore:
                 keys,
             )
             conn.executemany(
-                "INSERT INTO ceilings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO ceilings VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [(*keys, *m) for m in metrics],
             )
 

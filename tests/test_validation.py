@@ -17,7 +17,7 @@ from benchmark.method import SliceSet
 from benchmark.progress import Progress
 from benchmark.protocol import load_protocol
 from benchmark.runner import load_data
-from benchmark.store import ResultsStore
+from benchmark.store import SCHEMA_VERSION, ResultsStore
 from benchmark.validation import CurvePoint, Selection, Validator, may_be_undertrained, sanity_dsc
 from methods.diffusion.linear import DiffusionLinear
 from tests.conftest import TINY_TRAINING, tiny_protocol_text
@@ -294,15 +294,16 @@ def test_an_old_store_is_migrated_in_place_keeping_every_row(tmp_path):
     assert list(old["run_id"]) == ["old1"] and "before the protocol's training budget" in str(
         old["off_protocol"].iloc[0]
     )
-    assert len(store.metrics(["old1"])) == 1  # the rebuild did not cascade-delete metrics
+    # the rebuild did not cascade-delete metrics, which are now long rows
+    assert store.metrics(["old1"])[["dsc", "nsd"]].to_numpy().tolist() == [[0.9, 0.8]]
     assert store.completed_run("k-old") == "old1"
     unfit = record("new1", "k-new", status="unfit", error="unfit: ...")
     unfit.curve = [(4, 1.0, 0.2), (8, 0.5, 0.4)]
-    store.write_run(unfit, [("c1", 1, "liver", 0.1, 0.0)])
+    store.write_run(unfit, [("c1", 1, "liver", "dsc", 0.1), ("c1", 1, "liver", "nsd", 0.0)])
     assert store.completed_run("k-new") == "new1"
     assert list(store.curves(["new1"])["val_dsc"]) == [0.2, 0.4]
     with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
     # Opening again is a no-op
     assert len(ResultsStore(tmp_path).runs(status=None)) == 2
