@@ -240,12 +240,12 @@ def _parse_training(table: Any, n_val: int) -> Training:
     if not isinstance(select, bool):
         raise ValueError(f"training.select must be true or false, not {select!r}")
     if select and n_val < 1:
-        raise ValueError(
-            "training.select = true needs validation cases, but split.val_cases is 0"
-        )
+        raise ValueError("training.select = true needs validation cases, but split.val_cases is 0")
     threshold = table.get("sanity_min_dsc", 0.5)
-    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not (
-        0.0 <= threshold <= 1.0
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, int | float)
+        or not (0.0 <= threshold <= 1.0)
     ):
         raise ValueError(f"training.sanity_min_dsc must be in [0, 1], not {threshold!r}")
     return Training(**counts, select=select, sanity_min_dsc=float(threshold))

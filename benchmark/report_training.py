@@ -103,9 +103,7 @@ def curves_section(
         out += ["No run is flagged: every best validation score came before the last 10 % of "
                 "training, or the curve had stopped rising.", ""]  # fmt: skip
     else:
-        listed = ", ".join(
-            f"{r.method} · {r.budget} · seed {r.seed}" for r in flagged.itertuples()
-        )
+        listed = ", ".join(f"{r.method} · {r.budget} · seed {r.seed}" for r in flagged.itertuples())
         out += [
             f"**May be undertrained** ({len(flagged)}): {listed}. Their best validation score "
             "came in the last 10 % of training while still rising.",

@@ -70,6 +70,9 @@ class RunRequest:
     overrides: list[str] = field(default_factory=list)
     data: Path | None = None
     force: bool = False
+    save_predictions: Path | None = None
+    """Folder to write each test case's predicted label volume into, as `<case>.nii.gz` on
+    its ground-truth file's voxel grid (what `bench evaluate` reads back)."""
 
 
 @dataclass
@@ -201,6 +204,7 @@ def run_pretraining(
             f"{index.root}: method '{method.name}' pretrains on unlabeled slices but the data set "
             f"has no unlabeled folder (imagesUnlabeled/)"
         )
+
     def build() -> SliceStore:
         return build_slice_store(
             index.unlabeled,
@@ -267,6 +271,17 @@ def score_prediction(data: DataContext, case_id: str, pred: np.ndarray) -> list[
         for label, values in scores.items()
         for name, value in values.items()
     ]
+
+
+def save_prediction(data: DataContext, case_id: str, pred: np.ndarray, folder: Path) -> Path:
+    """Write a predicted (X, Y, Z) volume as `<folder>/<case>.nii.gz` on the voxel grid of
+    the case's ground-truth file."""
+    from benchmark.data.writer import save_like
+
+    label = next(c.label for c in data.index.labeled if c.case_id == case_id)
+    assert label is not None
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return save_like(pred, label, Path(folder) / f"{case_id}.nii.gz")
 
 
 def mean_scores(rows: list[MetricRow]) -> dict[str, float]:
@@ -392,9 +407,7 @@ def _record(
     )
 
 
-def check_fitted(
-    method: Method, labeled: SliceSet, ctx: RunContext, protocol: Protocol
-) -> Trust:
+def check_fitted(method: Method, labeled: SliceSet, ctx: RunContext, protocol: Protocol) -> Trust:
     """Validation score of the fitted model, the sanity gate on its own labeled slices, and
     the learning curve the method recorded.
 
@@ -469,6 +482,8 @@ def perform(prep: Prepared, progress: Progress) -> tuple[RunRecord, list[MetricR
         for case_id in progress.track(data.split.test, "predict + score"):
             t = time.perf_counter()
             pred = predict_case(method, data.store, case_id)
+            if req.save_predictions is not None:
+                save_prediction(data, case_id, pred, req.save_predictions)
             t_pred += time.perf_counter() - t
             t = time.perf_counter()
             rows.extend(score_prediction(data, case_id, pred))

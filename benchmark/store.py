@@ -97,7 +97,9 @@ CREATE TABLE IF NOT EXISTS ceilings (
 );
 """
 
-SCHEMA = RUNS_TABLE + """
+SCHEMA = (
+    RUNS_TABLE
+    + """
 CREATE UNIQUE INDEX IF NOT EXISTS one_completed_run ON runs (run_key)
     WHERE status IN ('completed', 'unfit');
 CREATE TABLE IF NOT EXISTS curves (
@@ -107,7 +109,10 @@ CREATE TABLE IF NOT EXISTS curves (
     val_dsc REAL NOT NULL,
     PRIMARY KEY (run_id, samples)
 );
-""" + CASE_METRICS_TABLE + CEILINGS_TABLE + """
+"""
+    + CASE_METRICS_TABLE
+    + CEILINGS_TABLE
+    + """
 CREATE TABLE IF NOT EXISTS generative (
     gen_id TEXT PRIMARY KEY,
     gen_key TEXT NOT NULL UNIQUE,
@@ -143,6 +148,7 @@ CREATE TABLE IF NOT EXISTS generative (
     finished_at TEXT NOT NULL
 );
 """
+)
 
 FINISHED = ("completed", "unfit")
 """Statuses of a run that ran to its end (an unfit run is done: rerunning gives the same)."""
@@ -271,9 +277,12 @@ MIGRATED = (
 
 
 def _has_table(conn: sqlite3.Connection, name: str) -> bool:
-    return conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
-    ).fetchone() is not None
+    return (
+        conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+        ).fetchone()
+        is not None
+    )
 
 
 def _columns(conn: sqlite3.Connection, table: str) -> list[str]:
@@ -522,11 +531,14 @@ class ResultsStore:
         if not self.path.exists():
             return False
         with self._connection() as conn:
-            return conn.execute(
-                "SELECT 1 FROM ceilings WHERE protocol_hash = ? AND dataset_key = ? "
-                "AND split_hash = ? LIMIT 1",
-                (protocol_hash, dataset_key, split_hash),
-            ).fetchone() is not None
+            return (
+                conn.execute(
+                    "SELECT 1 FROM ceilings WHERE protocol_hash = ? AND dataset_key = ? "
+                    "AND split_hash = ? LIMIT 1",
+                    (protocol_hash, dataset_key, split_hash),
+                ).fetchone()
+                is not None
+            )
 
     def write_ceiling(
         self,

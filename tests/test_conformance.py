@@ -95,8 +95,11 @@ def official(gt_path: Path, pred_path: Path, min_dsc: float = 0.2):
     case_spacing = gt_nii.header.get_zooms()
     gt_data = np.uint8(gt_nii.get_fdata())
     seg_data = np.uint8(nib.load(pred_path).get_fdata())
-    return gt_data, seg_data, case_spacing, evaluate_case(
-        gt_data, seg_data, case_spacing, min_dsc=min_dsc
+    return (
+        gt_data,
+        seg_data,
+        case_spacing,
+        evaluate_case(gt_data, seg_data, case_spacing, min_dsc=min_dsc),
     )
 
 

@@ -145,8 +145,7 @@ class Scoring:
             raise ValueError(f"metrics.names lists a metric twice: {names}")
         if "dsc" not in names:
             raise ValueError(
-                "metrics.names must include 'dsc': validation, selection and the sanity gate "
-                "use it"
+                "metrics.names must include 'dsc': validation, selection and the sanity gate use it"
             )
         metrics = tuple(get_metric(n) for n in names)
         used = GENERAL_KEYS.union(*(m.keys for m in metrics))
@@ -163,8 +162,6 @@ class Scoring:
         return cls(metrics, params, zrange)
 
     @classmethod
-    def of(
-        cls, names: Sequence[str], zrange_labels: Sequence[int] = (), **params: Any
-    ) -> Scoring:
+    def of(cls, names: Sequence[str], zrange_labels: Sequence[int] = (), **params: Any) -> Scoring:
         """A scoring from metric names and parsed parameters by metric name (tests, scripts)."""
         return cls(tuple(get_metric(n) for n in names), dict(params), tuple(zrange_labels))

@@ -191,9 +191,11 @@ class SliceOrder(NamedTuple):
     reversed: bool = False
 
 
-def _checked(
-    pred: np.ndarray, gt: np.ndarray, organs: Mapping[int, str]
-) -> tuple[list, list]:
+AS_CANONICAL = SliceOrder()
+"""A file stored in canonical (RAS+) order: the slice axis is Z, in increasing order."""
+
+
+def _checked(pred: np.ndarray, gt: np.ndarray, organs: Mapping[int, str]) -> tuple[list, list]:
     """Validate two label volumes; the bounding boxes of every organ label in each."""
     _check_pair(pred, gt)
     for volume in (pred, gt):
@@ -249,7 +251,7 @@ def dice_case(
     gt: np.ndarray,
     organs: Mapping[int, str],
     zrange_labels: Collection[int] = (),
-    order: SliceOrder = SliceOrder(),
+    order: SliceOrder = AS_CANONICAL,
 ) -> dict[int, float]:
     """DSC of every label in ``organs`` for one case under the rules of `score_case`.
 
@@ -267,7 +269,7 @@ def score_case(
     spacing: tuple[float, float, float],
     organs: Mapping[int, str],
     scoring: Scoring,
-    order: SliceOrder = SliceOrder(),
+    order: SliceOrder = AS_CANONICAL,
 ) -> dict[int, dict[str, float]]:
     """Every declared metric of every label in ``organs`` for one case: label → name → value.
 
