@@ -91,14 +91,17 @@ def compute_surface_distances(mask_gt: np.ndarray, mask_pred: np.ndarray, spacin
     areas = _areas(spacing_mm)
     gt_to_pred, areas_gt = dist_pred[borders_gt], areas[code_gt][borders_gt]
     pred_to_gt, areas_pred = dist_gt[borders_pred], areas[code_pred][borders_pred]
-    # Sorted by distance, as the library returns them (np.argsort in DeepMind's package; the
-    # FLARE copy sorts Python tuples, slower): the cost is part of the official loop.
-    by_gt, by_pred = np.argsort(gt_to_pred, kind="stable"), np.argsort(pred_to_gt, kind="stable")
+    # Sorted by distance as the official SurfaceDice.py does it (Python's sorted over
+    # (distance, area) tuples): NSD does not depend on the order, its cost is the script's.
+    if len(gt_to_pred):
+        gt_to_pred, areas_gt = np.array(sorted(zip(gt_to_pred, areas_gt, strict=True))).T
+    if len(pred_to_gt):
+        pred_to_gt, areas_pred = np.array(sorted(zip(pred_to_gt, areas_pred, strict=True))).T
     return {
-        "gt_to_pred": gt_to_pred[by_gt],
-        "pred_to_gt": pred_to_gt[by_pred],
-        "areas_gt": areas_gt[by_gt],
-        "areas_pred": areas_pred[by_pred],
+        "gt_to_pred": gt_to_pred,
+        "pred_to_gt": pred_to_gt,
+        "areas_gt": areas_gt,
+        "areas_pred": areas_pred,
     }
 
 
