@@ -93,6 +93,14 @@ def run(
     ] = False,
     verify: VerifyOpt = False,
     quiet: QuietOpt = False,
+    save_predictions: Annotated[
+        Path | None,
+        typer.Option(
+            "--save-predictions",
+            help="Also write each test case's predicted labels to DIR/<case>.nii.gz, on the "
+            "ground truth's voxel grid (`bench evaluate` reads them).",
+        ),
+    ] = None,
 ) -> None:
     """Train METHOD on BUDGET labeled slices and score it on the protocol's test cases."""
     from benchmark.data.cache import verifying
@@ -118,6 +126,7 @@ def run(
                     overrides=list(set_ or []),
                     data=data,
                     force=force,
+                    save_predictions=save_predictions,
                 )
                 prepared = prepare(request, progress, data_ctx)
                 data_ctx = prepared.data
@@ -144,17 +153,7 @@ def run(
 
 def _print_outcome(label: str, outcome: Any) -> None:
     rec = outcome.record
-    table = Table(title=f"{label} (run {outcome.run_id})")
-    table.add_column("organ")
-    table.add_column("DSC", justify="right")
-    table.add_column("NSD", justify="right")
-    for r in outcome.per_organ.itertuples():
-        table.add_row(r.organ, f"{r.dsc:.3f}", f"{r.nsd:.3f}")
-    table.add_section()
-    table.add_row(
-        "mean", f"{outcome.per_organ.dsc.mean():.3f}", f"{outcome.per_organ.nsd.mean():.3f}"
-    )
-    out.print(table)
+    _print_scores(label, outcome)
     phases = ", ".join(f"{k} {v:.1f}s" for k, v in rec.phases.items())
     out.print(
         f"wall {rec.wall_s:.1f}s ({phases}); peak memory {rec.peak_mem_mb:.0f} MB; {rec.device}",
@@ -175,6 +174,23 @@ def _print_outcome(label: str, outcome: Any) -> None:
         err.print(f"[yellow]{warning}[/yellow]", highlight=False)
 
 
+def _print_scores(label: str, outcome: Any) -> None:
+    """The per-organ table of a recorded run: one column per declared metric."""
+    from benchmark.metrics.registry import display_name
+
+    per_organ = outcome.per_organ
+    names = [c for c in per_organ.columns if c not in ("organ_id", "organ")]
+    table = Table(title=f"{label} (run {outcome.run_id})")
+    table.add_column("organ")
+    for name in names:
+        table.add_column(display_name(name), justify="right")
+    for _, r in per_organ.iterrows():
+        table.add_row(str(r["organ"]), *(f"{r[n]:.3f}" for n in names))
+    table.add_section()
+    table.add_row("mean", *(f"{per_organ[n].mean():.3f}" for n in names))
+    out.print(table)
+
+
 def _not_ranked(rec: Any) -> list[str]:
     """Why a recorded run will not be ranked (empty when it will)."""
     reasons = []
@@ -183,6 +199,47 @@ def _not_ranked(rec: Any) -> list[str]:
     if rec.off_protocol:
         reasons.append(f"not ranked, off-protocol: {rec.off_protocol}")
     return reasons
+
+
+@app.command()
+@user_errors
+def evaluate(
+    pred: Annotated[
+        Path,
+        typer.Option(
+            "--pred",
+            help="Folder of 3D label maps, one per test case: <case>.nii.gz (nnU-Net) or "
+            "<case>_0000.nii.gz (FLARE22), on the ground truth's voxel grid.",
+        ),
+    ],
+    protocol: ProtocolOpt = "phantom",
+    data: DataOpt = None,
+    name: Annotated[
+        str | None,
+        typer.Option("--name", help="Name of the submission (default: the folder's name)."),
+    ] = None,
+    results: ResultsOpt = Path("runs"),
+    quiet: QuietOpt = False,
+) -> None:
+    """Score predictions made outside the harness with the protocol's metrics and rules.
+
+    The scores are stored as a submission (shown in the leaderboard, never ranked) with the
+    SHA-256 of every file, and written per case to RESULTS/submissions/NAME.csv.
+    """
+    from benchmark.evaluate import EvaluateRequest
+    from benchmark.evaluate import evaluate as run_evaluation
+    from benchmark.progress import Progress
+    from benchmark.runner import outcome
+
+    progress = Progress(quiet=quiet, console=err)
+    try:
+        done = run_evaluation(EvaluateRequest(pred, protocol, data, name, results), progress)
+    finally:
+        progress.stop()
+    rec = done.record
+    shown = outcome(rec, done.rows)
+    _print_scores(f"{rec.method} · submission", shown)
+    out.print(f"per-case CSV: {done.csv}; stored as run {rec.run_id}", highlight=False)
 
 
 @app.command()
@@ -644,6 +701,7 @@ def sweep(
 ) -> None:
     """Run every METHOD × BUDGET × SEED not yet in the store; exit code = runs that failed."""
     from benchmark.data.cache import verifying
+    from benchmark.metrics.registry import display_name
     from benchmark.progress import Progress
     from benchmark.sweep import SweepRequest, run_sweep
 
@@ -673,7 +731,8 @@ def sweep(
             err.print(f"[red]{label}: run {f.run_id} failed:[/red] {f.error}", highlight=False)
         else:
             unfit = f" [yellow]{f.error}[/yellow]" if f.status == "unfit" else ""
-            out.print(f"{label}: mean DSC {f.dsc:.3f} (run {f.run_id}){unfit}", highlight=False)
+            means = ", ".join(f"{display_name(k)} {v:.3f}" for k, v in f.scores.items())
+            out.print(f"{label}: mean {means} (run {f.run_id}){unfit}", highlight=False)
 
     try:
         with verifying(verify):

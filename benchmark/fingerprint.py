@@ -49,6 +49,7 @@ CORE = (
 NOT_CORE = (
     "benchmark.cli",
     "benchmark.errors",
+    "benchmark.evaluate",
     "benchmark.fidelity",
     "benchmark.fingerprint",
     "benchmark.progress",

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import numpy as np
 
 from benchmark.errors import BudgetError, ProtocolError, did_you_mean
+from benchmark.metrics.registry import Scoring
 
 PROTOCOLS_DIR = Path(__file__).resolve().parent.parent / "protocols"
 """Built-in protocol files (`protocols/*.toml` at the top of the repository)."""
@@ -110,8 +111,8 @@ class Protocol:
     n_val: int
     budgets: dict[str, Budget]
     draw_from: Literal["foreground", "all"]
-    nsd_tolerance_mm: dict[int, float]
-    zrange_labels: tuple[int, ...]
+    scoring: Scoring
+    """The declared metrics (`[metrics] names`), their parameters and the z-range rule."""
     training: Training
     raw: dict[str, Any]
     hash: str
@@ -195,10 +196,7 @@ def _parse(raw: dict[str, Any], path: Path) -> Protocol:
             count=int(b["count"]) if "count" in b else None,
             fraction=float(b["fraction"]) if "fraction" in b else None,
         )
-    metrics = raw["metrics"]
-    tol = {int(k): float(v) for k, v in metrics["nsd_tolerance_mm"].items()}
-    if set(tol) != set(labels):
-        raise ValueError("metrics.nsd_tolerance_mm must give a tolerance for every label id")
+    scoring = Scoring.parse(raw["metrics"], labels)
     draw_from = raw.get("budget_draw", {}).get("from", "foreground")
     if draw_from not in ("foreground", "all"):
         raise ValueError("budget_draw.from must be 'foreground' or 'all'")
@@ -217,8 +215,7 @@ def _parse(raw: dict[str, Any], path: Path) -> Protocol:
         n_val=n_val,
         budgets=budgets,
         draw_from=draw_from,
-        nsd_tolerance_mm=tol,
-        zrange_labels=tuple(int(i) for i in metrics.get("zrange_labels", ())),
+        scoring=scoring,
         training=training,
         raw=raw,
         hash=stable_hash(raw),
@@ -243,12 +240,12 @@ def _parse_training(table: Any, n_val: int) -> Training:
     if not isinstance(select, bool):
         raise ValueError(f"training.select must be true or false, not {select!r}")
     if select and n_val < 1:
-        raise ValueError(
-            "training.select = true needs validation cases, but split.val_cases is 0"
-        )
+        raise ValueError("training.select = true needs validation cases, but split.val_cases is 0")
     threshold = table.get("sanity_min_dsc", 0.5)
-    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not (
-        0.0 <= threshold <= 1.0
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, int | float)
+        or not (0.0 <= threshold <= 1.0)
     ):
         raise ValueError(f"training.sanity_min_dsc must be in [0, 1], not {threshold!r}")
     return Training(**counts, select=select, sanity_min_dsc=float(threshold))

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmark.metrics.registry import display_name, higher_is_better
 from benchmark.report_code import code_note, newest_code
 from benchmark.report_training import (
     CURVES_NAME,
@@ -35,20 +36,13 @@ HEATMAP_NAME = "organ_dsc_heatmap.png"
 HTML_NAME = "LEADERBOARD.html"
 MD_NAME = "LEADERBOARD.md"
 
-SUMMARY_COLUMNS = [
-    "method",
-    "budget",
-    "n_labeled",
-    "seeds",
-    "cases",
-    "dsc",
-    "dsc_lo",
-    "dsc_hi",
-    "nsd",
-    "nsd_lo",
-    "nsd_hi",
-    "wall_s",
-]
+KEY_COLUMNS = ("run_id", "case_id", "organ_id", "organ")
+"""Columns of a metrics frame that are not metrics; every other column is one metric."""
+
+
+def metric_names(metrics: pd.DataFrame) -> list[str]:
+    """The metrics in a (wide) metrics frame, in the order they were recorded."""
+    return [c for c in metrics.columns if c not in KEY_COLUMNS]
 
 
 # --------------------------------------------------------------------------- statistics
@@ -185,7 +179,7 @@ def paired_tests(
                 index=["case_id", "seed"], columns="method", values=metric, aggfunc="mean"
             )
             by_case = sub.groupby(["method", "case_id"])[metric].mean().groupby("method").mean()
-            means = by_case.sort_values(ascending=False, kind="stable")
+            means = by_case.sort_values(ascending=not higher_is_better(metric), kind="stable")
             if means.empty:
                 continue
             best = means.index[0]
@@ -224,43 +218,40 @@ def _budget_order(runs: pd.DataFrame) -> list[str]:
 
 
 def _case_scores(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
-    """One row per (run, case): mean over organs of DSC and NSD, with method/budget/seed."""
-    per_case = metrics.groupby(["run_id", "case_id"], as_index=False)[["dsc", "nsd"]].mean()
+    """One row per (run, case): mean over organs of every metric, with method/budget/seed."""
+    names = metric_names(metrics)
+    per_case = metrics.groupby(["run_id", "case_id"], as_index=False)[names].mean()
     return per_case.merge(runs[["run_id", "method", "budget", "seed"]], on="run_id")
 
 
 def summarize(runs: pd.DataFrame, metrics: pd.DataFrame, n_boot: int = N_BOOT) -> pd.DataFrame:
     """One row per (method, budget), budgets by median n_labeled, then methods by name.
 
-    dsc/nsd: mean over all (seed, case) rows of the per-case organ-mean score; *_lo/*_hi:
-    95% percentile bootstrap over test cases. Pass runs of a single protocol hash.
+    For every metric `m` of `metrics`: `m`, the mean over all (seed, case) rows of the
+    per-case organ-mean score, and `m_lo`/`m_hi`, its 95% two-level percentile bootstrap
+    (test cases, then seeds within each case). Pass runs of a single protocol hash.
     """
     _require_runs(runs)
     scores = _case_scores(runs, metrics)
+    names = metric_names(metrics)
     order = {b: i for i, b in enumerate(_budget_order(runs))}
     rows = []
     for (method, budget), grp in runs.groupby(["method", "budget"]):
         sc = scores[(scores.method == method) & (scores.budget == budget)]
-        dsc = _case_ci(sc, "dsc", n_boot)
-        nsd = _case_ci(sc, "nsd", n_boot)
-        rows.append(
-            {
-                "method": method,
-                "budget": budget,
-                "n_labeled": float(grp["n_labeled"].median()),
-                "seeds": int(grp["seed"].nunique()),
-                "cases": int(sc["case_id"].nunique()),
-                "dsc": dsc[0],
-                "dsc_lo": dsc[1],
-                "dsc_hi": dsc[2],
-                "nsd": nsd[0],
-                "nsd_lo": nsd[1],
-                "nsd_hi": nsd[2],
-                "wall_s": float(grp["wall_s"].mean()),
-            }
-        )
+        row = {
+            "method": method,
+            "budget": budget,
+            "n_labeled": float(grp["n_labeled"].median()),
+            "seeds": int(grp["seed"].nunique()),
+            "cases": int(sc["case_id"].nunique()),
+        }
+        for name in names:
+            row[name], row[f"{name}_lo"], row[f"{name}_hi"] = _case_ci(sc, name, n_boot)
+        rows.append({**row, "wall_s": float(grp["wall_s"].mean())})
     rows.sort(key=lambda r: (order[r["budget"]], str(r["method"])))
-    out = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    columns = ["method", "budget", "n_labeled", "seeds", "cases"]
+    columns += [c for n in names for c in (n, f"{n}_lo", f"{n}_hi")] + ["wall_s"]
+    out = pd.DataFrame(rows, columns=columns)
     protocols = sorted(runs["protocol"].unique()) if "protocol" in runs else []
     out.attrs["protocol"] = ", ".join(map(str, protocols))
     return out
@@ -404,12 +395,15 @@ def _short_organs(organs: Iterable[str]) -> dict[str, str]:
     return {o: (str(o) if s in clashes else s) for o, s in short.items()}
 
 
-def _bold_best(values: dict[str, float], text: dict[str, str]) -> dict[str, str]:
-    """Bold the highest value (ties included) when there is something to compare."""
+def _bold_best(
+    values: dict[str, float], text: dict[str, str], higher: bool = True
+) -> dict[str, str]:
+    """Bold the best value (highest, or lowest when not `higher`; ties included) when there
+    is something to compare."""
     finite = {k: v for k, v in values.items() if v is not None and not pd.isna(v)}
     if len(finite) < 2:
         return text
-    best = max(finite.values())
+    best = max(finite.values()) if higher else min(finite.values())
     return {k: (f"**{t}**" if finite.get(k) == best else t) for k, t in text.items()}
 
 
@@ -472,7 +466,7 @@ def _score_table(
                 continue
             values[method] = r[metric]
             text[method] = f"{_f3(r[metric])} [{_f3(r[metric + '_lo'])}, {_f3(r[metric + '_hi'])}]"
-        for method, t in _bold_best(values, text).items():
+        for method, t in _bold_best(values, text, higher_is_better(metric)).items():
             r = sub.loc[method] if method in sub.index else None
             # Cells that pool a different number of seeds or cases than the rest say so.
             if r is not None and r["cases"] > 0 and (int(r["seeds"]), int(r["cases"])) != usual:
@@ -492,9 +486,11 @@ def _ranking(
     level: int,
     n_by_budget: dict[str, float],
 ) -> list[str]:
-    """Per budget: methods ranked by mean DSC, a paired test against the best, and cost."""
+    """Per budget: methods ranked by mean DSC, a paired test against the best in every
+    metric, and cost."""
     h = "#" * level
-    tests = paired_tests(runs, metrics)
+    names = metric_names(metrics)
+    tests = paired_tests(runs, metrics, names)
     cost = _cost_table(runs).set_index(["method", "budget"])
     unit, scale = _time_unit(float(cost["wall_s"].max()))
 
@@ -517,41 +513,41 @@ def _ranking(
         "Wilcoxon signed-rank test of the per-case seed means (the test case is the unit: the "
         "seeds of a case share its volume), Holm-corrected over "
         f"{_plural(int(tests['p'].notna().sum()), 'comparison')} of this table (every budget, "
-        f"DSC and NSD); ▼ marks a method significantly below the best (adjusted p < {ALPHA}). "
-        "NSD is compared with the method best in NSD. Cost: mean wall time per run, largest "
-        "peak memory.",
+        f"every metric); ▼ marks a method significantly worse than the best (adjusted p < "
+        f"{ALPHA}). Every other metric is compared with the method best in it. Cost: mean wall "
+        "time per run, largest peak memory.",
         "",
         *_power_note(tests),
     ]
     for budget in _budget_order(runs):
-        t_dsc = tests[(tests.metric == "dsc") & (tests.budget == budget)]
-        t_nsd = tests[(tests.metric == "nsd") & (tests.budget == budget)]
+        mine = {name: tests[(tests.metric == name) & (tests.budget == budget)] for name in names}
         sub = summary[summary.budget == budget].set_index("method")
         rows = []
-        for r in t_dsc.itertuples():
+        for r in mine["dsc"].itertuples():
             s_ = sub.loc[r.method]
             c = cost.loc[(r.method, budget)]
-            rows.append(
-                [
-                    str(r.rank),
-                    r.method,
-                    f"{_f3(s_['dsc'])} [{_f3(s_['dsc_lo'])}, {_f3(s_['dsc_hi'])}]",
-                    *vs_best(t_dsc, r.method),
-                    f"{_f3(s_['nsd'])} [{_f3(s_['nsd_lo'])}, {_f3(s_['nsd_hi'])}]",
-                    *vs_best(t_nsd, r.method),
-                    f"{int(s_['seeds'])} × {int(s_['cases'])}",
-                    f"{c['wall_s'] / scale:,.1f}",
-                    f"{c['peak_mem_mb']:,.0f}",
-                    str(c["device"]),
+            row = [str(r.rank), r.method]
+            for name in names:
+                row += [
+                    f"{_f3(s_[name])} [{_f3(s_[name + '_lo'])}, {_f3(s_[name + '_hi'])}]",
+                    *vs_best(mine[name], r.method),
                 ]
-            )
-        header = ["#", "method", "DSC [95% CI]", "Δ vs best [95% CI]", "p"]
-        header += ["NSD [95% CI]", "Δ vs best [95% CI]", "p"]
+            row += [
+                f"{int(s_['seeds'])} × {int(s_['cases'])}",
+                f"{c['wall_s'] / scale:,.1f}",
+                f"{c['peak_mem_mb']:,.0f}",
+                str(c["device"]),
+            ]
+            rows.append(row)
+        header = ["#", "method"]
+        header += [
+            h_ for n in names for h_ in (f"{display_name(n)} [95% CI]", "Δ vs best [95% CI]", "p")
+        ]
         header += ["seeds × cases", f"wall ({unit})", "peak MB", "device"]
         out += [
             f"{h}# {_budget_header(budget, n_by_budget[budget])}",
             "",
-            _md_table(header, rows, "rlrrrrrrrrrl"),
+            _md_table(header, rows, "rl" + "rrr" * len(names) + "rrrl"),
             "",
         ]
     return out
@@ -612,15 +608,15 @@ def _section(
             else ""
         ),
         "",
-        f"{h}# DSC",
-        "",
-        _score_table(summary, "dsc", methods, budgets, n_by_budget, usual, ceiling.get("dsc")),
-        "",
-        f"{h}# NSD",
-        "",
-        _score_table(summary, "nsd", methods, budgets, n_by_budget, usual, ceiling.get("nsd")),
-        "",
     ]
+    for name in metric_names(metrics):
+        direction = "" if higher_is_better(name) else " (lower is better)"
+        out += [
+            f"{h}# {display_name(name)}{direction}",
+            "",
+            _score_table(summary, name, methods, budgets, n_by_budget, usual, ceiling.get(name)),
+            "",
+        ]
     if plot_name:
         out += [f"![Mean DSC vs. labeled training slices]({plot_name})", ""]
     out += _ranking(runs, metrics, summary, level, n_by_budget)
@@ -833,7 +829,8 @@ def render_markdown(
     )
     how_to_read = (
         "Each score is the mean over test cases of each case's mean over seeds of a per-case "
-        "score: the mean over organs of DSC (Dice) or NSD (normalized surface Dice). Brackets: "
+        "score: the mean over organs of one of the protocol's metrics (DSC: Dice; NSD: normalized "
+        "surface Dice; HD95: 95th-percentile Hausdorff distance in mm). Brackets: "
         f"95% percentile bootstrap CI, two-level ({N_BOOT} resamples: test cases drawn with "
         "replacement, then seeds within each drawn case). Budget headers give the number of "
         "labeled training slices; bold marks the best method per column."
@@ -889,8 +886,7 @@ def _unranked_only(
     out = [
         f"# Leaderboard: {protocol}",
         "",
-        f"No ranked runs: all {_plural(len(unranked), 'finished run')} are unfit or "
-        "off-protocol.",
+        f"No ranked runs: all {_plural(len(unranked), 'finished run')} are unfit or off-protocol.",
         "",
         *note,
         *unranked_section(unranked, metrics),

@@ -44,7 +44,7 @@ def unranked_section(unranked: pd.DataFrame, metrics: pd.DataFrame) -> list[str]
 
     if unranked.empty:
         return []
-    mean = metrics.groupby("run_id")["dsc"].mean()
+    mean = metrics.groupby("run_id")["dsc"].mean() if "dsc" in metrics else pd.Series()
     rows = [
         [
             str(r.method),
@@ -103,9 +103,7 @@ def curves_section(
         out += ["No run is flagged: every best validation score came before the last 10 % of "
                 "training, or the curve had stopped rising.", ""]  # fmt: skip
     else:
-        listed = ", ".join(
-            f"{r.method} · {r.budget} · seed {r.seed}" for r in flagged.itertuples()
-        )
+        listed = ", ".join(f"{r.method} · {r.budget} · seed {r.seed}" for r in flagged.itertuples())
         out += [
             f"**May be undertrained** ({len(flagged)}): {listed}. Their best validation score "
             "came in the last 10 % of training while still rising.",
@@ -155,7 +153,7 @@ def plot_curves(runs: pd.DataFrame, curves: pd.DataFrame, out_png: Path) -> Path
 
 
 def ceiling_scores(runs: pd.DataFrame, ceilings: pd.DataFrame | None) -> dict[str, float]:
-    """Mean DSC and NSD of the protocol's ceiling for these runs' protocol hash, data and
+    """Mean of every metric of the protocol's ceiling for these runs' protocol hash, data and
     split (mean over test cases of the organ mean, as every score), or {} when not stored."""
     if ceilings is None or ceilings.empty or runs.empty:
         return {}
@@ -166,5 +164,6 @@ def ceiling_scores(runs: pd.DataFrame, ceilings: pd.DataFrame | None) -> dict[st
     mine = ceilings.merge(triples, on=keys)
     if mine.empty:
         return {}
-    per_case = mine.groupby("case_id")[["dsc", "nsd"]].mean()
-    return {"dsc": float(per_case["dsc"].mean()), "nsd": float(per_case["nsd"].mean())}
+    names = [c for c in mine.columns if c not in (*keys, "case_id", "organ_id", "organ")]
+    per_case = mine.groupby("case_id")[names].mean()
+    return {name: float(per_case[name].mean()) for name in names}

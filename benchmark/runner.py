@@ -52,7 +52,7 @@ from benchmark.provenance import (
     versions,
 )
 from benchmark.registry import get_method
-from benchmark.store import ResultsStore, RunRecord
+from benchmark.store import MetricRow, ResultsStore, RunRecord, wide
 from benchmark.validation import Validator, sanity_dsc
 
 T = TypeVar("T")
@@ -71,6 +71,9 @@ class RunRequest:
     overrides: list[str] = field(default_factory=list)
     data: Path | None = None
     force: bool = False
+    save_predictions: Path | None = None
+    """Folder to write each test case's predicted label volume into, as `<case>.nii.gz` on
+    its ground-truth file's voxel grid (what `bench evaluate` reads back)."""
 
 
 @dataclass
@@ -209,6 +212,7 @@ def run_pretraining(
             f"{index.root}: method '{method.name}' pretrains on unlabeled slices but the data set "
             f"has no unlabeled folder (imagesUnlabeled/)"
         )
+
     def build() -> SliceStore:
         return build_slice_store(
             index.unlabeled,
@@ -263,18 +267,40 @@ def predict_case(method: Method, store: SliceStore, case_id: str) -> np.ndarray:
     return store.to_volume(case_id, method.predict(images).cpu().numpy())
 
 
-MetricRow = tuple[str, int, str, float, float]
-"""(case_id, organ_id, organ, dsc, nsd): one row of the store's case_metrics."""
-
-
 def score_prediction(data: DataContext, case_id: str, pred: np.ndarray) -> list[MetricRow]:
-    """Score an (X, Y, Z) predicted label volume of a case against its ground truth."""
+    """Score an (X, Y, Z) predicted label volume of a case (canonical orientation, original
+    size) against its ground truth with every metric the protocol declares."""
     protocol = data.protocol
     gt, spacing = data.store.ground_truth(case_id)
-    scores = score_case(
-        pred, gt, spacing, protocol.labels, protocol.nsd_tolerance_mm, protocol.zrange_labels
-    )
-    return [(case_id, k, protocol.labels[k], d, n) for k, (d, n) in scores.items()]
+    order = data.store.slice_order(case_id)
+    scores = score_case(pred, gt, spacing, protocol.labels, protocol.scoring, order)
+    return [
+        (case_id, label, protocol.labels[label], name, value)
+        for label, values in scores.items()
+        for name, value in values.items()
+    ]
+
+
+def save_prediction(data: DataContext, case_id: str, pred: np.ndarray, folder: Path) -> Path:
+    """Write a predicted (X, Y, Z) volume as `<folder>/<case>.nii.gz` on the voxel grid of
+    the case's ground-truth file."""
+    from benchmark.data.writer import save_like
+
+    label = next(c.label for c in data.index.labeled if c.case_id == case_id)
+    assert label is not None
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return save_like(pred, label, Path(folder) / f"{case_id}.nii.gz")
+
+
+def mean_scores(rows: list[MetricRow]) -> dict[str, float]:
+    """Metric name → mean over cases of the per-case organ mean (how reports score a run)."""
+    sums: dict[str, dict[str, list[float]]] = {}
+    for case_id, _, _, name, value in rows:
+        sums.setdefault(name, {}).setdefault(case_id, []).append(value)
+    return {
+        name: float(np.mean([np.mean(v) for v in per_case.values()]))
+        for name, per_case in sums.items()
+    }
 
 
 def ensure_ceiling(results: Path, data: DataContext, progress: Progress) -> None:
@@ -307,8 +333,12 @@ def outcome(record: RunRecord, rows: list[MetricRow]) -> RunOutcome:
     """What `bench run` prints of a recorded run."""
     if record.status == "failed":
         return RunOutcome(record.run_id, "failed", error=record.error, record=record)
-    table = pd.DataFrame(rows, columns=["case_id", "organ_id", "organ", "dsc", "nsd"])
-    per_organ = table.groupby(["organ_id", "organ"], as_index=False)[["dsc", "nsd"]].mean()
+    table = wide(
+        pd.DataFrame(rows, columns=["case_id", "organ_id", "organ", "metric", "value"]),
+        ["case_id", "organ_id", "organ"],
+    )
+    names = [c for c in table.columns if c not in ("case_id", "organ_id", "organ")]
+    per_organ = table.groupby(["organ_id", "organ"], as_index=False, sort=True)[names].mean()
     return RunOutcome(
         record.run_id, record.status, per_organ=per_organ, error=record.error, record=record
     )
@@ -386,9 +416,7 @@ def _record(
     )
 
 
-def check_fitted(
-    method: Method, labeled: SliceSet, ctx: RunContext, protocol: Protocol
-) -> Trust:
+def check_fitted(method: Method, labeled: SliceSet, ctx: RunContext, protocol: Protocol) -> Trust:
     """Validation score of the fitted model, the sanity gate on its own labeled slices, and
     the learning curve the method recorded.
 
@@ -463,6 +491,8 @@ def perform(prep: Prepared, progress: Progress) -> tuple[RunRecord, list[MetricR
         for case_id in progress.track(data.split.test, "predict + score"):
             t = time.perf_counter()
             pred = predict_case(method, data.store, case_id)
+            if req.save_predictions is not None:
+                save_prediction(data, case_id, pred, req.save_predictions)
             t_pred += time.perf_counter() - t
             t = time.perf_counter()
             rows.extend(score_prediction(data, case_id, pred))

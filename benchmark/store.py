@@ -7,8 +7,12 @@ A run's learning curve (samples seen, training loss, validation DSC) is kept in 
 the protocol's ceiling (its test ground truth resized to the slice size and back, scored as
 a prediction) in `ceilings`, once per protocol hash, data set and split.
 
+Per-case scores are kept in long format, one row per (run, case, organ, metric), so a metric
+declared by a protocol needs no column of its own; `metrics` and `ceilings` read them back
+wide (one column per metric).
+
 The schema carries a version (`PRAGMA user_version`); opening an older store migrates it in
-place, in one transaction, keeping every row.
+place, step by step (`MIGRATIONS`), in one transaction, keeping every row.
 """
 
 from __future__ import annotations
@@ -63,7 +67,35 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 """
 
-SCHEMA = RUNS_TABLE + """
+CASE_METRICS_TABLE = """
+CREATE TABLE IF NOT EXISTS case_metrics (
+    run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+    case_id TEXT NOT NULL,
+    organ_id INTEGER NOT NULL,
+    organ TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    value REAL NOT NULL,
+    PRIMARY KEY (run_id, case_id, organ_id, metric)
+);
+"""
+
+CEILINGS_TABLE = """
+CREATE TABLE IF NOT EXISTS ceilings (
+    protocol_hash TEXT NOT NULL,
+    dataset_key TEXT NOT NULL,
+    split_hash TEXT NOT NULL,
+    case_id TEXT NOT NULL,
+    organ_id INTEGER NOT NULL,
+    organ TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    value REAL NOT NULL,
+    PRIMARY KEY (protocol_hash, dataset_key, split_hash, case_id, organ_id, metric)
+);
+"""
+
+SCHEMA = (
+    RUNS_TABLE
+    + """
 CREATE UNIQUE INDEX IF NOT EXISTS one_completed_run ON runs (run_key)
     WHERE status IN ('completed', 'unfit');
 CREATE TABLE IF NOT EXISTS curves (
@@ -73,26 +105,10 @@ CREATE TABLE IF NOT EXISTS curves (
     val_dsc REAL NOT NULL,
     PRIMARY KEY (run_id, samples)
 );
-CREATE TABLE IF NOT EXISTS case_metrics (
-    run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
-    case_id TEXT NOT NULL,
-    organ_id INTEGER NOT NULL,
-    organ TEXT NOT NULL,
-    dsc REAL NOT NULL,
-    nsd REAL NOT NULL,
-    PRIMARY KEY (run_id, case_id, organ_id)
-);
-CREATE TABLE IF NOT EXISTS ceilings (
-    protocol_hash TEXT NOT NULL,
-    dataset_key TEXT NOT NULL,
-    split_hash TEXT NOT NULL,
-    case_id TEXT NOT NULL,
-    organ_id INTEGER NOT NULL,
-    organ TEXT NOT NULL,
-    dsc REAL NOT NULL,
-    nsd REAL NOT NULL,
-    PRIMARY KEY (protocol_hash, dataset_key, split_hash, case_id, organ_id)
-);
+"""
+    + CASE_METRICS_TABLE
+    + CEILINGS_TABLE
+    + """
 CREATE TABLE IF NOT EXISTS generative (
     gen_id TEXT PRIMARY KEY,
     gen_key TEXT NOT NULL UNIQUE,
@@ -128,10 +144,28 @@ CREATE TABLE IF NOT EXISTS generative (
     finished_at TEXT NOT NULL
 );
 """
+)
 
 FINISHED = ("completed", "unfit")
 """Statuses of a run that ran to its end (an unfit run is done: rerunning gives the same)."""
 _FINISHED_SQL = f"({', '.join(repr(s) for s in FINISHED)})"
+
+MetricRow = tuple[str, int, str, str, float]
+"""(case_id, organ_id, organ, metric, value): one row of `case_metrics` (and of `ceilings`)."""
+ROW_KEYS = ["case_id", "organ_id", "organ"]
+
+
+def wide(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Long (…, metric, value) rows → one row per `keys` and one column per metric, metrics
+    in order of first appearance, rows in order of first appearance."""
+    if rows.empty:
+        return pd.DataFrame(columns=keys)
+    names = list(dict.fromkeys(rows["metric"]))
+    table = rows.pivot_table(index=keys, columns="metric", values="value", sort=False)
+    table = table.reindex(columns=names).reset_index()
+    table.columns.name = None
+    return table
+
 
 JSON_COLUMNS = ("config", "budget_ids", "versions", "phases", "info", "real_ids")
 
@@ -297,7 +331,42 @@ def _to_v2_code(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE runs ADD COLUMN code TEXT")
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_to_v1_trust, _to_v2_code)
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    return (
+        conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+        ).fetchone()
+        is not None
+    )
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> list[str]:
+    return [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
+
+
+def _to_v3(conn: sqlite3.Connection) -> None:
+    """2 → 3, declared metrics: scores in long format, each (dsc, nsd) row becoming a `dsc`
+    row and an `nsd` row."""
+    for table, ddl in (("case_metrics", CASE_METRICS_TABLE), ("ceilings", CEILINGS_TABLE)):
+        if not _has_table(conn, table) or "metric" in _columns(conn, table):
+            continue
+        keys = [c for c in _columns(conn, table) if c not in ("dsc", "nsd")]
+        cols = ", ".join(keys)
+        conn.execute(ddl.replace(f"{table} (", f"{table}_long (", 1))
+        for metric in ("dsc", "nsd"):
+            conn.execute(
+                f"INSERT INTO {table}_long ({cols}, metric, value) "
+                f"SELECT {cols}, '{metric}', {metric} FROM {table} ORDER BY rowid"
+            )
+        conn.execute(f"DROP TABLE {table}")
+        conn.execute(f"ALTER TABLE {table}_long RENAME TO {table}")
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    _to_v1_trust,
+    _to_v2_code,
+    _to_v3,
+)
 """Step i brings a store of version i to version i + 1; append a step for a new version."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -313,10 +382,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
     conn.execute("BEGIN IMMEDIATE")  # concurrent openers wait here, then see the new version
     try:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        old = conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runs'"
-        ).fetchone()
-        if version >= SCHEMA_VERSION or not old:
+        if version >= SCHEMA_VERSION or not _has_table(conn, "runs"):
             conn.rollback()
             return
         for step in MIGRATIONS[version:]:
@@ -449,11 +515,9 @@ class ResultsStore:
             ).fetchone()
         return row[0] if row else None
 
-    def write_run(
-        self, record: RunRecord, metrics: Iterable[tuple[str, int, str, float, float]] = ()
-    ) -> None:
-        """Insert a run, its (case_id, organ_id, organ, dsc, nsd) rows and its learning curve
-        in one transaction.
+    def write_run(self, record: RunRecord, metrics: Iterable[MetricRow] = ()) -> None:
+        """Insert a run, its (case_id, organ_id, organ, metric, value) rows and its learning
+        curve in one transaction.
 
         A finished run replaces an earlier finished run with the same key (`--force`).
         """
@@ -466,7 +530,8 @@ class ResultsStore:
                 )
             conn.execute(sql, values)
             conn.executemany(
-                "INSERT INTO case_metrics VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO case_metrics (run_id, case_id, organ_id, organ, metric, value) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
                 [(record.run_id, *m) for m in metrics],
             )
             conn.executemany(
@@ -491,8 +556,9 @@ class ResultsStore:
             return pd.read_sql_query(sql + " ORDER BY finished_at", conn, params=args)
 
     def metrics(self, run_ids: Iterable[str]) -> pd.DataFrame:
-        """Per-case, per-organ rows of these runs."""
-        return self._of_runs("case_metrics", run_ids)
+        """Per-case, per-organ rows of these runs, wide: run_id, case_id, organ_id, organ and
+        one column per metric, in the order the metrics were recorded."""
+        return wide(self._of_runs("case_metrics", run_ids), ["run_id", *ROW_KEYS])
 
     def curves(self, run_ids: Iterable[str]) -> pd.DataFrame:
         """Learning-curve points (run_id, samples, train_loss, val_dsc) of these runs."""
@@ -505,27 +571,31 @@ class ResultsStore:
                 return pd.read_sql_query(f"SELECT * FROM {table} WHERE 0", conn)
             marks = ", ".join("?" * len(ids))
             return pd.read_sql_query(
-                f"SELECT * FROM {table} WHERE run_id IN ({marks})", conn, params=ids
+                f"SELECT * FROM {table} WHERE run_id IN ({marks}) ORDER BY rowid", conn, params=ids
             )
 
     def has_ceiling(self, protocol_hash: str, dataset_key: str, split_hash: str) -> bool:
         if not self.path.exists():
             return False
         with self._connection() as conn:
-            return conn.execute(
-                "SELECT 1 FROM ceilings WHERE protocol_hash = ? AND dataset_key = ? "
-                "AND split_hash = ? LIMIT 1",
-                (protocol_hash, dataset_key, split_hash),
-            ).fetchone() is not None
+            return (
+                conn.execute(
+                    "SELECT 1 FROM ceilings WHERE protocol_hash = ? AND dataset_key = ? "
+                    "AND split_hash = ? LIMIT 1",
+                    (protocol_hash, dataset_key, split_hash),
+                ).fetchone()
+                is not None
+            )
 
     def write_ceiling(
         self,
         protocol_hash: str,
         dataset_key: str,
         split_hash: str,
-        metrics: Iterable[tuple[str, int, str, float, float]],
+        metrics: Iterable[MetricRow],
     ) -> None:
-        """The protocol's ceiling: (case_id, organ_id, organ, dsc, nsd) rows, one transaction."""
+        """The protocol's ceiling: (case_id, organ_id, organ, metric, value) rows, in one
+        transaction."""
         keys = (protocol_hash, dataset_key, split_hash)
         with self._connection() as conn, conn:
             conn.execute(
@@ -539,9 +609,10 @@ class ResultsStore:
             )
 
     def ceilings(self) -> pd.DataFrame:
-        """Every stored ceiling row."""
+        """Every stored ceiling row, wide (one column per metric)."""
         with self._connection() as conn:
-            return pd.read_sql_query("SELECT * FROM ceilings", conn)
+            rows = pd.read_sql_query("SELECT * FROM ceilings ORDER BY rowid", conn)
+        return wide(rows, ["protocol_hash", "dataset_key", "split_hash", *ROW_KEYS])
 
     def write_generative(self, record: GenerativeRecord) -> None:
         """Insert a generative-quality row in one transaction, replacing one with the same key."""

@@ -42,6 +42,7 @@ from benchmark.runner import (
     ensure_ceiling,
     failed_record,
     load_data,
+    mean_scores,
     perform,
     prepare,
     run_pretraining,
@@ -86,7 +87,8 @@ class Finished:
     seed: int
     run_id: str
     status: str
-    dsc: float | None = None
+    scores: dict[str, float] = field(default_factory=dict)
+    """Mean of each declared metric over cases (per-case organ means), when it finished."""
     error: str | None = None
 
 
@@ -243,19 +245,14 @@ def run_sweep(req: SweepRequest, progress: Progress, report: Report | None = Non
 
     def record(prep: Prepared, rec: RunRecord, rows: list[MetricRow]) -> None:
         store.write_run(rec, rows)  # the driver alone writes, one transaction per run
-        dsc = None
-        if rec.status in FINISHED and rows:
-            per_case: dict[str, list[float]] = {}
-            for case_id, _, _, d, _ in rows:
-                per_case.setdefault(case_id, []).append(d)
-            dsc = sum(sum(v) / len(v) for v in per_case.values()) / len(per_case)
+        scores = mean_scores(rows) if rec.status in FINISHED else {}
         f = Finished(
             prep.request.method,
             prep.budget.name,
             prep.request.seed,
             rec.run_id,
             rec.status,
-            dsc,
+            scores,
             rec.error,
         )
         finished.append(f)

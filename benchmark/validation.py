@@ -2,7 +2,8 @@
 
 `Validator` scores a model on the protocol's validation cases exactly as the runner scores
 test cases (predicted slices stacked into the volume at its original size, the protocol's
-scorer), DSC only, so selection is cheap enough to run many times during training.
+DSC rules, the z-range cut in the file's own slice order), DSC only, so selection is cheap
+enough to run many times during training.
 `Selection` is what a training loop calls after each step: it validates every
 `validate_every` samples, records the curve and keeps the best weights. `sanity_dsc` is the
 gate after `fit`: a model must segment the slices it was trained on.
@@ -79,7 +80,13 @@ class Validator:
         scores = []
         for i, (case, truth) in enumerate(zip(self.case_ids, self._ground_truth(), strict=True)):
             volume = self.store.to_volume(case, pred[self._bounds[i] : self._bounds[i + 1]])
-            per_organ = dice_case(volume, truth, self.protocol.labels, self.protocol.zrange_labels)
+            per_organ = dice_case(
+                volume,
+                truth,
+                self.protocol.labels,
+                self.protocol.scoring.zrange_labels,
+                self.store.slice_order(case),
+            )
             scores.extend(per_organ.values())
         return float(np.mean(scores))
 

@@ -81,7 +81,9 @@ def main() -> None:
                 "SELECT status, phases, info, device, peak_mem_mb, finetune_samples, "
                 "off_protocol, val_dsc, train_dsc FROM runs"
             ).fetchone()
-            dsc = conn.execute("SELECT avg(dsc) FROM case_metrics").fetchone()[0]
+            dsc = conn.execute(
+                "SELECT avg(value) FROM case_metrics WHERE metric = 'dsc'"
+            ).fetchone()[0]
     cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
     info = json.loads(info)
     print(

@@ -63,7 +63,8 @@ def bench_run(method: str, budget: str, results: Path, overrides: list[str]):
 def runs(results: Path) -> list[tuple[str, str, dict]]:
     with sqlite3.connect(results / "labelbench.sqlite") as conn:
         rows = conn.execute("SELECT method, status, info FROM runs ORDER BY started_at").fetchall()
-        assert conn.execute("SELECT count(*) FROM case_metrics").fetchone()[0] == 2 * 13 * len(
+        dsc_rows = "SELECT count(*) FROM case_metrics WHERE metric = 'dsc'"
+        assert conn.execute(dsc_rows).fetchone()[0] == 2 * 13 * len(
             [r for r in rows if r[1] == "completed"]
         )
     return [(m, s, json.loads(i)) for m, s, i in rows]

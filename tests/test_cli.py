@@ -47,8 +47,11 @@ def test_run_skip_force_and_report(tmp_path):
             "SELECT status, n_labeled, budget_ids, protocol_hash, git_commit, device, "
             "phases, peak_mem_mb, versions FROM runs"
         ).fetchone()
-        n_rows = conn.execute("SELECT count(*) FROM case_metrics").fetchone()[0]
-        dsc = conn.execute("SELECT min(dsc), max(dsc) FROM case_metrics").fetchone()
+        dsc_rows = "SELECT count(*) FROM case_metrics WHERE metric = 'dsc'"
+        n_rows = conn.execute(dsc_rows).fetchone()[0]
+        dsc = conn.execute(
+            "SELECT min(value), max(value) FROM case_metrics WHERE metric = 'dsc'"
+        ).fetchone()
     assert run[0] == "completed" and run[1] == 4 and run[2].count(":") == 4
     assert '"fit"' in run[6] and '"predict"' in run[6] and run[7] > 0 and '"torch"' in run[8]
     assert n_rows == 2 * 13 and 0.0 <= dsc[0] <= dsc[1] <= 1.0

@@ -251,7 +251,8 @@ def test_both_methods_run_share_one_pretraining_and_sample(tmp_path):
     assert "no cached DDPM" in outputs[0] and "no cached DDPM" not in outputs[1]
     with sqlite3.connect(results / "labelbench.sqlite") as conn:
         rows = conn.execute("SELECT method, info FROM runs WHERE status = 'completed'").fetchall()
-        assert conn.execute("SELECT count(*) FROM case_metrics").fetchone()[0] == 2 * 2 * 13
+        dsc_rows = "SELECT count(*) FROM case_metrics WHERE metric = 'dsc'"
+        assert conn.execute(dsc_rows).fetchone()[0] == 2 * 2 * 13
     keys = {json.loads(info)["pretrain_cache"] for _, info in rows}
     assert len(rows) == 2 and len(keys) == 1
     out = tmp_path / "samples"

@@ -393,14 +393,14 @@ def toy(tmp_path_factory, monkeypatch) -> str:
 
 
 def scores(results: Path) -> tuple[float, list[tuple]]:
-    """The last run's validation DSC and its (case, organ, DSC, NSD) rows."""
+    """The last run's validation DSC and its (case, organ, metric, value) rows."""
     with sqlite3.connect(results / "labelbench.sqlite") as conn:
         run_id, val = conn.execute(
             "SELECT run_id, val_dsc FROM runs ORDER BY rowid DESC LIMIT 1"
         ).fetchone()
         rows = conn.execute(
-            "SELECT case_id, organ_id, dsc, nsd FROM case_metrics WHERE run_id = ? "
-            "ORDER BY case_id, organ_id",
+            "SELECT case_id, organ_id, metric, value FROM case_metrics WHERE run_id = ? "
+            "ORDER BY case_id, organ_id, metric",
             (run_id,),
         ).fetchall()
     assert rows and val is not None

@@ -291,7 +291,11 @@ def test_fidelity_command_stores_a_row_and_report_shows_it(tmp_path, isolated):
         rows = metrics[metrics.run_id == run.run_id]
         store.write_run(
             RunRecord(**{**run_record(run.run_id), "method": run.method, "budget": run.budget}),
-            [(m.case_id, m.organ_id, m.organ, m.dsc, m.nsd) for m in rows.itertuples()],
+            [
+                (m.case_id, m.organ_id, m.organ, name, getattr(m, name))
+                for m in rows.itertuples()
+                for name in ("dsc", "nsd")
+            ],
         )
     r = _invoke("report", "-p", "tiny", "--results", str(results), "--out", str(tmp_path / "rep"))
     assert r.exit_code == 0, r.output

@@ -10,9 +10,20 @@ from monai.metrics.utils import get_code_to_measure_table
 from scipy import ndimage
 
 from benchmark.metrics import segmentation
+from benchmark.metrics.nsd import NSDParams
+from benchmark.metrics.registry import Scoring
 from benchmark.metrics.segmentation import dice, score_case, surface_dice
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
+
+
+def flare_scores(pred, gt, spacing, organs, tolerances, zrange_labels=(), min_dsc=0.2):
+    """{label: (DSC, NSD)} under the FLARE22 rules (2024 gate unless `min_dsc` says)."""
+    scoring = Scoring.of(
+        ["dsc", "nsd"], zrange_labels=zrange_labels, nsd=NSDParams(dict(tolerances), min_dsc)
+    )
+    scores = score_case(pred, gt, spacing, organs, scoring)
+    return {label: (v["dsc"], v["nsd"]) for label, v in scores.items()}
 
 
 def one_hot(mask: np.ndarray) -> torch.Tensor:
@@ -89,7 +100,7 @@ def test_score_case_matches_monai_with_zrange_cut():
         gt[part][blob(rng, (12, 24, 16))] = label
         pred[part][blob(rng, (12, 24, 16)) | (gt[part] == label)] = label
     organs, tolerances = {1: "a", 2: "b", 3: "c"}, {1: 2.0, 2: 3.0, 3: 5.0}
-    scores = score_case(pred, gt, spacing, organs, tolerances, zrange_labels=(2,))
+    scores = flare_scores(pred, gt, spacing, organs, tolerances, zrange_labels=(2,))
     for label, (dsc, nsd) in scores.items():
         g, p = gt == label, pred == label
         if label == 2:  # cut to [z_lower:z_upper] of the ground truth, as the FLARE22 script
@@ -104,7 +115,7 @@ def test_identical_masks_score_one():
     assert dice(mask, mask) == 1.0
     assert surface_dice(mask, mask, (0.8, 0.8, 3.0), 0.0) == pytest.approx(1.0)
     labels = mask.astype(np.uint8)
-    assert score_case(labels, labels, (1, 1, 1), {1: "x"}, {1: 1.0}) == {1: (1.0, 1.0)}
+    assert flare_scores(labels, labels, (1, 1, 1), {1: "x"}, {1: 1.0}) == {1: (1.0, 1.0)}
 
 
 def test_nsd_symmetric():
@@ -126,20 +137,20 @@ def test_empty_and_one_sided_masks():
     labels = full.astype(np.uint8)
     none = np.zeros_like(labels)
     organs, tol = {1: "x", 2: "absent"}, {1: 1.0, 2: 1.0}
-    assert score_case(labels, none, (1, 1, 1), organs, tol) == {1: (0.0, 0.0), 2: (1.0, 1.0)}
-    assert score_case(none, labels, (1, 1, 1), organs, tol) == {1: (0.0, 0.0), 2: (1.0, 1.0)}
+    assert flare_scores(labels, none, (1, 1, 1), organs, tol) == {1: (0.0, 0.0), 2: (1.0, 1.0)}
+    assert flare_scores(none, labels, (1, 1, 1), organs, tol) == {1: (0.0, 0.0), 2: (1.0, 1.0)}
 
 
 def test_nsd_zero_below_dsc_gate_and_computed_at_it():
     gt, pred = np.zeros((24, 3, 3), np.uint8), np.zeros((24, 3, 3), np.uint8)
     gt[0:10, 1, 1] = 1
     pred[8:18, 1, 1] = 1  # overlap 2 of 10 + 10 voxels: DSC exactly 0.2
-    (dsc, nsd) = score_case(pred, gt, (1, 1, 1), {1: "x"}, {1: 20.0})[1]
+    (dsc, nsd) = flare_scores(pred, gt, (1, 1, 1), {1: "x"}, {1: 20.0})[1]
     assert dsc == pytest.approx(0.2) and nsd == pytest.approx(1.0)
     pred[:] = 0
     pred[9:19, 1, 1] = 1  # overlap 1: DSC 0.1, NSD would be 1 at this tolerance
     assert surface_dice(pred == 1, gt == 1, (1, 1, 1), 20.0) == pytest.approx(1.0)
-    assert score_case(pred, gt, (1, 1, 1), {1: "x"}, {1: 20.0}) == {1: (pytest.approx(0.1), 0.0)}
+    assert flare_scores(pred, gt, (1, 1, 1), {1: "x"}, {1: 20.0}) == {1: (pytest.approx(0.1), 0.0)}
 
 
 def test_zrange_cut_leaves_out_top_gt_slice():
@@ -149,8 +160,8 @@ def test_zrange_cut_leaves_out_top_gt_slice():
     pred[:, :, 7] = 0  # misses the top ground-truth slice ...
     pred[3:7, 3:7, 9:11] = 5  # ... and has extra voxels above the ground truth
     args = ((1.0, 1.0, 2.0), {5: "aorta"}, {5: 2.0})
-    assert score_case(pred, gt, *args, zrange_labels=(5,)) == {5: (1.0, 1.0)}
-    dsc, nsd = score_case(pred, gt, *args)[5]
+    assert flare_scores(pred, gt, *args, zrange_labels=(5,)) == {5: (1.0, 1.0)}
+    dsc, nsd = flare_scores(pred, gt, *args)[5]
     assert dsc < 1.0 and nsd < 1.0
 
 
@@ -159,19 +170,23 @@ def test_zrange_edge_cases():
     pred[1:4, 1:4, 1:4] = 6
     args = ((1.0, 1.0, 1.0), {6: "ivc"}, {6: 2.0})
     # empty ground truth: no cut, the prediction alone scores (0, 0)
-    assert score_case(pred, gt, *args, zrange_labels=(6,)) == {6: (0.0, 0.0)}
+    assert flare_scores(pred, gt, *args, zrange_labels=(6,)) == {6: (0.0, 0.0)}
     gt[1:4, 1:4, 2] = 6  # a single ground-truth slice: scored on that slice, not cut away
-    assert score_case(pred, gt, *args, zrange_labels=(6,)) == {6: (1.0, 1.0)}
+    assert flare_scores(pred, gt, *args, zrange_labels=(6,)) == {6: (1.0, 1.0)}
 
 
 def test_rejects_bad_input():
     labels = np.zeros((4, 4, 4), np.uint8)
     with pytest.raises(ValueError):
-        score_case(labels, labels[:3], (1, 1, 1), {1: "x"}, {1: 1.0})
+        flare_scores(labels, labels[:3], (1, 1, 1), {1: "x"}, {1: 1.0})
     with pytest.raises(TypeError):
-        score_case(labels.astype(float), labels, (1, 1, 1), {1: "x"}, {1: 1.0})
-    with pytest.raises(ValueError):
-        score_case(labels, labels, (1, 1, 1), {1: "x"}, {})
+        flare_scores(labels.astype(float), labels, (1, 1, 1), {1: "x"}, {1: 1.0})
+    with pytest.raises(ValueError, match="nsd_tolerance_mm"):
+        Scoring.parse({"nsd_tolerance_mm": {}}, {1: "x"})
+    with pytest.raises(ValueError, match="nsd_min_dcs"):  # a typo is not silently ignored
+        Scoring.parse({"nsd_tolerance_mm": {1: 1}, "nsd_min_dcs": 0.2}, {1: "x"})
+    with pytest.raises(ValueError, match="unknown metric 'hd96'.*hd95"):
+        Scoring.parse({"names": ["dsc", "hd96"]}, {1: "x"})
 
 
 @pytest.mark.slow
@@ -189,7 +204,7 @@ def test_phantom_case_matches_monai_for_every_organ():
         pred[np.roll(mask, int(rng.integers(-2, 3)), axis=int(rng.integers(0, 2)))] = label
     organs = {i: str(i) for i in range(1, 14)}
     tol = dict(zip(range(1, 14), (5, 3, 3, 5, 2, 2, 2, 2, 2, 3, 5, 7, 3), strict=True))
-    ours = score_case(pred, gt, spacing, organs, tol)
+    ours = flare_scores(pred, gt, spacing, organs, tol)
     for label in organs:
         p, g = pred == label, gt == label
         assert ours[label][0] == pytest.approx(monai_dice(p, g), abs=1e-6)

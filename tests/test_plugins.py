@@ -96,7 +96,7 @@ def test_plugin_is_discovered_listed_and_run(plugin, tmp_path):
     with sqlite3.connect(results / "labelbench.sqlite") as conn:
         infos = [row[0] for row in conn.execute("SELECT info FROM runs WHERE status = 'completed'")]
         assert len(infos) == 2 and all('"pretrain_cache"' in i for i in infos)
-        dsc = conn.execute("SELECT avg(dsc) FROM case_metrics").fetchone()[0]
+        dsc = conn.execute("SELECT avg(value) FROM case_metrics WHERE metric = 'dsc'").fetchone()[0]
     assert 0 < dsc < 1
 
 

@@ -18,7 +18,9 @@ def test_builtin_protocols_load_and_hash_is_stable():
     a, b = load_protocol("phantom"), load_protocol("phantom")
     assert a.hash == b.hash and len(a.hash) == 16
     assert a.num_classes == 14 and a.labels[1] == "liver" and a.labels[13] == "left_kidney"
-    assert a.nsd_tolerance_mm[12] == 7 and a.zrange_labels == (5, 6, 10)
+    nsd = a.scoring.params["nsd"]
+    assert nsd.tolerance_mm[12] == 7 and nsd.min_dsc == 0.2
+    assert a.scoring.names == ("dsc", "nsd") and a.scoring.zrange_labels == (5, 6, 10)
     f = load_protocol("flare22")
     assert f.slice_size == 256 and {"1pct", "10pct", "4slices", "100pct"} <= set(f.budgets)
     assert f.hash != a.hash
@@ -30,7 +32,7 @@ def test_fidelity_protocol_is_the_phantom_with_a_larger_test_split():
     p, f = load_protocol("phantom"), load_protocol("phantom-fidelity")
     assert f.dataset == p.dataset
     assert (f.window_hu, f.slice_size, f.labels) == (p.window_hu, p.slice_size, p.labels)
-    assert (f.nsd_tolerance_mm, f.zrange_labels) == (p.nsd_tolerance_mm, p.zrange_labels)
+    assert f.scoring == p.scoring
     assert f.split_seed == p.split_seed and f.n_val == p.n_val
     assert f.training == p.training  # the same pretraining budget: one cached DDPM for both
     assert f.n_test == 20 > p.n_test

@@ -39,7 +39,12 @@ def record(run_id="r1", key="k1", status="completed", error=None) -> RunRecord:
     )
 
 
-ROWS = [("c1", 1, "liver", 0.9, 0.8), ("c1", 2, "right_kidney", 0.7, 0.6)]
+ROWS = [
+    ("c1", 1, "liver", "dsc", 0.9),
+    ("c1", 1, "liver", "nsd", 0.8),
+    ("c1", 2, "right_kidney", "dsc", 0.7),
+    ("c1", 2, "right_kidney", "nsd", 0.6),
+]
 
 
 def test_write_and_read_back(tmp_path):
@@ -48,7 +53,9 @@ def test_write_and_read_back(tmp_path):
     assert store.completed_run("k1") == "r1"
     runs = store.runs("p")
     assert list(runs.run_id) == ["r1"] and runs.config[0] == '{"a": 1}'
-    assert len(store.metrics(["r1"])) == 2
+    wide = store.metrics(["r1"])
+    assert list(wide.columns) == ["run_id", "case_id", "organ_id", "organ", "dsc", "nsd"]
+    assert wide[["dsc", "nsd"]].to_numpy().tolist() == [[0.9, 0.8], [0.7, 0.6]]
     with sqlite3.connect(store.path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
@@ -64,7 +71,7 @@ def test_failed_runs_are_recorded_but_not_completed(tmp_path):
 def test_force_replaces_completed_run_in_one_transaction(tmp_path):
     store = ResultsStore(tmp_path)
     store.write_run(record(), ROWS)
-    store.write_run(record(run_id="r2"), ROWS[:1])
+    store.write_run(record(run_id="r2"), ROWS[:2])
     assert store.completed_run("k1") == "r2"
     assert len(store.metrics(["r1"])) == 0 and len(store.metrics(["r2"])) == 1
 
@@ -104,6 +111,65 @@ def test_results_dir_is_checked_without_creating_it(tmp_path):
         check_results_dir(tmp_path / "file" / "runs")
 
 
+V1_TABLES = """
+CREATE TABLE case_metrics (
+    run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+    case_id TEXT NOT NULL, organ_id INTEGER NOT NULL, organ TEXT NOT NULL,
+    dsc REAL NOT NULL, nsd REAL NOT NULL, PRIMARY KEY (run_id, case_id, organ_id)
+);
+CREATE TABLE ceilings (
+    protocol_hash TEXT NOT NULL, dataset_key TEXT NOT NULL, split_hash TEXT NOT NULL,
+    case_id TEXT NOT NULL, organ_id INTEGER NOT NULL, organ TEXT NOT NULL,
+    dsc REAL NOT NULL, nsd REAL NOT NULL,
+    PRIMARY KEY (protocol_hash, dataset_key, split_hash, case_id, organ_id)
+);
+"""
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_v1_or_v2_store_is_migrated_to_long_metrics_in_place(tmp_path, version):
+    """Scores in wide columns (dsc, nsd) become long rows; nothing is lost or changed."""
+    from benchmark import store as store_module
+
+    runs_v1 = store_module.RUNS_TABLE.replace(",\n    code TEXT", "")
+    assert "code" not in runs_v1
+    db = tmp_path / "labelbench.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.executescript(runs_v1 + V1_TABLES)
+        if version == 2:
+            conn.execute("ALTER TABLE runs ADD COLUMN code TEXT")
+        conn.execute(f"PRAGMA user_version = {version}")
+    fields = {k: _json(v) for k, v in vars(record()).items() if k not in ("curve", "code")}
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            f"INSERT INTO runs ({', '.join(fields)}) VALUES ({', '.join('?' * len(fields))})",
+            list(fields.values()),
+        )
+        conn.executemany(
+            "INSERT INTO case_metrics VALUES ('r1', ?, ?, ?, ?, ?)",
+            [("c1", 1, "liver", 0.9, 0.8), ("c2", 1, "liver", 0.5, 0.25)],
+        )
+        conn.execute("INSERT INTO ceilings VALUES ('h', 'd', 's', 'c1', 1, 'liver', 1.0, 0.75)")
+    store = ResultsStore(tmp_path)
+    wide = store.metrics(["r1"])
+    assert wide[["case_id", "dsc", "nsd"]].to_numpy().tolist() == [
+        ["c1", 0.9, 0.8],
+        ["c2", 0.5, 0.25],
+    ]
+    assert store.ceilings()[["dsc", "nsd"]].to_numpy().tolist() == [[1.0, 0.75]]
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == store_module.SCHEMA_VERSION
+        cols = [r[1] for r in conn.execute("PRAGMA table_info(case_metrics)")]
+        assert cols == ["run_id", "case_id", "organ_id", "organ", "metric", "value"]
+        assert "code" in [r[1] for r in conn.execute("PRAGMA table_info(runs)")]
+        assert conn.execute("SELECT count(*) FROM case_metrics").fetchone()[0] == 4
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+    assert store.runs().run_id.tolist() == ["r1"]  # runs kept as they were (not re-marked)
+    assert store.runs().off_protocol.isna().all()
+    store.write_run(record("r2", "k2"), [("c1", 1, "liver", "hd95", 3.5)])
+    assert store.metrics(["r2"])["hd95"].tolist() == [3.5]
+
+
 def _json(value: object) -> object:
     return json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else value
 
@@ -118,12 +184,18 @@ def test_a_version_1_store_gets_the_code_column_keeping_every_row(tmp_path):
     old.mkdir()
     with sqlite3.connect(old / "labelbench.sqlite") as conn:
         v1 = store_module._RUNS_V1.replace("runs_migrated", "runs")
-        conn.executescript(v1 + store_module.SCHEMA.removeprefix(store_module.RUNS_TABLE))
+        curves = store_module.SCHEMA[
+            store_module.SCHEMA.index("CREATE TABLE IF NOT EXISTS curves") :
+        ]
+        conn.executescript(v1 + V1_TABLES + curves[: curves.index(");") + 2])
         conn.execute("PRAGMA user_version = 1")
         values = [v for k, v in vars(record("v1run", "k-v1")).items() if k not in ("curve", "code")]
         conn.execute(f"INSERT INTO runs VALUES ({', '.join('?' * len(values))})",
                      [_json(v) for v in values])  # fmt: skip
-        conn.executemany("INSERT INTO case_metrics VALUES ('v1run', ?, ?, ?, ?, ?)", ROWS)
+        conn.executemany(
+            "INSERT INTO case_metrics VALUES ('v1run', ?, ?, ?, ?, ?)",
+            [("c1", 1, "liver", 0.9, 0.8), ("c1", 2, "right_kidney", 0.7, 0.6)],
+        )
         conn.execute("INSERT INTO curves VALUES ('v1run', 4, 0.5, 0.3)")
     v1_store = ResultsStore(old)
     runs = v1_store.runs()
@@ -134,7 +206,7 @@ def test_a_version_1_store_gets_the_code_column_keeping_every_row(tmp_path):
     v1_store.write_run(replace(record("v2run", "k-v2"), code="core-method-packages"), ROWS)
     assert v1_store.runs().set_index("run_id").loc["v2run", "code"] == "core-method-packages"
     with sqlite3.connect(old / "labelbench.sqlite") as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     ResultsStore(tmp_path / "new").runs()  # a new store, made from the current schema
     assert _columns(old / "labelbench.sqlite") == _columns(tmp_path / "new" / "labelbench.sqlite")
 

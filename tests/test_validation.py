@@ -295,11 +295,12 @@ def test_an_old_store_is_migrated_in_place_keeping_every_row(tmp_path):
         old["off_protocol"].iloc[0]
     )
     assert old["code"].isna().all()  # every later step ran too: code unknown
-    assert len(store.metrics(["old1"])) == 1  # the rebuild did not cascade-delete metrics
+    # the rebuild did not cascade-delete metrics, which are now long rows
+    assert store.metrics(["old1"])[["dsc", "nsd"]].to_numpy().tolist() == [[0.9, 0.8]]
     assert store.completed_run("k-old") == "old1"
     unfit = record("new1", "k-new", status="unfit", error="unfit: ...")
     unfit.curve = [(4, 1.0, 0.2), (8, 0.5, 0.4)]
-    store.write_run(unfit, [("c1", 1, "liver", 0.1, 0.0)])
+    store.write_run(unfit, [("c1", 1, "liver", "dsc", 0.1), ("c1", 1, "liver", "nsd", 0.0)])
     assert store.completed_run("k-new") == "new1"
     assert list(store.curves(["new1"])["val_dsc"]) == [0.2, 0.4]
     with sqlite3.connect(db) as conn:

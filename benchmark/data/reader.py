@@ -198,6 +198,17 @@ def read_header(path: Path) -> Header:
     )
 
 
+def slice_order(affine: tuple[tuple[float, ...], ...]) -> tuple[int, bool]:
+    """Where a file's third voxel axis (its slice axis) lies in the canonical (RAS+) volume,
+    and whether its indices run against that axis: ``(axis, reversed)``.
+
+    FLARE's z-range rule is defined in the file's own slice order; the volumes we score are
+    canonical, so the order is kept from the header.
+    """
+    axis, flip = nib.io_orientation(np.asarray(affine))[2]
+    return int(axis), bool(flip < 0)
+
+
 def _as_tuple(affine: np.ndarray) -> tuple[tuple[float, ...], ...]:
     return tuple(tuple(float(v) for v in row) for row in np.asarray(affine))
 
@@ -254,27 +265,36 @@ def check_pair(case: CaseFiles, image: Header, label: Header) -> None:
     header rounding would then differ by more than the tolerance. So a label must also be
     stored in its image's axis order.
     """
-    if image.shape != label.shape:
+    assert case.label is not None
+    check_same_grid(case.label, label, case.image, image)
+
+
+def check_same_grid(
+    path: Path, header: Header, reference: Path, ref: Header, what: str = "label",
+    of: str = "image",
+) -> None:  # fmt: skip
+    """`path` (a `what`) must lie on the voxel grid of `reference` (an `of`); `DatasetError`
+    naming both files otherwise. See `check_pair` for what is compared."""
+    if ref.shape != header.shape:
         raise DatasetError(
-            f"{case.label}: label shape {label.shape} differs from image shape {image.shape} "
-            f"({case.image})"
+            f"{path}: {what} shape {header.shape} differs from {of} shape {ref.shape} ({reference})"
         )
-    if not _close(np.array(image.spacing), np.array(label.spacing)):
+    if not _close(np.array(ref.spacing), np.array(header.spacing)):
         raise DatasetError(
-            f"{case.label}: label spacing {label.spacing} mm differs from image spacing "
-            f"{image.spacing} mm ({case.image})"
+            f"{path}: {what} spacing {header.spacing} mm differs from {of} spacing "
+            f"{ref.spacing} mm ({reference})"
         )
-    for field, of in (("direction", _direction), ("origin", _origin)):
-        if not _close(of(image.affine), of(label.affine)):
+    for field, part in (("direction", _direction), ("origin", _origin)):
+        if not _close(part(ref.affine), part(header.affine)):
             # Axis codes (RAS, LPS, ...) say it when they differ; an oblique tilt needs the
             # matrix.
-            matrix = nib.aff2axcodes(np.asarray(image.affine)) == nib.aff2axcodes(
-                np.asarray(label.affine)
+            matrix = nib.aff2axcodes(np.asarray(ref.affine)) == nib.aff2axcodes(
+                np.asarray(header.affine)
             )
             raise DatasetError(
-                f"{case.label}: label {field} {_show(field, label.affine, matrix)} differs "
-                f"from image {field} {_show(field, image.affine, matrix)} ({case.image}); "
-                f"the label must be on the image's voxel grid"
+                f"{path}: {what} {field} {_show(field, header.affine, matrix)} differs "
+                f"from {of} {field} {_show(field, ref.affine, matrix)} ({reference}); "
+                f"the {what} must be on the {of}'s voxel grid"
             )
 
 

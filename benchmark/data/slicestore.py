@@ -40,14 +40,23 @@ from benchmark.data.cache import (
     write_manifest,
 )
 from benchmark.data.digests import DigestMemo
-from benchmark.data.reader import CaseFiles, check_pair, read_header, read_label, read_volume
+from benchmark.data.reader import (
+    CaseFiles,
+    check_pair,
+    read_header,
+    read_label,
+    read_volume,
+    slice_order,
+)
 from benchmark.errors import DatasetError
+from benchmark.metrics.segmentation import SliceOrder
 from benchmark.protocol import stable_hash
 
-STORE_VERSION = 3
+STORE_VERSION = 4
 """Bump when the store's content or layout changes, so old caches are not reused. 2: the
 geometry and finite-intensity checks, which stores built before them never passed. 3: keyed
-by whole-file digests, ground truth and a manifest inside, no input paths."""
+by whole-file digests, ground truth and a manifest inside, no input paths. 4: each case's
+slice order in its file (`SliceStore.slice_order`), which the z-range rule follows."""
 
 log = logging.getLogger("labelbench.cache")
 
@@ -193,6 +202,11 @@ class SliceStore:
         truth = np.load(self.root / "truth" / f"{case_id}.npy")
         return truth, (float(spacing[0]), float(spacing[1]), float(spacing[2]))
 
+    def slice_order(self, case_id: str) -> SliceOrder:
+        """The case's slice axis and direction in its file, relative to the canonical volume."""
+        axis, reversed_ = self.cases[case_id]["slice_order"]
+        return SliceOrder(int(axis), bool(reversed_))
+
 
 def build_slice_store(
     cases: Sequence[CaseFiles],
@@ -267,7 +281,11 @@ def _write_store(
         depth = volume.shape[2]
         images[row : row + depth] = resize_slices(window(volume, prep.window_hu), size, False)
         del volume
-        meta_cases[case.case_id] = {"shape": list(header.shape), "spacing": list(spacing)}
+        meta_cases[case.case_id] = {
+            "shape": list(header.shape),
+            "spacing": list(spacing),
+            "slice_order": list(slice_order(header.affine)),
+        }
         if labels is not None:
             assert case.label is not None
             label, label_spacing = read_label(case.label, known_labels)

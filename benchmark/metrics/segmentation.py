@@ -6,7 +6,10 @@ same axis order. Surfaces follow DeepMind's ``surface-distance`` package, as doe
 corners of the voxel grid, one per 2x2x2 neighbourhood that is neither all inside nor all
 outside, and each carries the marching-cubes area of its neighbourhood code. NSD is the
 surfel area lying within the tolerance of the other surface, over the total surfel area of
-both surfaces. Values agree with MONAI to float32 precision.
+both surfaces. Distances are compared with the tolerance in float64, as the official FLARE22
+script does (``tests/test_conformance.py`` holds us to a reimplementation of its loop to 1e-9);
+values agree with MONAI to float32 precision except at exact ties, where MONAI compares in
+float32.
 
 Speed: every organ is cropped to the bounding box of ``pred | gt`` (plus the one-voxel zero
 margin the 2x2x2 neighbourhoods need) before any surface work, and distances come from
@@ -18,14 +21,12 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Mapping
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage
 
-# NSD is only computed for an organ whose DSC is at least this; below it NSD is 0. The gate is
-# that of the FLARE24 evaluation script (``if DSC_i < 0.2: NSD_i = 0``); FLARE22's script
-# (FLARE22/Evaluation/FLARE22_DSC_NSD_Eval.py) has none, which 0.0 reproduces.
-NSD_MIN_DSC = 0.2
+from benchmark.metrics.registry import OrganPair, Scoring
 
 # Surfel normals of the 256 neighbourhood codes, as in DeepMind's / MONAI's lookup table. Only
 # absolute components matter for areas; each token lists a code's normals as digit triples in
@@ -116,12 +117,14 @@ def _within_tolerance(
         at = np.clip(k, 0, n_z - 1) * (2 * plane) + in_plane
         d2 = ((nearest[at] - x) * sx) ** 2 + ((nearest[at + plane] - y) * sy) ** 2
         np.minimum(best, d2 + ((dz * sz) ** 2 + penalty[k + reach]), out=best)
-    # Compare in float32 like MONAI, so exact ties (d == tolerance) count as within it.
-    within[~within] = np.sqrt(best).astype(np.float32) <= np.float32(tolerance_mm)
+    # Compare in float64, as the official FLARE script (DeepMind's surface-distance) does: a
+    # distance that lands on the tolerance only after rounding to float32 (five slices of
+    # float32(0.6) mm against 3 mm) is outside it. MONAI's float32 comparison counts it in.
+    within[~within] = np.sqrt(best) <= tolerance_mm
     return within
 
 
-def _cropped_surface_dice(
+def cropped_surface_dice(
     pred: np.ndarray, gt: np.ndarray, spacing: tuple[float, float, float], tolerance_mm: float
 ) -> float:
     """NSD of boolean masks whose foreground lies entirely inside the given arrays."""
@@ -176,12 +179,23 @@ def surface_dice(
         return 1.0
     if not (pred.any() and gt.any()):
         return 0.0
-    return _cropped_surface_dice(pred[box[0]], gt[box[0]], spacing, tolerance_mm)
+    return cropped_surface_dice(pred[box[0]], gt[box[0]], spacing, tolerance_mm)
 
 
-def _checked(
-    pred: np.ndarray, gt: np.ndarray, organs: Mapping[int, str]
-) -> tuple[list, list]:
+class SliceOrder(NamedTuple):
+    """Where the file's own slice axis (its third voxel axis) lies in the canonical (X, Y, Z)
+    volume, and whether its indices run against that axis (a file stored head first in RAS+
+    terms). The z-range rule drops the ground truth's last slice *in the file's order*."""
+
+    axis: int = 2
+    reversed: bool = False
+
+
+AS_CANONICAL = SliceOrder()
+"""A file stored in canonical (RAS+) order: the slice axis is Z, in increasing order."""
+
+
+def _checked(pred: np.ndarray, gt: np.ndarray, organs: Mapping[int, str]) -> tuple[list, list]:
     """Validate two label volumes; the bounding boxes of every organ label in each."""
     _check_pair(pred, gt)
     for volume in (pred, gt):
@@ -199,21 +213,35 @@ def _organ_masks(
     gt: np.ndarray,
     organs: Mapping[int, str],
     zrange_labels: Collection[int],
-) -> Iterator[tuple[int, tuple[np.ndarray, np.ndarray] | float]]:
-    """(label, (pred mask, gt mask)) cropped to the organ, or (label, score) when the organ is
-    absent from one volume (0.0) or both (1.0). Applies the z-range rule (see `score_case`)."""
+    order: SliceOrder,
+) -> Iterator[tuple[int, tuple[np.ndarray, np.ndarray] | None]]:
+    """(label, (pred mask, gt mask)) cropped to the organ after the z-range rule (see
+    `score_case`), or (label, None) when the organ is absent from both volumes."""
     pred_boxes, gt_boxes = _checked(pred, gt, organs)
     for label in organs:
         box_gt, box_pred = gt_boxes[label - 1], pred_boxes[label - 1]
-        if box_gt is None or box_pred is None:
-            yield label, 1.0 if box_gt is box_pred else 0.0
+        if box_gt is None and box_pred is None:
+            yield label, None
+            continue
+        if box_gt is None:  # predicted only
+            organ_pred = pred[box_pred] == label
+            yield label, (organ_pred, np.zeros_like(organ_pred))
+            continue
+        if box_pred is None:  # missed: no z-range cut changes a score of an empty prediction
+            organ_gt = gt[box_gt] == label
+            yield label, (np.zeros_like(organ_gt), organ_gt)
             continue
         lo = [min(a.start, b.start) for a, b in zip(box_gt, box_pred, strict=True)]
         hi = [max(a.stop, b.stop) for a, b in zip(box_gt, box_pred, strict=True)]
         if label in zrange_labels:
-            z_lower, z_upper = box_gt[2].start, box_gt[2].stop - 1
-            # A single-slice organ would be cut away entirely; score that slice instead.
-            lo[2], hi[2] = z_lower, max(z_upper, z_lower + 1)
+            axis = order.axis
+            first, last = box_gt[axis].start, box_gt[axis].stop - 1
+            if last == first:  # one slice: the official script fails (0/0); score that slice
+                lo[axis], hi[axis] = first, first + 1
+            elif order.reversed:  # the file's last index is the canonical first
+                lo[axis], hi[axis] = first + 1, last + 1
+            else:
+                lo[axis], hi[axis] = first, last
         box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
         yield label, (pred[box] == label, gt[box] == label)
 
@@ -223,14 +251,15 @@ def dice_case(
     gt: np.ndarray,
     organs: Mapping[int, str],
     zrange_labels: Collection[int] = (),
+    order: SliceOrder = AS_CANONICAL,
 ) -> dict[int, float]:
     """DSC of every label in ``organs`` for one case under the rules of `score_case`.
 
-    The cheap half of `score_case`, for validation during training.
+    The cheap part of `score_case`, for validation during training.
     """
     return {
-        label: masks if isinstance(masks, float) else dice(*masks)
-        for label, masks in _organ_masks(pred, gt, organs, zrange_labels)
+        label: 1.0 if masks is None else dice(*masks)
+        for label, masks in _organ_masks(pred, gt, organs, zrange_labels, order)
     }
 
 
@@ -239,32 +268,29 @@ def score_case(
     gt: np.ndarray,
     spacing: tuple[float, float, float],
     organs: Mapping[int, str],
-    tolerances_mm: Mapping[int, float],
-    zrange_labels: Collection[int] = (),
-) -> dict[int, tuple[float, float]]:
-    """(DSC, NSD) of every label in ``organs`` for one case, following the FLARE22 script.
+    scoring: Scoring,
+    order: SliceOrder = AS_CANONICAL,
+) -> dict[int, dict[str, float]]:
+    """Every declared metric of every label in ``organs`` for one case: label → name → value.
 
-    ``pred`` and ``gt`` are integer label volumes of shape (X, Y, Z), Z the slice axis;
-    ``spacing`` is in mm in the same order and ``tolerances_mm`` gives each label's NSD
-    tolerance in mm. Rules: absent from both volumes gives (1, 1); present in only one gives
-    (0, 0); NSD is 0 when DSC < ``NSD_MIN_DSC``. For ``zrange_labels`` (FLARE: aorta 5, IVC 6,
-    esophagus 10) both masks are first cut to ``[z_lower:z_upper]``, the min and max slice of the
-    ground truth organ, so its top slice is left out as in the official script; a ground truth
-    on a single slice (where that script fails on an empty array) is scored on that slice.
+    ``pred`` and ``gt`` are integer label volumes of shape (X, Y, Z); ``spacing`` is in mm in
+    the same order. The FLARE22 rules of what is scored: for ``scoring.zrange_labels`` (FLARE:
+    aorta 5, IVC 6, esophagus 10) both masks are first cut to ``[z_lower:z_upper]``, the first
+    and last slice of the ground truth organ *in the file's own slice order* (``order``), so
+    that last slice is left out as in the official script; a ground truth on a single slice
+    (where that script divides 0 by 0) is scored on that slice. An organ absent from both
+    volumes scores each metric's ``both_absent``; an organ present in one volume only is
+    passed to the metric like any other (DSC and NSD give 0 there).
     """
     spacing = _check_spacing(spacing)
-    missing = set(organs) - set(tolerances_mm)
-    if missing:
-        raise ValueError(f"no NSD tolerance for labels {sorted(missing)}")
-    scores: dict[int, tuple[float, float]] = {}
-    for label, masks in _organ_masks(pred, gt, organs, zrange_labels):
-        if isinstance(masks, float):
-            scores[label] = (masks, masks)
+    extent = float(np.linalg.norm(np.array(pred.shape) * np.array(spacing)))
+    scores: dict[int, dict[str, float]] = {}
+    for label, masks in _organ_masks(pred, gt, organs, scoring.zrange_labels, order):
+        if masks is None:
+            scores[label] = {m.name: m.both_absent for m in scoring.metrics}
             continue
-        organ_pred, organ_gt = masks
-        dsc = dice(organ_pred, organ_gt)
-        nsd = 0.0
-        if dsc >= NSD_MIN_DSC:
-            nsd = _cropped_surface_dice(organ_pred, organ_gt, spacing, tolerances_mm[label])
-        scores[label] = (dsc, nsd)
+        organ = OrganPair(label, masks[0], masks[1], spacing, extent)
+        scores[label] = {
+            m.name: float(m.compute(organ, scoring.params.get(m.name))) for m in scoring.metrics
+        }
     return scores

@@ -1,0 +1,203 @@
+"""`bench evaluate`: score predictions made outside the harness under a protocol's rules.
+
+A folder of 3D label maps, one per test case of the protocol's split, named like nnU-Net
+writes them (`<case>.nii.gz`) or like the case's image (`<case>_0000.nii.gz`, as FLARE22
+submissions often are); `.nii` works too and JSON files (nnU-Net's `plans.json`, ...) are
+ignored. Every file must lie on the voxel grid of its case's ground-truth file (shape,
+spacing, direction, origin) and hold only the protocol's label ids. Everything is read and
+checked before anything is written: bad input is one `DatasetError` and no row, no CSV.
+
+The scores go into the results store as a finished run whose method is the submission's name
+and whose budget is `submission`, with the SHA-256 of every file (its provenance). It is
+shown in the leaderboard in its own section and never ranked with the protocol's methods:
+its training data, label budget and compute are unknown to the harness. A per-case CSV like
+the official FLARE22 script's (`Name`, then `<organ>_<METRIC>` columns) is written next to
+the store, `<results>/submissions/<name>.csv`, at full precision (the official rounds to 4
+decimals).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from benchmark.data.digests import file_digest
+from benchmark.data.reader import (
+    NIFTI_SUFFIXES,
+    check_same_grid,
+    read_header,
+    read_label,
+)
+from benchmark.errors import DatasetError
+from benchmark.metrics.registry import display_name
+from benchmark.progress import Progress
+from benchmark.protocol import load_protocol, stable_hash
+from benchmark.provenance import git_commit, versions
+from benchmark.runner import DataContext, ensure_ceiling, load_data, score_prediction
+from benchmark.store import MetricRow, ResultsStore, RunRecord, check_results_dir
+
+SUBMISSION = "submission"
+"""The budget of every `bench evaluate` run: how the report tells submissions apart."""
+SUBMISSION_NOTE = (
+    "a submission scored with `bench evaluate`: trained outside the harness, so its label "
+    "budget and compute are unknown"
+)
+IGNORED_SUFFIXES = (".json",)
+
+
+@dataclass
+class EvaluateRequest:
+    pred: Path
+    protocol: str = "phantom"
+    data: Path | None = None
+    name: str | None = None
+    results: Path = Path("runs")
+
+
+@dataclass
+class Evaluation:
+    record: RunRecord
+    rows: list[MetricRow]
+    csv: Path
+
+
+def _case_of(path: Path) -> str | None:
+    for suffix in NIFTI_SUFFIXES:
+        if path.name.endswith(suffix):
+            stem = path.name[: -len(suffix)]
+            return stem[: -len("_0000")] if stem.endswith("_0000") else stem
+    return None
+
+
+def find_predictions(folder: Path, test_cases: Sequence[str]) -> dict[str, Path]:
+    """Test case id → its prediction file; `DatasetError` for a missing case, an extra file
+    or two files for one case."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: prediction folder does not exist")
+    wanted = set(test_cases)
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.endswith(IGNORED_SUFFIXES) or path.name.startswith("."):
+            continue
+        case = _case_of(path)
+        if case is None or not path.is_file():
+            raise DatasetError(
+                f"{path}: not a prediction file (expected <case>.nii.gz for the test cases)"
+            )
+        if case not in wanted:
+            raise DatasetError(
+                f"{path}: extra file, '{case}' is not a test case of the protocol's split "
+                f"(test cases: {', '.join(sorted(wanted))})"
+            )
+        if case in found:
+            raise DatasetError(f"{path}: a second prediction for '{case}' ({found[case]})")
+        found[case] = path
+    missing = sorted(wanted - set(found))
+    if missing:
+        raise DatasetError(
+            f"{folder}: no prediction for test case '{missing[0]}' (expected "
+            f"{folder / (missing[0] + '.nii.gz')})"
+            + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+        )
+    return found
+
+
+def _score(data: DataContext, files: dict[str, Path], progress: Progress) -> list[MetricRow]:
+    references = {c.case_id: c.label for c in data.index.labeled}
+    rows: list[MetricRow] = []
+    for case_id in progress.track(data.split.test, "evaluate"):
+        path, reference = files[case_id], references[case_id]
+        assert reference is not None
+        check_same_grid(
+            path, read_header(path), reference, read_header(reference), "prediction",
+            "ground truth",
+        )  # fmt: skip
+        labels, _ = read_label(path, data.protocol.labels)
+        rows.extend(score_prediction(data, case_id, labels))
+    return rows
+
+
+def write_case_csv(rows: Sequence[MetricRow], files: dict[str, Path], path: Path) -> Path:
+    """The per-case table as the official FLARE22 script writes it: `Name` (the file name),
+    then one column per organ and metric, metric by metric (`liver_DSC`, ..., `liver_NSD`)."""
+    organs = list(dict.fromkeys(r[2] for r in rows))
+    names = list(dict.fromkeys(r[3] for r in rows))
+    values = {(r[0], r[2], r[3]): r[4] for r in rows}
+    header = ["Name"] + [f"{o}_{display_name(m).split()[0]}" for m in names for o in organs]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with tmp.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            for case_id in sorted(files):
+                row = [files[case_id].name]
+                row += [repr(values[(case_id, o, m)]) for m in names for o in organs]
+                writer.writerow(row)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def evaluate(request: EvaluateRequest, progress: Progress) -> Evaluation:
+    """Check and score every prediction, then record the submission and write its CSV."""
+    t0 = time.perf_counter()
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    check_results_dir(request.results)
+    protocol = load_protocol(request.protocol)
+    name = request.name or Path(request.pred).resolve().name
+    if not name or "/" in name or name.startswith("."):
+        raise DatasetError(f"--name {name!r}: give a plain name for the submission")
+    data = load_data(protocol, request.data, progress)
+    files = find_predictions(request.pred, data.split.test)
+    rows = _score(data, files, progress)  # reads and checks every file before any write
+    digests = {c: {"file": p.name, "sha256": file_digest(p)} for c, p in sorted(files.items())}
+    key = stable_hash(
+        {
+            "submission": name,
+            "protocol": protocol.hash,
+            "dataset": data.store.key,
+            "split": data.split.hash,
+            "files": digests,
+        }
+    )
+    wall = time.perf_counter() - t0
+    record = RunRecord(
+        run_id=f"{key[:12]}-{uuid.uuid4().hex[:8]}",
+        run_key=key,
+        status="completed",
+        error=None,
+        protocol=protocol.name,
+        protocol_hash=protocol.hash,
+        dataset_key=data.store.key,
+        split_hash=data.split.hash,
+        method=name,
+        config={"pred": str(Path(request.pred).resolve())},
+        budget=SUBMISSION,
+        n_labeled=0,
+        budget_ids=[],
+        seed=0,
+        versions=versions(),
+        git_commit=git_commit(),
+        device="",
+        phases={"evaluate": round(wall, 3)},
+        wall_s=round(wall, 3),
+        peak_mem_mb=0.0,
+        info={SUBMISSION: digests},
+        started_at=started,
+        finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        off_protocol=SUBMISSION_NOTE,
+    )
+    ResultsStore(request.results).write_run(record, rows)
+    ensure_ceiling(request.results, data, progress)
+    csv_path = write_case_csv(rows, files, Path(request.results) / "submissions" / f"{name}.csv")
+    return Evaluation(record, rows, csv_path)

@@ -1,0 +1,92 @@
+"""`bench evaluate`: a run's own saved predictions score exactly as the run; bad input is one
+line, exit 2, and nothing written."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import sqlite3
+
+import nibabel as nib
+import numpy as np
+
+from benchmark.store import ResultsStore
+from tests.test_cli import FAST, bench, error_line
+
+
+def _rows(results, run_id: str) -> dict:
+    with sqlite3.connect(results / "labelbench.sqlite") as conn:
+        rows = conn.execute(
+            "SELECT case_id, organ_id, metric, value FROM case_metrics WHERE run_id = ?", (run_id,)
+        ).fetchall()
+    return {(c, o, m): v for c, o, m, v in rows}
+
+
+def test_evaluate_reproduces_the_run_and_rejects_bad_input(tmp_path):
+    results, preds = tmp_path / "runs", tmp_path / "preds"
+    r = bench(
+        "run", "-m", "unet-scratch", "-b", "4slices", "-p", "tiny", "--results", str(results),
+        "--save-predictions", str(preds), *FAST,
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    files = sorted(preds.iterdir())
+    assert len(files) == 2 and all(p.name.endswith(".nii.gz") for p in files)
+    run_id = ResultsStore(results).runs().run_id.iloc[0]
+
+    r = bench("evaluate", "--pred", str(preds), "-p", "tiny", "--results", str(results),
+              "--name", "mine")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    runs = ResultsStore(results).runs()
+    sub = runs[runs.budget == "submission"].iloc[0]
+    assert sub.method == "mine" and "bench evaluate" in sub.off_protocol
+    assert '"sha256"' in sub["info"] and files[0].name in sub["info"]
+    # the same per-case, per-organ values, exactly
+    assert _rows(results, sub.run_id) == _rows(results, run_id)
+    table = list(csv.reader((results / "submissions" / "mine.csv").open()))
+    assert table[0][0] == "Name" and "liver_DSC" in table[0] and "liver_NSD" in table[0]
+    assert sorted(row[0] for row in table[1:]) == [p.name for p in files]
+    # FLARE22 naming (<case>_0000.nii.gz) scores the same
+    flare = tmp_path / "flare"
+    flare.mkdir()
+    for p in files:
+        shutil.copy(p, flare / p.name.replace(".nii.gz", "_0000.nii.gz"))
+    r = bench("evaluate", "--pred", str(flare), "-p", "tiny", "--results", str(results))
+    assert r.exit_code == 0, r.output
+    runs = ResultsStore(results).runs()
+    assert _rows(results, runs[runs.method == "flare"].run_id.iloc[0]) == _rows(results, run_id)
+
+    def broken(name: str, change) -> None:
+        folder = tmp_path / name
+        shutil.copytree(preds, folder)
+        change(folder, sorted(folder.iterdir()))
+        n_before = len(ResultsStore(results).runs(status=None))
+        r = bench("evaluate", "--pred", str(folder), "-p", "tiny", "--results", str(results))
+        assert r.exit_code == 2, r.output
+        line = error_line(r)
+        assert len(ResultsStore(results).runs(status=None)) == n_before
+        assert not (results / "submissions" / f"{name}.csv").exists()
+        return line
+
+    def rewrite(path, edit) -> None:
+        img = nib.load(path)
+        data = edit(np.asarray(img.dataobj).copy())
+        nib.save(nib.Nifti1Image(data, img.affine, img.header), path)
+
+    line = broken("missing", lambda d, f: f[0].unlink())
+    assert "no prediction for test case" in line
+    line = broken("extra", lambda d, f: shutil.copy(f[0], d / "case_999.nii.gz"))
+    assert "case_999.nii.gz: extra file" in line
+    line = broken("shape", lambda d, f: rewrite(f[1], lambda a: a[:-1]))
+    assert f"{f_name(files[1])}: prediction shape" in line and "ground truth" in line
+    line = broken("moved", lambda d, f: nib.save(
+        nib.Nifti1Image(np.asarray(nib.load(f[0]).dataobj), np.diag([-1.0, 1, 1, 1])
+                        @ nib.load(f[0]).affine), f[0]))  # fmt: skip
+    assert "differs from ground truth" in line
+    line = broken("labels", lambda d, f: rewrite(f[0], lambda a: np.where(a == 1, 99, a)))
+    assert "label ids [99]" in line
+    line = broken("corrupt", lambda d, f: f[1].write_bytes(f[1].read_bytes()[:-40]))
+    assert f_name(files[1]) in line and ("corrupt" in line or "not a readable" in line)
+
+
+def f_name(path) -> str:
+    return path.name
