@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from benchmark.data import phantom
 from benchmark.data.phantom import (
     ORGANS,
     PhantomSettings,
     generate_case,
     render_examples,
     write_phantom,
+    writer,
 )
 
 TINY = PhantomSettings(cases=2, unlabeled=1, seed=3, size=64)
@@ -199,14 +199,14 @@ def test_write_phantom_replaces_and_workers_agree(tmp_path: Path) -> None:
 
 
 def test_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = phantom._write_one
+    real = writer._write_one
 
     def flaky(root: str, settings: PhantomSettings, index: int, labeled: bool) -> float:
         if index == 1:
             raise RuntimeError("boom")
         return real(root, settings, index, labeled)
 
-    monkeypatch.setattr(phantom, "_write_one", flaky)
+    monkeypatch.setattr(writer, "_write_one", flaky)
     with pytest.raises(RuntimeError, match="boom"):
         write_phantom(tmp_path / "ds", TINY, workers=1)
     assert list(tmp_path.iterdir()) == []
