@@ -327,7 +327,7 @@ def test_ddp_pretraining_on_two_gloo_processes_takes_the_same_steps_as_one(tmp_p
 def _script(name: str):
     import importlib.util
 
-    path = Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
+    path = Path(__file__).parents[1] / "perf" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -348,7 +348,7 @@ def test_ablation_runs_tiny_resumes_and_refuses_bad_grids(tmp_path, capsys):
     assert table["val_dsc"].between(0, 1).all()
     assert set(table["head"]) == {"linear", "mlp-ensemble"}
     md = (out / "ABLATION.md").read_text()
-    assert "python benchmarks/ablation_diffusion.py --protocol tiny" in md
+    assert "python perf/ablation_diffusion.py --protocol tiny" in md
     assert "| resolution | 16 |" in md and "| head | mlp-ensemble |" in md
     assert "2 pretrainings × 4 head fits" in capsys.readouterr().out
     assert ablation.main(args) == 0  # everything done: nothing recomputed
@@ -376,7 +376,7 @@ def test_long_pretraining_protocol_differs_from_phantom_only_in_pretraining_samp
 
 
 def test_gpu_benchmark_runs_tiny_on_the_cpu(capsys):
-    """The CPU check of `benchmarks/bench_gpu_diffusion.py` (its figures come from a GPU)."""
+    """The CPU check of `perf/bench_gpu_diffusion.py` (its figures come from a GPU)."""
     tiny = ["channels=8,16,16", "attention_levels=false,false,false", "num_head_channels=8"]
     tiny += ["norm_num_groups=8", "resolution=16", "pretrain_batch_size=4", "members=2"]
     tiny += ["pixels=16", "batch_size=2"]

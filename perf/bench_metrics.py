@@ -7,7 +7,7 @@ MONAI gets one-hot float tensors prepared beforehand (not timed) with the z-rang
 already cut to the ground truth's slices, and runs ``compute_surface_dice(use_subvoxels=True)``
 and ``DiceMetric``. Prints both timings, the speedup and the largest difference in values.
 
-    python benchmarks/bench_metrics.py [--repeats 3] [--seed 0]
+    python perf/bench_metrics.py [--repeats 3] [--seed 0]
 """
 
 from __future__ import annotations
