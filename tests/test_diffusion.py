@@ -279,25 +279,20 @@ def test_both_methods_run_share_one_pretraining_and_sample(tmp_path):
     assert (out / "samples_grid.png").stat().st_size > 100
 
 
-def test_predictions_have_slice_shape_and_label_range(unlabeled, tmp_path):
+def test_mlp_ensemble_head_predicts_slice_shape_and_label_range(unlabeled, tmp_path):
+    """The non-default head; the default heads are covered by tests/test_contract.py."""
     from benchmark.config import apply_overrides
     from benchmark.method import RunContext
-    from methods.diffusion.decoder import DiffusionDecoder, DiffusionDecoderConfig
     from methods.diffusion.linear import DiffusionLinear, DiffusionLinearConfig
 
     mlp = ["head=mlp-ensemble", "members=2", "hidden=8,4", "pixels=16"]
-    for cls, cfg_cls, extra in (
-        (DiffusionLinear, DiffusionLinearConfig, []),
-        (DiffusionLinear, DiffusionLinearConfig, mlp),
-        (DiffusionDecoder, DiffusionDecoderConfig, []),
-    ):
-        method = cls(apply_overrides(cfg_cls, TINY_SET + extra))
-        ctx = RunContext(torch.device("cpu"), 0, 14, Path(tmp_path), QUIET)
-        method.pretrain(SliceSet(unlabeled.store, unlabeled.rows, labeled=False), ctx)
-        method.fit(SliceSet(unlabeled.store, unlabeled.rows[:4], labeled=True), ctx)
-        pred = method.predict(unlabeled.images(np.arange(5)))
-        assert pred.shape == (5, 32, 32) and pred.dtype == torch.int64
-        assert int(pred.min()) >= 0 and int(pred.max()) < 14
+    method = DiffusionLinear(apply_overrides(DiffusionLinearConfig, TINY_SET + mlp))
+    ctx = RunContext(torch.device("cpu"), 0, 14, Path(tmp_path), QUIET)
+    method.pretrain(SliceSet(unlabeled.store, unlabeled.rows, labeled=False), ctx)
+    method.fit(SliceSet(unlabeled.store, unlabeled.rows[:4], labeled=True), ctx)
+    pred = method.predict(unlabeled.images(np.arange(5)))
+    assert pred.shape == (5, 32, 32) and pred.dtype == torch.int64
+    assert int(pred.min()) >= 0 and int(pred.max()) < 14
 
 
 @pytest.mark.slow
