@@ -126,9 +126,7 @@ def main() -> None:
             f"{f.method} {f.budget}: {f.status} {f.error or ''}", flush=True))  # fmt: skip
         print(f"{result.count('failed')} failed", flush=True)
     df = table(args.results, methods, budgets, args.field, values, args.seed)
-    text = markdown(
-        df, budgets, args.field, "python perf/tune_lr.py " + " ".join(sys.argv[1:])
-    )
+    text = markdown(df, budgets, args.field, "python perf/tune_lr.py " + " ".join(sys.argv[1:]))
     print(text)
     if args.out:
         args.out.write_text(text)
