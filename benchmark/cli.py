@@ -436,9 +436,9 @@ def pretrain(
     quiet: QuietOpt = False,
 ) -> None:
     """Pretrain METHOD on the protocol's unlabeled slices (cached; resumes when interrupted)."""
-    import os
     import time
 
+    from benchmark import distributed
     from benchmark.errors import ConfigError
     from benchmark.progress import Progress
     from benchmark.runner import pretrained_method
@@ -446,18 +446,17 @@ def pretrain(
     _check_device(device)
     if nproc < 1:
         raise ConfigError("--nproc must be at least 1")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = distributed.world_size()
     if nproc > 1 and world == 1:  # not under torchrun yet: launch it, one process per rank
         args = ["pretrain", "--method", method, "--protocol", protocol, "--device", device]
         args += ["--seed", str(seed)]  # each rank sees WORLD_SIZE instead of --nproc
         args += [a for item in set_ or [] for a in ("--set", item)]
         args += ["--data", str(data)] if data else []
         args += ["--quiet"] if quiet else []
-        raise typer.Exit(_torchrun(nproc, args))
-    rank = 0
+        raise typer.Exit(distributed.relaunch(nproc, args))
     if world > 1:  # one rank of torchrun: its own GPU (nccl) or the CPU (gloo)
-        device = _init_distributed(device)
-        rank = int(os.environ.get("RANK", "0"))
+        device = distributed.init(device)
+    rank = distributed.rank()
     progress = Progress(quiet=quiet or rank > 0, console=err)
     t = time.perf_counter()
     try:
@@ -465,9 +464,7 @@ def pretrain(
     finally:
         progress.stop()
         if world > 1:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+            distributed.shutdown()
     if rank > 0:
         return
     info = json.dumps(ctx.info.get("pretrain", {}))
@@ -497,12 +494,10 @@ def sample(
     """Draw samples from METHOD's pretrained generative model: a PNG grid and the raw array."""
     import time
 
-    import numpy as np
-    from torchvision.utils import save_image
-
     from benchmark.errors import ConfigError, UnknownMethodError
     from benchmark.progress import Progress
     from benchmark.runner import pretrained_method
+    from benchmark.samples import write_samples
 
     _check_device(device)
     if sampler not in ("ddpm", "ddim"):
@@ -521,9 +516,6 @@ def sample(
         seconds = time.perf_counter() - t
     finally:
         progress.stop()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    np.save(out_dir / "samples.npy", images.numpy().astype(np.float32))
-    save_image(images, out_dir / "samples_grid.png", nrow=int(np.ceil(np.sqrt(n))), padding=1)
     meta = {
         "method": method,
         "protocol": protocol,
@@ -533,10 +525,8 @@ def sample(
         "seed": seed,
         "pretrain_cache": ctx.info.get("pretrain_cache"),
         "seconds": seconds,
-        "shape": list(images.shape),
-        "range": "[0, 1] = protocol HU window",
     }
-    (out_dir / "samples.json").write_text(json.dumps(meta, indent=1))
+    write_samples(images, out_dir, meta)
     out.print(
         f"wrote {n} samples ({sampler}) to {out_dir} in {seconds:.1f}s "
         f"({n / seconds:.2f} images/s)",
@@ -634,32 +624,6 @@ def fidelity(
         f"wall {rec.wall_s:.1f}s; {rec.device}; stored in {ResultsStore(results).path}",
         highlight=False,
     )
-
-
-def _torchrun(nproc: int, args: list[str]) -> int:
-    """Run `bench ARGS` under torch.distributed.run with `nproc` local processes."""
-    import subprocess
-    import sys
-
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    cmd += [f"--nproc-per-node={nproc}", "-m", "benchmark.cli", *args]
-    return subprocess.run(cmd, check=False).returncode
-
-
-def _init_distributed(device: str) -> str:
-    """Join the process group torchrun describes in the environment; returns this rank's
-    device: `cuda:LOCAL_RANK` with nccl when CUDA is asked for (or `auto` finds it), else gloo."""
-    import os
-
-    import torch
-    import torch.distributed as dist
-
-    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if cuda:
-        torch.cuda.set_device(local)
-    dist.init_process_group(backend="nccl" if cuda else "gloo")
-    return f"cuda:{local}" if cuda else "cpu"
 
 
 def _names(text: str) -> list[str]:

@@ -14,6 +14,7 @@ import os
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,8 +23,9 @@ import numpy as np
 from benchmark.errors import BudgetError, ProtocolError, did_you_mean
 from benchmark.metrics.registry import Scoring
 
-PROTOCOLS_DIR = Path(__file__).resolve().parent.parent / "protocols"
-"""Built-in protocol files (`protocols/*.toml` at the top of the repository)."""
+PROTOCOLS_DIR = Path(str(resources.files("benchmark.protocols")))
+"""Built-in protocol files: `benchmark/protocols/*.toml`, package data found through
+`importlib.resources`, so an installed package (editable or not) finds them."""
 
 
 def protocol_dirs() -> list[Path]:

@@ -15,11 +15,10 @@ from __future__ import annotations
 import time
 import traceback
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,6 +29,7 @@ from benchmark.config import config_dict
 from benchmark.data.reader import DatasetIndex
 from benchmark.data.slicestore import Preprocessing, SliceStore, build_slice_store
 from benchmark.data.source import cache_root, resolve_dataset
+from benchmark.distributed import rank_zero_first
 from benchmark.errors import DatasetError
 from benchmark.fingerprint import code_fingerprint
 from benchmark.method import Method, RunContext, SliceSet
@@ -54,8 +54,6 @@ from benchmark.provenance import (
 from benchmark.registry import get_method
 from benchmark.store import MetricRow, ResultsStore, RunRecord, wide
 from benchmark.validation import Validator, sanity_dsc
-
-T = TypeVar("T")
 
 
 @dataclass
@@ -184,21 +182,6 @@ class RunOutcome:
     record: RunRecord | None = None
 
 
-def _rank_zero_first(fn: Callable[[], T]) -> T:
-    """Call `fn` on rank 0 of a torch.distributed group first (it fills a cache the other
-    ranks then read); outside a distributed run just call it."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return fn()
-    if dist.get_rank() == 0:
-        result = fn()
-        dist.barrier()
-        return result
-    dist.barrier()
-    return fn()
-
-
 def run_pretraining(
     method: Method, protocol: Protocol, index: DatasetIndex, ctx: RunContext, progress: Progress
 ) -> None:
@@ -221,7 +204,7 @@ def run_pretraining(
             progress=progress.callback("preprocess unlabeled"),
         )
 
-    store = _rank_zero_first(build)
+    store = rank_zero_first(build)
     unlabeled = SliceSet(store, np.arange(len(store)), labeled=False)
     key = stable_hash({"pretrain": method.pretrain_key(ctx.seed), "pool": store.key})
     ctx.cache_dir = cache_root() / "pretrain" / key
@@ -247,7 +230,7 @@ def pretrained_method(
     if not method_cls.uses_pretraining:
         raise UnknownMethodError(f"method '{method_name}' has no pretraining")
     config, _ = configure(method_cls, overrides, protocol.training)
-    index = _rank_zero_first(lambda: resolve_dataset(protocol, data, progress))
+    index = rank_zero_first(lambda: resolve_dataset(protocol, data, progress))
     ctx = RunContext(
         device=resolve_device(device),
         seed=seed,

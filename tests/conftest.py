@@ -2,62 +2,37 @@
 
 from __future__ import annotations
 
-import re
+import tomllib
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from benchmark.protocol import PROTOCOLS_DIR
+PROTOCOLS = Path(__file__).resolve().parent / "protocols"
+"""Static test protocols: `tiny` (the phantom shrunk to seconds) and `tinypath` (the same
+reading a data folder from $TINY_DATA)."""
 
-TINY_PHANTOM = {"cases": 6, "unlabeled": 2, "seed": 0, "size": 64}
-TINY_TRAINING = (6, 12, 4)
+_TRAINING = tomllib.loads((PROTOCOLS / "tiny.toml").read_text())["training"]
+TINY_TRAINING = (
+    _TRAINING["finetune_samples"],
+    _TRAINING["pretrain_samples"],
+    _TRAINING["validate_every"],
+)
 """Fine-tuning samples, pretraining samples, samples between validations of `tiny`."""
 
 
-def tiny_protocol_text(source: str = "phantom", slice_size: int = 32) -> str:
-    """The built-in phantom protocol shrunk to test size (or switched to a data path)."""
-    text = (PROTOCOLS_DIR / "phantom.toml").read_text()
-    text = text.replace('name = "phantom"', 'name = "tiny"')
-    text = re.sub(
-        r"cases = 30\nunlabeled = 20\nseed = 0\nsize = 512",
-        "cases = {cases}\nunlabeled = {unlabeled}\nseed = {seed}\nsize = {size}".format(
-            **TINY_PHANTOM
-        ),
-        text,
-    )
-    text = re.sub(r"slice_size = 128", f"slice_size = {slice_size}", text)
-    text = text.replace("test_cases = 8", "test_cases = 2").replace(
-        "val_cases = 5", "val_cases = 1"
-    )
-    # A few steps of fine-tuning and pretraining, validated twice.
-    text = re.sub(r"finetune_samples = \d+", f"finetune_samples = {TINY_TRAINING[0]}", text)
-    text = re.sub(r"pretrain_samples = \d+", f"pretrain_samples = {TINY_TRAINING[1]}", text)
-    text = re.sub(r"validate_every = \d+", f"validate_every = {TINY_TRAINING[2]}", text)
-    # Three steps train nothing: the gate is tested on its own (test_validation.py).
-    text = text.replace("sanity_min_dsc = 0.5", "sanity_min_dsc = 0.0")
-    if source == "path":
-        text = re.sub(
-            r'source = "phantom"\n\n\[dataset.phantom\].*?size = \d+\n',
-            'source = "path"\npath_env = "TINY_DATA"\n',
-            text,
-            flags=re.S,
-        )
-    return text
+def tiny_protocol_text(source: str = "phantom") -> str:
+    """The text of `tiny` (source "phantom") or `tinypath` (source "path"), to derive from."""
+    return (PROTOCOLS / ("tinypath.toml" if source == "path" else "tiny.toml")).read_text()
 
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path_factory, monkeypatch):
-    """Every test gets its own cache; protocols in tests/ are found by name."""
+    """Every test gets its own cache; the protocols in tests/protocols are found by name."""
     cache = tmp_path_factory.mktemp("cache")
     monkeypatch.setenv("LABELBENCH_CACHE", str(cache))
-    protos = tmp_path_factory.mktemp("protocols")
-    (protos / "tiny.toml").write_text(tiny_protocol_text())
-    (protos / "tinypath.toml").write_text(
-        tiny_protocol_text("path").replace('"tiny"', '"tinypath"')
-    )
-    monkeypatch.setenv("LABELBENCH_PROTOCOLS", str(protos))
+    monkeypatch.setenv("LABELBENCH_PROTOCOLS", str(PROTOCOLS))
     return cache
 
 

@@ -22,7 +22,7 @@ This module follows their rules step by step, not their text:
 
 The normal table is DeepMind's, taken from MONAI's copy of it (not from labelbench), and
 scaled in float64 in the official order. Used by `tests/test_conformance.py` and by
-`benchmarks/bench_metrics.py` (DeepMind's `surface-distance` is not installed here).
+`perf/bench_metrics.py` (DeepMind's `surface-distance` is not installed here).
 """
 
 from __future__ import annotations

@@ -280,25 +280,20 @@ def test_both_methods_run_share_one_pretraining_and_sample(tmp_path):
     assert (out / "samples_grid.png").stat().st_size > 100
 
 
-def test_predictions_have_slice_shape_and_label_range(unlabeled, tmp_path):
+def test_mlp_ensemble_head_predicts_slice_shape_and_label_range(unlabeled, tmp_path):
+    """The non-default head; the default heads are covered by tests/test_contract.py."""
     from benchmark.config import apply_overrides
     from benchmark.method import RunContext
-    from methods.diffusion.decoder import DiffusionDecoder, DiffusionDecoderConfig
     from methods.diffusion.linear import DiffusionLinear, DiffusionLinearConfig
 
     mlp = ["head=mlp-ensemble", "members=2", "hidden=8,4", "pixels=16"]
-    for cls, cfg_cls, extra in (
-        (DiffusionLinear, DiffusionLinearConfig, []),
-        (DiffusionLinear, DiffusionLinearConfig, mlp),
-        (DiffusionDecoder, DiffusionDecoderConfig, []),
-    ):
-        method = cls(apply_overrides(cfg_cls, TINY_SET + extra))
-        ctx = RunContext(torch.device("cpu"), 0, 14, Path(tmp_path), QUIET)
-        method.pretrain(SliceSet(unlabeled.store, unlabeled.rows, labeled=False), ctx)
-        method.fit(SliceSet(unlabeled.store, unlabeled.rows[:4], labeled=True), ctx)
-        pred = method.predict(unlabeled.images(np.arange(5)))
-        assert pred.shape == (5, 32, 32) and pred.dtype == torch.int64
-        assert int(pred.min()) >= 0 and int(pred.max()) < 14
+    method = DiffusionLinear(apply_overrides(DiffusionLinearConfig, TINY_SET + mlp))
+    ctx = RunContext(torch.device("cpu"), 0, 14, Path(tmp_path), QUIET)
+    method.pretrain(SliceSet(unlabeled.store, unlabeled.rows, labeled=False), ctx)
+    method.fit(SliceSet(unlabeled.store, unlabeled.rows[:4], labeled=True), ctx)
+    pred = method.predict(unlabeled.images(np.arange(5)))
+    assert pred.shape == (5, 32, 32) and pred.dtype == torch.int64
+    assert int(pred.min()) >= 0 and int(pred.max()) < 14
 
 
 @pytest.mark.slow
@@ -328,7 +323,7 @@ def test_ddp_pretraining_on_two_gloo_processes_takes_the_same_steps_as_one(tmp_p
 def _script(name: str):
     import importlib.util
 
-    path = Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
+    path = Path(__file__).parents[1] / "perf" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -349,7 +344,7 @@ def test_ablation_runs_tiny_resumes_and_refuses_bad_grids(tmp_path, capsys):
     assert table["val_dsc"].between(0, 1).all()
     assert set(table["head"]) == {"linear", "mlp-ensemble"}
     md = (out / "ABLATION.md").read_text()
-    assert "python benchmarks/ablation_diffusion.py --protocol tiny" in md
+    assert "python perf/ablation_diffusion.py --protocol tiny" in md
     assert "| resolution | 16 |" in md and "| head | mlp-ensemble |" in md
     assert "2 pretrainings × 4 head fits" in capsys.readouterr().out
     assert ablation.main(args) == 0  # everything done: nothing recomputed
@@ -377,7 +372,7 @@ def test_long_pretraining_protocol_differs_from_phantom_only_in_pretraining_samp
 
 
 def test_gpu_benchmark_runs_tiny_on_the_cpu(capsys):
-    """The CPU check of `benchmarks/bench_gpu_diffusion.py` (its figures come from a GPU)."""
+    """The CPU check of `perf/bench_gpu_diffusion.py` (its figures come from a GPU)."""
     tiny = ["channels=8,16,16", "attention_levels=false,false,false", "num_head_channels=8"]
     tiny += ["norm_num_groups=8", "resolution=16", "pretrain_batch_size=4", "members=2"]
     tiny += ["pixels=16", "batch_size=2"]

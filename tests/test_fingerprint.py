@@ -9,11 +9,10 @@ from pathlib import Path
 
 from benchmark import fingerprint
 from benchmark.fingerprint import CORE, NOT_CORE, code_fingerprint, plugin_files
-from benchmark.protocol import PROTOCOLS_DIR
 from benchmark.store import ResultsStore
 from tests.test_sweep import sweep, toy  # noqa: F401
 
-REPO = PROTOCOLS_DIR.parent
+REPO = Path(__file__).resolve().parents[1]
 PRINT = "from benchmark.fingerprint import code_fingerprint as f; print(f({!r}))"
 
 

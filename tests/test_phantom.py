@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -11,13 +12,13 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from benchmark.data import phantom
 from benchmark.data.phantom import (
     ORGANS,
     PhantomSettings,
     generate_case,
     render_examples,
     write_phantom,
+    writer,
 )
 
 TINY = PhantomSettings(cases=2, unlabeled=1, seed=3, size=64)
@@ -198,14 +199,14 @@ def test_write_phantom_replaces_and_workers_agree(tmp_path: Path) -> None:
 
 
 def test_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = phantom._write_one
+    real = writer._write_one
 
     def flaky(root: str, settings: PhantomSettings, index: int, labeled: bool) -> float:
         if index == 1:
             raise RuntimeError("boom")
         return real(root, settings, index, labeled)
 
-    monkeypatch.setattr(phantom, "_write_one", flaky)
+    monkeypatch.setattr(writer, "_write_one", flaky)
     with pytest.raises(RuntimeError, match="boom"):
         write_phantom(tmp_path / "ds", TINY, workers=1)
     assert list(tmp_path.iterdir()) == []
@@ -214,3 +215,43 @@ def test_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_render_examples(written: tuple[Path, list[tuple[int, int]]], tmp_path: Path) -> None:
     png = render_examples(written[0], tmp_path / "png" / "examples.png", n=3)
     assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _digest(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(len(part).to_bytes(8, "little") + part)
+    return h.hexdigest()[:16]
+
+
+def _array_bytes(a: np.ndarray) -> bytes:
+    return f"{a.dtype.str}{a.shape}".encode() + np.ascontiguousarray(a).tobytes()
+
+
+# Recorded from the generator before it was split into a package: any change to the
+# phantom's voxels, spacing, headers or dataset.json for a seed changes these digests.
+PHANTOM_DIGESTS = {
+    "labeled 0": "0a6e23f7931ee455",
+    "labeled 1": "61452feba9f2fce6",
+    "unlabeled 0": "6101c064653d5f21",
+    "written": "daecbd6b7b25437c",
+}
+
+
+def test_phantom_bytes_are_pinned(written: tuple[Path, list[tuple[int, int]]]) -> None:
+    got = {}
+    cases = (("labeled 0", 0, True), ("labeled 1", 1, True), ("unlabeled 0", 0, False))
+    for name, index, labeled in cases:
+        image, label, spacing = generate_case(TINY, index, labeled=labeled)
+        got[name] = _digest(_array_bytes(image), _array_bytes(label), repr(spacing).encode())
+    out = written[0]
+    parts = [(out / "dataset.json").read_bytes()]
+    for path in sorted(out.rglob("*.nii.gz")):
+        img = nib.load(path)
+        parts += [
+            path.relative_to(out).as_posix().encode(),
+            img.header.binaryblock,
+            _array_bytes(np.asarray(img.dataobj)),
+        ]
+    got["written"] = _digest(*parts)
+    assert got == PHANTOM_DIGESTS

@@ -31,7 +31,7 @@ LOCK = ".lock"
 """Held (flock) by the process building a folder, from its creation until it is in place."""
 VERIFY_EVERY = 10
 """Every 10th open of a cache folder re-reads all of it: 0.5 s for the phantom protocol's
-labeled store (514 MB, 433 MB of it ground truth; `benchmarks/bench_cache.py --store`), so
+labeled store (514 MB, 433 MB of it ground truth; `perf/bench_cache.py --store`), so
 50 ms per open on average, against 5 ms for an open that trusts the memo."""
 STALE_AFTER_S = 60.0
 """A hidden build folder is removed only when no live process holds its lock and it is at least

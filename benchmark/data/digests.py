@@ -19,7 +19,7 @@ from pathlib import Path
 
 HASH = "sha256"
 """SHA-256 rather than BLAKE2b: OpenSSL's SHA-256 uses the CPU's SHA extensions, 1.35 GB/s
-against BLAKE2b's 0.57 GB/s on this project's 2-core AMD EPYC (`benchmarks/bench_cache.py`
+against BLAKE2b's 0.57 GB/s on this project's 2-core AMD EPYC (`perf/bench_cache.py`
 prints both), and the pretraining checkpoints are checked with it already."""
 
 RACY_NS = 2_000_000_000

@@ -23,7 +23,7 @@ class DiffusionDecoderConfig(SupervisedConfig, DDPMConfig):
 
     The backbone fields (`resolution`, `channels`, pretraining) are diffusion-linear's, with
     the same defaults, so both methods always transfer one pretrained model: a backbone
-    choice made on diffusion-linear's validation ablation (`benchmarks/ablation_diffusion.py`)
+    choice made on diffusion-linear's validation ablation (`perf/ablation_diffusion.py`)
     applies here too. Tuning tried for this method itself: none beyond the shared recipe
     (timestep 50, as the lowest of DDPM-Seg's timesteps)."""
 

@@ -129,7 +129,7 @@ class FeatureBank:
 
     Features stay at each block's own resolution, grouped by resolution (`by_resolution`);
     heads upsample per batch. Training a head on the bank instead of recomputing the UNet
-    every step is what makes head training cheap (`benchmarks/bench_diffusion.py`).
+    every step is what makes head training cheap (`perf/bench_diffusion.py`).
     """
 
     def __init__(

@@ -30,7 +30,7 @@ class DiffusionLinearConfig(DDPMConfig):
     validation existed (1e-3, Baranchuk et al.'s, underfit 500 whole-slice steps: training CE
     1.6 against 0.2 on the phantom's 1pct). The head, the input size (64 against 128), the tap
     set and one against three timesteps are compared on validation cases only by
-    `benchmarks/ablation_diffusion.py` (every variant on the protocol's pretraining samples);
+    `perf/ablation_diffusion.py` (every variant on the protocol's pretraining samples);
     the defaults here stay the earlier ones (linear head, 64 × 64, blocks (0, 1), timesteps
     50, 150, 250) until that grid has been run on the full phantom (README, "Diffusion
     transfer").

@@ -45,7 +45,7 @@ class DDPMConfig:
     resolution: int = non_negative(64)
     """Side (pixels) of the diffusion model's input; slices are resized to it. 0 = the
     protocol's slice size (128 on the phantom: 4.7× the pretraining step time of 64 on 2 CPU
-    cores, `benchmarks/bench_diffusion.py`)."""
+    cores, `perf/bench_diffusion.py`)."""
     channels: tuple[int, ...] = positive((32, 64, 64))
     """Channels per UNet level (each divisible by norm_num_groups)."""
     attention_levels: tuple[bool, ...] = (False, False, True)

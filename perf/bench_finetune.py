@@ -13,7 +13,7 @@ with ratios taken within this one run. Also printed: GFLOP per step (torch's FLO
 forward + backward) and the achieved GFLOP/s against the CPU's peak (AVX2: 2 FMA units × 8
 float32 lanes × 2 = 32 FLOP per cycle and core, at the base clock given).
 
-    LABELBENCH_CACHE=... python benchmarks/bench_finetune.py [--steps 40] [--repeats 3]
+    LABELBENCH_CACHE=... python perf/bench_finetune.py [--steps 40] [--repeats 3]
 """
 
 from __future__ import annotations

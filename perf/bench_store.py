@@ -5,7 +5,7 @@ builds the store at the default protocol's slice size, then reads the same rando
 indices (a) from the store and (b) from the NIfTI files, windowed and resized exactly as
 the store does (nibabel proxy slicing, so only up to the slice is decompressed).
 
-    python benchmarks/bench_store.py [--cases 4] [--reads 200]
+    python perf/bench_store.py [--cases 4] [--reads 200]
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Uses an empty cache and results folder, so phantom generation and preprocessing 
 included, exactly as a new user's first run. Prints the wall time and the per-phase times
 recorded in the store. Target: under 5 minutes on 2 CPU cores.
 
-    python benchmarks/bench_run.py [--method unet-scratch] [--budget 1pct] [-- extra bench args]
+    python perf/bench_run.py [--method unet-scratch] [--budget 1pct] [-- extra bench args]
 """
 
 from __future__ import annotations

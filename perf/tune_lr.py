@@ -12,7 +12,7 @@ method.
 All trials run as one `bench sweep` grid in their own results store, so the study resumes
 where it stopped, and `--jobs` runs trials side by side (useful on a GPU):
 
-    LABELBENCH_CACHE=... python benchmarks/tune_lr.py --results runs/tuning \\
+    LABELBENCH_CACHE=... python perf/tune_lr.py --results runs/tuning \\
         [--device cuda --jobs 6] [--out reports/phantom/tuning_lr.md]
 """
 
@@ -126,9 +126,7 @@ def main() -> None:
             f"{f.method} {f.budget}: {f.status} {f.error or ''}", flush=True))  # fmt: skip
         print(f"{result.count('failed')} failed", flush=True)
     df = table(args.results, methods, budgets, args.field, values, args.seed)
-    text = markdown(
-        df, budgets, args.field, "python benchmarks/tune_lr.py " + " ".join(sys.argv[1:])
-    )
+    text = markdown(df, budgets, args.field, "python perf/tune_lr.py " + " ".join(sys.argv[1:]))
     print(text)
     if args.out:
         args.out.write_text(text)

@@ -1,7 +1,7 @@
 """Generative-quality figures (CPU by default): the time to sample N images and, separately,
 the time for the metrics (FID, sFID, precision / recall / F1, KID) and for MS-SSIM diversity.
 
-    python benchmarks/bench_fidelity.py [--n N] [--sampler ddim] [--steps 50]
+    python perf/bench_fidelity.py [--n N] [--sampler ddim] [--steps 50]
         [--inception-weights FILE] [--random-inception] [--protocol phantom] [--device cpu]
 
 N defaults to all of the protocol's test slices, at most 1000 (458 on the phantom). The model

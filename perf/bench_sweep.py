@@ -1,6 +1,6 @@
 """Wall time of one small grid with `bench sweep --executor local` and `--executor ray`.
 
-    python benchmarks/bench_sweep.py [--methods unet-scratch] [--budgets 4slices,1pct]
+    python perf/bench_sweep.py [--methods unet-scratch] [--budgets 4slices,1pct]
         [--seeds 0,1] [--set iterations=20] [--jobs 2]
 
 Both sweeps run the same grid of tiny runs on the phantom (short training through `--set`,

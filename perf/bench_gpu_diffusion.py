@@ -2,7 +2,7 @@
 bf16 and its peak memory, sampling throughput for DDPM (1000 steps) and DDIM (50 steps), and
 diffusion-linear's heads (DDPM-Seg's MLP ensemble and the linear head) on 256 × 256 features.
 
-    python benchmarks/bench_gpu_diffusion.py [--preset paper] [--train-steps 60]
+    python perf/bench_gpu_diffusion.py [--preset paper] [--train-steps 60]
         [--sample-n 64] [--ddpm-steps 1000] [--ddim-steps 50] [--device cuda]
         [--head-steps 50] [--set key=value ...]
 

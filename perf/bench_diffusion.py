@@ -2,7 +2,7 @@
 pretraining against 64 × 64, and the speed-up of training each head (linear, MLP ensemble)
 on cached features against recomputing them every step.
 
-    python benchmarks/bench_diffusion.py [--head-steps 10] [--pretrain-steps 6]
+    python perf/bench_diffusion.py [--head-steps 10] [--pretrain-steps 6]
         [--resolutions 64,128] [--end-to-end] [--device cpu]
 
 Every figure is a ratio of two timings taken in this one run (the machine is shared and

@@ -13,7 +13,7 @@ organs already cut to the ground truth's slices, and runs
 speedups and the largest differences in values (against the official loop: 0 up to float
 rounding; against MONAI: float32 precision).
 
-    python benchmarks/bench_metrics.py [--repeats 3] [--seed 0]
+    python perf/bench_metrics.py [--repeats 3] [--seed 0]
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ validation and sanity DSC, the CPU time used (all processes, nnU-Net's workers i
 the load average, which says whether other work shared the cores. All figures come from one
 run of the command.
 
-    python benchmarks/bench_baselines.py [--method nnunet] [--budget 4slices] [--cores 2]
+    python perf/bench_baselines.py [--method nnunet] [--budget 4slices] [--cores 2]
         [--threads N] [--fresh-cache] [-- extra bench run arguments, e.g. --set epochs=5]
 """
 

@@ -6,7 +6,7 @@ the cache (`$LABELBENCH_CACHE`, generated on first use by `bench run`) and write
 there: the memo lives in a temporary folder. With `--store`, also builds the labeled slice
 store in a temporary cache and times its checks on open (warm, and full as `--verify` does).
 
-    LABELBENCH_CACHE=/work/lbcache python benchmarks/bench_cache.py [--repeats 5] [--store]
+    LABELBENCH_CACHE=/work/lbcache python perf/bench_cache.py [--repeats 5] [--store]
 """
 
 from __future__ import annotations

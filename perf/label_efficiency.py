@@ -5,7 +5,7 @@ and pretrains each model once), then prints the table of mean DSC (over seeds an
 cases) of the ranked runs (completed, on-protocol) and writes the report with `bench report`.
 The defaults are the reference grid of `reports/phantom/`:
 
-    python benchmarks/label_efficiency.py [--methods ...] [--budgets ...] [--seeds 0,1,2] \
+    python perf/label_efficiency.py [--methods ...] [--budgets ...] [--seeds 0,1,2] \
         [--results reports/phantom] [--out reports/phantom]
 """
 

@@ -10,7 +10,7 @@ scored for the choice (test scores are recorded by the runs but not used here).
 Runs go to their own results store (every budget but the protocol's own is off-protocol),
 so the study resumes where it stopped.
 
-    LABELBENCH_CACHE=... python benchmarks/convergence.py --results runs/convergence \\
+    LABELBENCH_CACHE=... python perf/convergence.py --results runs/convergence \\
         --budgets 10pct,100pct --samples 2400,4800,9600,19200 [--plot curve.png]
 """
 

@@ -1,7 +1,7 @@
 """Validation-only ablation of `diffusion-linear`: model input size × head × tap set ×
 timesteps (× pretraining samples), scored on the protocol's validation cases, never test.
 
-    python benchmarks/ablation_diffusion.py --device cuda --seeds 0,1,2 \\
+    python perf/ablation_diffusion.py --device cuda --seeds 0,1,2 \\
         --out reports/phantom/ablation_diffusion
 
 Defaults: the `phantom` protocol, budgets 4slices and 1pct, input 64 and 128, heads linear
@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.heads = args.heads.split(",")
     args.tap_sets = [_ints(t) for t in args.tap_sets.split("/")]
     args.timesteps = [_ints(t) for t in args.timesteps.split("/")]
-    args.command = shlex.join(["python", "benchmarks/ablation_diffusion.py", *(argv or [])])
+    args.command = shlex.join(["python", "perf/ablation_diffusion.py", *(argv or [])])
     return args
 
 

@@ -1,0 +1,212 @@
+"""Writing a phantom data set: NIfTI files in nnU-Net raw layout, `dataset.json`, the manifest.
+
+Cases are generated in spawned worker processes that die with their parent; the set is built
+in a hidden sibling folder and moved into place at the end, so nothing half-written is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from benchmark.data.cache import write_manifest
+from benchmark.data.phantom.case import generate_case
+from benchmark.data.phantom.settings import ORGANS, PhantomSettings
+
+
+def _affine(shape: tuple[int, ...], spacing: tuple[float, float, float]) -> np.ndarray:
+    """RAS+ affine: diag(spacing), with the in-plane centre of the image at x = y = 0 mm."""
+    affine = np.diag([*spacing, 1.0])
+    affine[0, 3] = -(shape[0] - 1) / 2 * spacing[0]
+    affine[1, 3] = -(shape[1] - 1) / 2 * spacing[1]
+    return affine
+
+
+def _save(data: np.ndarray, spacing: tuple[float, float, float], path: Path) -> None:
+    import nibabel as nib
+
+    img = nib.Nifti1Image(data, _affine(data.shape, spacing))
+    img.header.set_zooms(spacing)
+    img.header.set_xyzt_units("mm")
+    img.set_qform(img.affine, code=1)
+    img.set_sform(img.affine, code=1)
+    nib.save(img, str(path))
+
+
+def _case_name(index: int, labeled: bool) -> str:
+    return f"phantom_{index + 1:04d}" if labeled else f"phantom_u{index + 1:04d}"
+
+
+def _write_one(root: str, settings: PhantomSettings, index: int, labeled: bool) -> float:
+    """Generate and write one case; returns the seconds it took."""
+    t0 = time.perf_counter()
+    image, label, spacing = generate_case(settings, index, labeled)
+    name = _case_name(index, labeled)
+    base = Path(root)
+    if labeled:
+        _save(image, spacing, base / "imagesTr" / f"{name}_0000.nii.gz")
+        _save(label, spacing, base / "labelsTr" / f"{name}.nii.gz")
+    else:
+        _save(image, spacing, base / "imagesUnlabeled" / f"{name}_0000.nii.gz")
+    return time.perf_counter() - t0
+
+
+def _limit_threads() -> None:
+    # One BLAS thread per worker process: the pool already uses every core it is given.
+    with contextlib.suppress(ImportError):
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _die_with_parent(parent: int) -> None:
+    """End this worker when process `parent` dies, even by SIGKILL, which runs no cleanup.
+
+    Linux: the kernel sends SIGKILL on the parent's death (prctl PR_SET_PDEATHSIG); it is
+    tied to the thread that spawned the worker, which is the one that submits to the pool
+    and lives until the pool is shut down. Elsewhere a daemon thread polls the parent id.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
+                if os.getppid() != parent:  # it died before the request took effect
+                    os._exit(1)
+                return
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
+def _init_worker(parent: int) -> None:
+    _die_with_parent(parent)
+    _limit_threads()
+
+
+def _dataset_json(settings: PhantomSettings) -> dict:
+    return {
+        "name": "phantom",
+        "description": "Synthetic abdominal CT phantom with the 13 FLARE22 organs (HU, RAS+).",
+        "channel_names": {"0": "CT"},
+        "labels": {"background": 0, **{name: i for i, name in ORGANS.items()}},
+        "numTraining": settings.cases,
+        "file_ending": ".nii.gz",
+        "phantom_settings": asdict(settings),
+    }
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def write_phantom(
+    out: Path,
+    settings: PhantomSettings,
+    workers: int = 2,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Write an nnU-Net raw data set of phantom cases to ``out`` and return ``out``.
+
+    Layout: ``imagesTr/phantom_0001_0000.nii.gz`` + ``labelsTr/phantom_0001.nii.gz`` per labeled
+    case, ``imagesUnlabeled/phantom_u0001_0000.nii.gz`` per unlabeled case, and
+    ``dataset.json``, and last ``manifest.json`` (size and SHA-256 of every file, checked by
+    whoever reuses the set: `benchmark.data.cache`). The set is built in a hidden sibling
+    directory and moved into place at the end, replacing an existing ``out``, so an
+    interrupted run never leaves a partial data set.
+    ``progress(done, total)`` is called after each case; ``workers`` processes generate cases
+    in parallel (1 = in this process). Workers are spawned, not forked, so a script calling
+    this with ``workers > 1`` needs the usual ``if __name__ == "__main__":`` guard. Workers end
+    with this process, even when it is killed; the next call removes what a killed call left.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Clear leftovers of killed runs (their owning process is gone).
+    for stale in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")]:
+        pid = stale.name.rsplit("-", 2)[-2]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    jobs = [(i, True) for i in range(settings.cases)] + [
+        (i, False) for i in range(settings.unlabeled)
+    ]
+    total = len(jobs)
+    try:
+        (tmp / "imagesTr").mkdir(parents=True)
+        (tmp / "labelsTr").mkdir()
+        if settings.unlabeled:
+            (tmp / "imagesUnlabeled").mkdir()
+        done = 0
+        if workers <= 1 or total <= 1:
+            for i, labeled in jobs:
+                _write_one(str(tmp), settings, i, labeled)
+                done += 1
+                if progress:
+                    progress(done, total)
+        else:
+            # Fresh interpreters: forking a parent that already runs threads (torch, BLAS) can
+            # deadlock.
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(
+                max_workers=min(workers, total),
+                mp_context=ctx,
+                initializer=_init_worker,
+                initargs=(os.getpid(),),
+            ) as pool:
+                futures = [pool.submit(_write_one, str(tmp), settings, i, lab) for i, lab in jobs]
+                try:
+                    for fut in as_completed(futures):
+                        fut.result()
+                        done += 1
+                        if progress:
+                            progress(done, total)
+                except BaseException:
+                    # Do not make the remaining cases of a run that has already failed.
+                    for fut in futures:
+                        fut.cancel()
+                    raise
+        (tmp / "dataset.json").write_text(json.dumps(_dataset_json(settings), indent=2) + "\n")
+        write_manifest(tmp)
+        old = None
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Pictures
+# --------------------------------------------------------------------------------------------
