@@ -2,8 +2,9 @@
 
 A method builds from its default config and the protocol's training budget, pretrains when
 it says it does, fits the budget's labeled slices, predicts (N, S, S) int64 labels in range
-for (N, 1, S, S) images, and makes the same prediction again for the same seed (from a fresh
-cache, so pretraining is repeated too). A plugin package gets this test by being installed.
+for (N, 1, S, S) images, and makes the same prediction again for the same seed (on its
+cached pretraining, as the runner's next budget or seed would). A plugin package gets this
+test by being installed.
 """
 
 from __future__ import annotations
@@ -42,13 +43,23 @@ SLOW = {
     "minutes on a CPU even at one epoch of one iteration",
 }
 """Methods that cannot be made tiny run under `-m slow` only, with the reason."""
+KNOWN_BROKEN = {
+    "diffusion-decoder": "a freshly pretrained DDPM is its EMA copy with requires_grad off "
+    "everywhere, so the decoder's up_blocks stay frozen; a DDPM read from the cache trains "
+    "them: the fit depends on whether pretraining was cached",
+}
+"""Contract failures found and not fixed yet (strict: the test fails once they pass)."""
+
+
+def _marks(name: str) -> list:
+    marks = [pytest.mark.slow] if name in SLOW else []
+    if name in KNOWN_BROKEN:
+        marks.append(pytest.mark.xfail(reason=KNOWN_BROKEN[name], strict=True))
+    return marks
 
 
 def _methods() -> list:
-    return [
-        pytest.param(name, id=name, marks=[pytest.mark.slow] if name in SLOW else [])
-        for name in installed_methods()
-    ]
+    return [pytest.param(name, id=name, marks=_marks(name)) for name in installed_methods()]
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +93,7 @@ def fit_and_predict(
 
 
 @pytest.mark.parametrize("name", _methods())
-def test_method_contract(
-    name: str, tiny: DataContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_method_contract(name: str, tiny: DataContext, tmp_path: Path) -> None:
     test_rows = tiny.store.rows_of_case(tiny.split.test[0])[:4]
     images = SliceSet(tiny.store, test_rows, labeled=False).images()
     size = tiny.protocol.slice_size
@@ -94,6 +103,7 @@ def test_method_contract(
     assert first.shape == (4, size, size) and first.dtype == torch.int64
     assert int(first.min()) >= 0 and int(first.max()) < tiny.protocol.num_classes
 
-    monkeypatch.setenv("LABELBENCH_CACHE", str(tmp_path / "fresh"))  # pretrain again
+    # The second fit reads the first one's cached pretraining, as a run of another budget or
+    # seed does; pretraining twice would double the test's time.
     again = fit_and_predict(name, tiny, 3, images, tmp_path / "again")
     assert torch.equal(first, again), f"{name}: two fits with seed 3 predict differently"
