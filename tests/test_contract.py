@@ -43,11 +43,7 @@ SLOW = {
     "minutes on a CPU even at one epoch of one iteration",
 }
 """Methods that cannot be made tiny run under `-m slow` only, with the reason."""
-KNOWN_BROKEN = {
-    "diffusion-decoder": "a freshly pretrained DDPM is its EMA copy with requires_grad off "
-    "everywhere, so the decoder's up_blocks stay frozen; a DDPM read from the cache trains "
-    "them: the fit depends on whether pretraining was cached",
-}
+KNOWN_BROKEN: dict[str, str] = {}
 """Contract failures found and not fixed yet (strict: the test fails once they pass)."""
 
 

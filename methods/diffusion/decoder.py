@@ -52,6 +52,7 @@ class NoisedSegmenter(nn.Module):
         self.resolution = model_resolution(cfg, slice_size)
         self.slice_size = slice_size
         self.timestep = cfg.timestep
+        unet.requires_grad_(True)  # the backbone comes frozen: train what is not the encoder
         for part in (unet.conv_in, unet.time_embed, unet.down_blocks, unet.middle_block):
             part.requires_grad_(False)
         width = cfg.channels[0]

@@ -57,7 +57,8 @@ def pretrain_ddpm(
     device: torch.device,
     progress: Progress,
 ) -> tuple[DiffusionModelUNet, dict[str, Any]]:
-    """Train (or resume, or load from cache) the DDPM; returns the EMA model and its metadata."""
+    """Train (or resume, or load from cache) the DDPM; returns the EMA model (eval mode,
+    requires_grad off, the same whichever way it was made) and its metadata."""
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     expect = _config_json(cfg)
@@ -65,7 +66,7 @@ def pretrain_ddpm(
     if cached is not None:
         model = build_unet(cfg)
         model.load_state_dict(cached[0]["ema"])
-        return model.to(device).eval(), {**cached[1], "cached": True}
+        return model.to(device).eval().requires_grad_(False), {**cached[1], "cached": True}
 
     rank, world = _distributed()
     if cfg.pretrain_batch_size % world:
