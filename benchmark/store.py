@@ -33,8 +33,7 @@ from benchmark.errors import StoreError
 DEFAULT_RESULTS = Path("runs")
 DB_NAME = "labelbench.sqlite"
 
-RUNS_TABLE = """
-CREATE TABLE IF NOT EXISTS runs (
+_RUNS_V1_COLUMNS = """\
     run_id TEXT PRIMARY KEY,
     run_key TEXT NOT NULL,
     status TEXT NOT NULL CHECK (status IN ('completed', 'failed', 'unfit')),
@@ -62,7 +61,13 @@ CREATE TABLE IF NOT EXISTS runs (
     finetune_samples INTEGER,
     pretrain_samples INTEGER,
     val_dsc REAL,
-    train_dsc REAL,
+    train_dsc REAL"""
+"""The columns of the runs table at version 1, frozen: step 0 → 1 builds exactly these,
+and each later step adds its own (`RUNS_TABLE` is these plus theirs)."""
+
+RUNS_TABLE = f"""
+CREATE TABLE IF NOT EXISTS runs (
+{_RUNS_V1_COLUMNS},
     code TEXT
 );
 """
@@ -274,40 +279,12 @@ MIGRATED = (
 )
 
 
-_RUNS_V1 = """
+_RUNS_V1 = f"""
 CREATE TABLE runs_migrated (
-    run_id TEXT PRIMARY KEY,
-    run_key TEXT NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('completed', 'failed', 'unfit')),
-    error TEXT,
-    protocol TEXT NOT NULL,
-    protocol_hash TEXT NOT NULL,
-    dataset_key TEXT NOT NULL,
-    split_hash TEXT NOT NULL,
-    method TEXT NOT NULL,
-    config TEXT NOT NULL,
-    budget TEXT NOT NULL,
-    n_labeled INTEGER NOT NULL,
-    budget_ids TEXT NOT NULL,
-    seed INTEGER NOT NULL,
-    versions TEXT NOT NULL,
-    git_commit TEXT NOT NULL,
-    device TEXT NOT NULL,
-    phases TEXT NOT NULL,
-    wall_s REAL NOT NULL,
-    peak_mem_mb REAL NOT NULL,
-    info TEXT NOT NULL,
-    started_at TEXT NOT NULL,
-    finished_at TEXT NOT NULL,
-    off_protocol TEXT,
-    finetune_samples INTEGER,
-    pretrain_samples INTEGER,
-    val_dsc REAL,
-    train_dsc REAL
+{_RUNS_V1_COLUMNS}
 );
 """
-"""The runs table of version 1, frozen: step 0 → 1 builds exactly this, whatever
-`RUNS_TABLE` becomes, and later steps change it from there."""
+"""The runs table of version 1 (see `_RUNS_V1_COLUMNS`), as step 0 → 1 builds it."""
 
 
 def _to_v1_trust(conn: sqlite3.Connection) -> None:
