@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
@@ -373,6 +374,24 @@ def _migrate(conn: sqlite3.Connection) -> None:
         raise
 
 
+def _use_wal(conn: sqlite3.Connection, patience_s: float = 60.0) -> None:
+    """Put the store in WAL mode (persistent in the file, so this is a no-op once done).
+    SQLite answers a journal-mode switch that races another opener with SQLITE_BUSY at once,
+    without its busy handler, so several processes creating one store together retry here."""
+    deadline = time.monotonic() + patience_s
+    delay = 0.005
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            busy = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF == 5  # SQLITE_BUSY
+            if not busy or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+
 # SQLite's primary result codes (sqlite3.h) for a file that is damaged or not a database,
 # and for one that cannot be opened, read or written; other errors are bugs, not user input.
 _DAMAGED = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
@@ -426,7 +445,7 @@ class ResultsStore:
         with self._errors():
             conn = sqlite3.connect(self.path, timeout=60)
             try:
-                conn.execute("PRAGMA journal_mode=WAL")
+                _use_wal(conn)
                 _migrate(conn)
                 if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
                     # A new store: its tables and its version in one transaction, so that a
