@@ -22,10 +22,11 @@ import os
 import resource
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench_common import bench_run_command
 
 
 def main() -> None:
@@ -51,24 +52,9 @@ def main() -> None:
         if args.fresh_cache:
             env["LABELBENCH_CACHE"] = str(Path(tmp) / "cache")
         results = Path(tmp) / "runs"
-        cmd = [
-            sys.executable,
-            "-m",
-            "benchmark.cli",
-            "run",
-            "--method",
-            args.method,
-            "--budget",
-            args.budget,
-            "--protocol",
-            args.protocol,
-            "--device",
-            "cpu",
-            "--results",
-            str(results),
-            "--quiet",
-            *args.extra,
-        ]
+        cmd = bench_run_command(
+            args.method, args.budget, results, args.extra, protocol=args.protocol, device="cpu"
+        )
         load_before = os.getloadavg()[0]
         cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t = time.perf_counter()

@@ -14,18 +14,20 @@ import json
 import os
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench_common import bench_run_command
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", default="unet-scratch")
     parser.add_argument("--budget", default="1pct")
-    parser.add_argument("--cache", type=Path, help="cache folder to fill (must be empty; "
-                        "default: a temporary one)")
+    parser.add_argument(
+        "--cache", type=Path, help="cache folder to fill (must be empty; default: a temporary one)"
+    )
     parser.add_argument("extra", nargs="*", help="more `bench run` arguments")
     args = parser.parse_args()
     if args.cache and args.cache.exists() and any(args.cache.iterdir()):
@@ -33,20 +35,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cache = args.cache or Path(tmp) / "cache"
         env = dict(os.environ, LABELBENCH_CACHE=str(cache))
-        cmd = [
-            sys.executable,
-            "-m",
-            "benchmark.cli",
-            "run",
-            "--method",
-            args.method,
-            "--budget",
-            args.budget,
-            "--results",
-            str(Path(tmp) / "runs"),
-            "--quiet",
-            *args.extra,
-        ]
+        cmd = bench_run_command(args.method, args.budget, Path(tmp) / "runs", args.extra)
         t = time.perf_counter()
         subprocess.run(cmd, env=env, check=True)
         wall = time.perf_counter() - t

@@ -96,7 +96,24 @@ def _with_spatial(features: Sequence[str], spatial: str) -> list[str]:
     return [*features, spatial] if spatial not in features else list(features)
 
 
-class InceptionWithSpatial(FeatureExtractorBase):
+class _Extractor(FeatureExtractorBase):
+    """What both extractors declare to torch-fidelity: a pooled and a spatial feature, whether
+    weights are needed, and that they are not compiled."""
+
+    pool_feature: ClassVar[str]
+    spatial_feature: ClassVar[str]
+    needs_weights: ClassVar[bool]
+
+    @staticmethod
+    def can_be_compiled() -> bool:
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile() -> torch.Tensor:
+        return torch.zeros(1, 3, 4, 4, dtype=torch.uint8)
+
+
+class InceptionWithSpatial(_Extractor):
     """torch-fidelity's Inception-v3 (same module, same weights file) plus sFID features.
 
     Provides Inception's features ('64', '192', '768', '2048', 'logits_unbiased', 'logits')
@@ -130,14 +147,6 @@ class InceptionWithSpatial(FeatureExtractorBase):
     def get_default_feature_layer_for_metric(metric: str) -> str:
         return FeatureExtractorInceptionV3.get_default_feature_layer_for_metric(metric)
 
-    @staticmethod
-    def can_be_compiled() -> bool:
-        return False
-
-    @staticmethod
-    def get_dummy_input_for_compile() -> torch.Tensor:
-        return torch.zeros(1, 3, 4, 4, dtype=torch.uint8)
-
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         self._spatial = None
         base = dict(zip(self._base, self.inception(x), strict=True))
@@ -148,7 +157,7 @@ class InceptionWithSpatial(FeatureExtractorBase):
         return tuple(base[f] for f in self.features_list)
 
 
-class StandInExtractor(FeatureExtractorBase):
+class StandInExtractor(_Extractor):
     """A fixed-seed random conv net standing in for Inception where its weights are absent.
 
     NOT Inception: its numbers only rank sets against each other under the same stand-in
@@ -183,14 +192,6 @@ class StandInExtractor(FeatureExtractorBase):
     @staticmethod
     def get_default_feature_layer_for_metric(metric: str) -> str:
         return "pool"
-
-    @staticmethod
-    def can_be_compiled() -> bool:
-        return False
-
-    @staticmethod
-    def get_dummy_input_for_compile() -> torch.Tensor:
-        return torch.zeros(1, 3, 4, 4, dtype=torch.uint8)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         h = F.interpolate(x.float(), size=(64, 64), mode="bilinear", align_corners=False)
