@@ -58,8 +58,6 @@ NOT_CORE = (
     "benchmark.provenance",
     "benchmark.registry",
     "benchmark.report",
-    "benchmark.report_code",
-    "benchmark.report_training",
     "benchmark.samples",
     "benchmark.store",
     "benchmark.sweep",

@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmark.report_training import split_ranked
+from benchmark.report import split_ranked
 from benchmark.store import ResultsStore
 
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from benchmark.report import render_markdown, summarize
-from benchmark.report_code import newest_code
+from benchmark.report import newest_code, render_markdown, summarize
 from tests.test_report import synthetic
 
 OLD, NEW = "c0ffee00c0ffee00-aaaaaaaaaaaaaaaa-9999999999999999", "c0ffee00c0ffee00-bbbb-9999"

@@ -1,0 +1,147 @@
+"""From the store's frames (`runs`, `metrics`, `curves`) to the ones a report is built from:
+which runs a leaderboard pools, which it ranks, and in what order it shows them.
+
+- **Protocol**: a report is of one protocol; its runs under several protocol hashes are kept
+  apart (`hash_order`, newest first), never pooled.
+- **Code**: by default a method is reported by its runs under its newest code: for each
+  (protocol hash, method), the fingerprint (`benchmark.fingerprint`) of its most recently
+  finished run; its runs under other fingerprints (older code, or none recorded: runs made
+  before fingerprints) are left out and counted (`newest_code`). A method whose code changed
+  is thus shown as it is now, and one that did not keeps its runs. `--mix-code` pools every
+  fingerprint instead, with a warning in the report.
+- **Ranking**: a run is ranked only when it finished, passed the sanity gate (status
+  `completed`) and ran on the protocol's compute (`off_protocol` empty); every other finished
+  run is listed with its reason (`split_ranked`).
+- **Scores**: one row per (run, test case), the mean over organs of every metric
+  (`case_scores`); budgets ordered by labeled slices (`budget_order`).
+- **Learning curves**: a run whose best validation score came in the last tenth of training
+  while still rising is flagged "may be undertrained" (`undertrained`, by
+  `benchmark.validation.may_be_undertrained`).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from benchmark.validation import CurvePoint, may_be_undertrained
+
+KEY_COLUMNS = ("run_id", "case_id", "organ_id", "organ")
+"""Columns of a metrics frame that are not metrics; every other column is one metric."""
+
+
+def metric_names(metrics: pd.DataFrame) -> list[str]:
+    """The metrics in a (wide) metrics frame, in the order they were recorded."""
+    return [c for c in metrics.columns if c not in KEY_COLUMNS]
+
+
+def require_runs(runs: pd.DataFrame, protocol: str | None = None) -> None:
+    """Raise ValueError (what to do next included) when there is no run to report."""
+    if runs is None or runs.empty:
+        where = f" for protocol '{protocol}'" if protocol else ""
+        raise ValueError(f"no completed runs{where}: nothing to report (run `bench run` first)")
+
+
+def budget_order(runs: pd.DataFrame) -> list[str]:
+    """Budgets by median labeled slices over all their runs (name breaks ties)."""
+    med = runs.groupby("budget")["n_labeled"].median()
+    return sorted(med.index, key=lambda b: (med[b], str(b)))
+
+
+def case_scores(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
+    """One row per (run, case): mean over organs of every metric, with method/budget/seed."""
+    names = metric_names(metrics)
+    per_case = metrics.groupby(["run_id", "case_id"], as_index=False)[names].mean()
+    return per_case.merge(runs[["run_id", "method", "budget", "seed"]], on="run_id")
+
+
+def hash_order(runs: pd.DataFrame) -> list[str]:
+    """Protocol hashes, the one with the most recently finished run first."""
+    last = runs.groupby("protocol_hash")["finished_at"].max()
+    return sorted(last.index, key=lambda h: str(last[h]), reverse=True)
+
+
+def plot_hash(runs: pd.DataFrame, metrics: pd.DataFrame) -> str:
+    """The hash the plot shows: the newest one that has metrics (hashes are not comparable)."""
+    with_metrics = set(metrics["run_id"])
+    return next(
+        h
+        for h in hash_order(runs)
+        if runs.loc[runs["protocol_hash"] == h, "run_id"].isin(with_metrics).any()
+    )
+
+
+def select_protocol(protocol: str, runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs of `protocol` (all of them when `runs` has no protocol column); ValueError
+    naming the protocols there are when it has none."""
+    require_runs(runs, protocol)
+    if "protocol" in runs:
+        mine = runs[runs["protocol"] == protocol]
+        if mine.empty:
+            others = ", ".join(sorted(map(str, runs["protocol"].unique())))
+            raise ValueError(
+                f"no completed runs for protocol '{protocol}' (the runs given are for: {others})"
+            )
+        return mine
+    return runs
+
+
+def check_metrics(protocol: str, runs: pd.DataFrame, metrics: pd.DataFrame) -> None:
+    """Raise ValueError when none of `runs` has per-case metrics."""
+    if metrics is None or not metrics["run_id"].isin(runs["run_id"]).any():
+        raise ValueError(
+            f"no per-case metrics for the completed runs of protocol '{protocol}': "
+            "nothing to report"
+        )
+
+
+def split_ranked(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(ranked, unranked) finished runs: ranked are `completed` and on-protocol."""
+    ranked = pd.Series(True, index=runs.index)
+    if "status" in runs:
+        ranked &= runs["status"] == "completed"
+    if "off_protocol" in runs:
+        ranked &= runs["off_protocol"].isna()
+    return runs[ranked], runs[~ranked]
+
+
+UNKNOWN = "unknown"
+"""How a run without a fingerprint (recorded before them) is shown."""
+
+
+def run_codes(runs: pd.DataFrame) -> pd.Series:
+    """Each run's code fingerprint as a string, `UNKNOWN` where none was recorded."""
+    if "code" not in runs:
+        return pd.Series(UNKNOWN, index=runs.index)
+    return runs["code"].fillna(UNKNOWN).astype(str)
+
+
+def newest_code(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(kept, left out): per (protocol hash, method) the runs under the fingerprint of its
+    most recently finished run, and the others."""
+    if runs.empty:
+        return runs, runs.iloc[0:0]
+    codes = run_codes(runs)
+    latest = runs.assign(_code=codes).sort_values("finished_at", kind="stable")
+    newest = latest.groupby(["protocol_hash", "method"])["_code"].last()
+    keys = pd.MultiIndex.from_frame(runs[["protocol_hash", "method"]])
+    keep = codes.to_numpy() == newest.reindex(keys).to_numpy()
+    return runs[keep], runs[~keep]
+
+
+def mixed_methods(runs: pd.DataFrame) -> dict[str, int]:
+    """Method → number of fingerprints among its runs, for methods with more than one."""
+    counts = runs.assign(_code=run_codes(runs)).groupby("method")["_code"].nunique()
+    return {str(m): int(n) for m, n in counts.items() if n > 1}
+
+
+def undertrained(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
+    """The runs whose learning curve says they may be undertrained."""
+    flagged = []
+    for run_id, grp in curves.groupby("run_id"):
+        points = [
+            CurvePoint(int(r.samples), float(r.train_loss), float(r.val_dsc))
+            for r in grp.sort_values("samples").itertuples()
+        ]
+        if may_be_undertrained(points):
+            flagged.append(run_id)
+    return runs[runs["run_id"].isin(flagged)]
