@@ -328,10 +328,10 @@ def protocol_show(
     quiet: QuietOpt = False,
 ) -> None:
     """Print the protocol's hash, split sizes and budget sizes (reads the data)."""
+    from benchmark.data.context import load_data
     from benchmark.errors import BudgetError
     from benchmark.progress import Progress
     from benchmark.protocol import load_protocol
-    from benchmark.runner import load_data
 
     protocol = load_protocol(name)
     progress = Progress(quiet=quiet, console=err)

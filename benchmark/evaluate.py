@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from benchmark.data.context import DataContext, load_data
 from benchmark.data.digests import file_digest
 from benchmark.data.reader import (
     NIFTI_SUFFIXES,
@@ -39,7 +40,7 @@ from benchmark.metrics.registry import display_name
 from benchmark.progress import Progress
 from benchmark.protocol import load_protocol, stable_hash
 from benchmark.provenance import git_commit, versions
-from benchmark.runner import DataContext, ensure_ceiling, load_data, score_prediction
+from benchmark.runner import ensure_ceiling, score_prediction
 from benchmark.store import MetricRow, ResultsStore, RunRecord, check_results_dir
 
 SUBMISSION = "submission"

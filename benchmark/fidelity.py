@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from benchmark.compute import configure
 from benchmark.config import config_dict
+from benchmark.data.context import DataContext, load_data
 from benchmark.errors import ConfigError, ProtocolError, UnknownMethodError
 from benchmark.method import SliceSet
 from benchmark.metrics.generative import (
@@ -38,7 +39,7 @@ from benchmark.progress import Progress
 from benchmark.protocol import Protocol, load_protocol, stable_hash
 from benchmark.provenance import describe_device, git_commit, resolve_device, versions
 from benchmark.registry import get_method, installed_methods
-from benchmark.runner import DataContext, load_data, pretrained_method
+from benchmark.runner import pretrained_method
 from benchmark.store import GenerativeRecord, ResultsStore, check_results_dir
 
 SAMPLERS = ("ddpm", "ddim")

@@ -26,6 +26,7 @@ import torch
 
 from benchmark.compute import Compute, configure, settle
 from benchmark.config import config_dict
+from benchmark.data.context import DataContext, load_data
 from benchmark.data.reader import DatasetIndex
 from benchmark.data.slicestore import Preprocessing, SliceStore, build_slice_store
 from benchmark.data.source import cache_root, resolve_dataset
@@ -35,15 +36,7 @@ from benchmark.fingerprint import code_fingerprint
 from benchmark.method import Method, RunContext, SliceSet
 from benchmark.metrics.segmentation import score_case
 from benchmark.progress import Progress
-from benchmark.protocol import (
-    Budget,
-    Protocol,
-    Split,
-    draw_budget,
-    load_protocol,
-    split_cases,
-    stable_hash,
-)
+from benchmark.protocol import Budget, Protocol, load_protocol, stable_hash
 from benchmark.provenance import (
     describe_device,
     git_commit,
@@ -72,51 +65,6 @@ class RunRequest:
     save_predictions: Path | None = None
     """Folder to write each test case's predicted label volume into, as `<case>.nii.gz` on
     its ground-truth file's voxel grid (what `bench evaluate` reads back)."""
-
-
-@dataclass
-class DataContext:
-    """A protocol's data, split and preprocessed labeled slices (shared by runs)."""
-
-    protocol: Protocol
-    index: DatasetIndex
-    store: SliceStore
-    split: Split
-
-    def train_candidates(self) -> tuple[list[str], list[str], dict[str, int]]:
-        """Slice ids, their cases, and slice id → store row, for budget drawing."""
-        train = set(self.split.train)
-        ids, cases, rows = [], [], {}
-        for row in range(len(self.store)):
-            case = self.store.case_ids[self.store.slice_case[row]]
-            if case not in train:
-                continue
-            if self.protocol.draw_from == "foreground" and not self.store.foreground[row]:
-                continue
-            sid = self.store.slice_id(row)
-            ids.append(sid)
-            cases.append(case)
-            rows[sid] = row
-        return ids, cases, rows
-
-    def budget_rows(self, budget: Budget, seed: int) -> tuple[list[str], np.ndarray]:
-        ids, cases, rows = self.train_candidates()
-        drawn = draw_budget(budget, ids, cases, seed)
-        return drawn, np.array([rows[s] for s in drawn], dtype=np.int64)
-
-
-def load_data(protocol: Protocol, data: Path | None, progress: Progress) -> DataContext:
-    index = resolve_dataset(protocol, data, progress)
-    prep = Preprocessing(protocol.window_hu, protocol.slice_size, protocol.nonfinite)
-    store = build_slice_store(
-        index.labeled,
-        prep,
-        cache_root(),
-        known_labels=list(protocol.labels),
-        progress=progress.callback("preprocess"),
-    )
-    split = split_cases(store.case_ids, protocol.n_test, protocol.n_val, protocol.split_seed)
-    return DataContext(protocol, index, store, split)
 
 
 @dataclass

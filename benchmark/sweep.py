@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.config import apply_overrides
+from benchmark.data.context import DataContext, load_data
 from benchmark.data.source import cache_root
 from benchmark.errors import ConfigError
 from benchmark.method import RunContext
@@ -35,13 +36,11 @@ from benchmark.protocol import load_protocol, stable_hash
 from benchmark.provenance import resolve_device
 from benchmark.registry import get_method
 from benchmark.runner import (
-    DataContext,
     MetricRow,
     Prepared,
     RunRequest,
     ensure_ceiling,
     failed_record,
-    load_data,
     mean_scores,
     perform,
     prepare,

@@ -35,13 +35,14 @@ import pandas as pd
 import torch
 
 from benchmark.compute import configure, steps_for
+from benchmark.data.context import load_data
 from benchmark.data.source import cache_root
 from benchmark.errors import LabelbenchError
 from benchmark.method import RunContext, SliceSet
 from benchmark.progress import Progress
 from benchmark.protocol import load_protocol
 from benchmark.provenance import describe_device, resolve_device
-from benchmark.runner import load_data, run_pretraining
+from benchmark.runner import run_pretraining
 from benchmark.validation import Validator
 from methods.diffusion.features import FeatureBank
 from methods.diffusion.linear import DiffusionLinear, make_taps, train_head

@@ -34,10 +34,10 @@ from bench_gpu_diffusion import RandomSlices, timed_pretraining
 
 from benchmark.compute import steps_for
 from benchmark.config import apply_overrides
+from benchmark.data.context import load_data
 from benchmark.method import SliceSet
 from benchmark.progress import Progress
 from benchmark.protocol import load_protocol
-from benchmark.runner import load_data
 from methods.diffusion.features import FeatureBank, by_resolution
 from methods.diffusion.heads import build_head
 from methods.diffusion.linear import DiffusionLinearConfig, make_taps

@@ -24,6 +24,7 @@ from unittest import mock
 import torch
 
 from benchmark.compute import configure
+from benchmark.data.context import load_data
 from benchmark.errors import WeightsError
 from benchmark.fidelity import MS_SSIM_PAIRS, real_images, real_test_rows
 from benchmark.method import RunContext
@@ -36,7 +37,7 @@ from benchmark.metrics.generative import (
 from benchmark.progress import Progress
 from benchmark.protocol import load_protocol
 from benchmark.provenance import describe_device, resolve_device
-from benchmark.runner import load_data, run_pretraining
+from benchmark.runner import run_pretraining
 from methods.diffusion.linear import DiffusionLinear
 from methods.diffusion.model import build_unet, model_resolution
 from methods.diffusion.pretrain import load_pretrained

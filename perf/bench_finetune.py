@@ -29,10 +29,10 @@ import torch
 from monai.losses import DiceCELoss
 
 from baselines.unet_scratch import UNetConfig, build_unet
+from benchmark.data.context import load_data
 from benchmark.method import RunContext, SliceSet
 from benchmark.progress import Progress
 from benchmark.protocol import load_protocol
-from benchmark.runner import load_data
 from benchmark.supervised import train_supervised
 from benchmark.validation import Validator
 

@@ -16,11 +16,12 @@ import pytest
 import torch
 
 from benchmark.compute import configure
+from benchmark.data.context import DataContext, load_data
 from benchmark.method import RunContext, SliceSet
 from benchmark.progress import Progress
 from benchmark.protocol import load_protocol
 from benchmark.registry import installed_methods
-from benchmark.runner import DataContext, load_data, run_pretraining
+from benchmark.runner import run_pretraining
 from tests.conftest import PROTOCOLS
 
 QUIET = Progress(quiet=True)

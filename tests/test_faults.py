@@ -306,9 +306,9 @@ def test_missing_protocol_file_says_so(flare, results, tmp_path):
 def test_nonfinite_window_min_is_a_protocol_choice(flare, tmp_path):
     """`nonfinite = "window_min"` reads the NaN image, with the window's low end in place of
     NaN; the choice changes the protocol's hash, which every run records."""
+    from benchmark.data.context import load_data
     from benchmark.progress import Progress
     from benchmark.protocol import load_protocol
-    from benchmark.runner import load_data
 
     nan_in_image(flare)
     text = tiny_protocol_text("path")

@@ -24,6 +24,7 @@ from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from
 from typer.testing import CliRunner
 
 from benchmark.cli import app
+from benchmark.data.context import load_data
 from benchmark.errors import WeightsError
 from benchmark.fidelity import FIDELITY_PROTOCOL, _larger_test_set_hint
 from benchmark.metrics import generative
@@ -41,7 +42,6 @@ from benchmark.metrics.generative import (
 from benchmark.progress import Progress
 from benchmark.protocol import load_protocol
 from benchmark.report import render_markdown
-from benchmark.runner import load_data
 from benchmark.store import GenerativeRecord, ResultsStore, RunRecord
 from tests.test_diffusion import TINY_SET
 from tests.test_report import synthetic

@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 from baselines.unet_scratch import UNetScratch
 from benchmark.cli import app
 from benchmark.compute import configure, settle, steps_for
+from benchmark.data.context import load_data
 from benchmark.method import SliceSet
 from benchmark.progress import Progress
 from benchmark.protocol import load_protocol
-from benchmark.runner import load_data
 from benchmark.store import SCHEMA_VERSION, ResultsStore
 from benchmark.validation import CurvePoint, Selection, Validator, may_be_undertrained, sanity_dsc
 from methods.diffusion.linear import DiffusionLinear
