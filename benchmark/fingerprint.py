@@ -60,6 +60,7 @@ NOT_CORE = (
     "benchmark.report",
     "benchmark.samples",
     "benchmark.store",
+    "benchmark.store_schema",
     "benchmark.sweep",
 )
 """Core modules that cannot change a segmentation score (a test keeps every module of

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from benchmark import store as store_module
+from benchmark import store_schema
 from benchmark.errors import StoreError
 from benchmark.store import SCHEMA_VERSION, ResultsStore, RunRecord, check_results_dir
 
@@ -129,9 +129,7 @@ CREATE TABLE ceilings (
 @pytest.mark.parametrize("version", [1, 2])
 def test_a_v1_or_v2_store_is_migrated_to_long_metrics_in_place(tmp_path, version):
     """Scores in wide columns (dsc, nsd) become long rows; nothing is lost or changed."""
-    from benchmark import store as store_module
-
-    runs_v1 = store_module.RUNS_TABLE.replace(",\n    code TEXT", "")
+    runs_v1 = store_schema.RUNS_TABLE.replace(",\n    code TEXT", "")
     assert "code" not in runs_v1
     db = tmp_path / "labelbench.sqlite"
     with sqlite3.connect(db) as conn:
@@ -158,7 +156,7 @@ def test_a_v1_or_v2_store_is_migrated_to_long_metrics_in_place(tmp_path, version
     ]
     assert store.ceilings()[["dsc", "nsd"]].to_numpy().tolist() == [[1.0, 0.75]]
     with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == store_module.SCHEMA_VERSION
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == store_schema.SCHEMA_VERSION
         cols = [r[1] for r in conn.execute("PRAGMA table_info(case_metrics)")]
         assert cols == ["run_id", "case_id", "organ_id", "organ", "metric", "value"]
         assert "code" in [r[1] for r in conn.execute("PRAGMA table_info(runs)")]
@@ -183,9 +181,9 @@ def test_a_version_1_store_gets_the_code_column_keeping_every_row(tmp_path):
     old = tmp_path / "old"
     old.mkdir()
     with sqlite3.connect(old / "labelbench.sqlite") as conn:
-        v1 = store_module._RUNS_V1.replace("runs_migrated", "runs")
-        curves = store_module.SCHEMA[
-            store_module.SCHEMA.index("CREATE TABLE IF NOT EXISTS curves") :
+        v1 = store_schema._RUNS_V1.replace("runs_migrated", "runs")
+        curves = store_schema.SCHEMA[
+            store_schema.SCHEMA.index("CREATE TABLE IF NOT EXISTS curves") :
         ]
         conn.executescript(v1 + V1_TABLES + curves[: curves.index(");") + 2])
         conn.execute("PRAGMA user_version = 1")
