@@ -24,7 +24,6 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from benchmark.data.context import DataContext, load_data
@@ -39,7 +38,7 @@ from benchmark.errors import DatasetError
 from benchmark.metrics.registry import display_name
 from benchmark.progress import Progress
 from benchmark.protocol import load_protocol, stable_hash
-from benchmark.provenance import git_commit, versions
+from benchmark.provenance import build_provenance, timestamp
 from benchmark.runner import ensure_ceiling, score_prediction
 from benchmark.store import MetricRow, ResultsStore, RunRecord, check_results_dir
 
@@ -152,7 +151,7 @@ def write_case_csv(rows: Sequence[MetricRow], files: dict[str, Path], path: Path
 def evaluate(request: EvaluateRequest, progress: Progress) -> Evaluation:
     """Check and score every prediction, then record the submission and write its CSV."""
     t0 = time.perf_counter()
-    started = datetime.now(UTC).isoformat(timespec="seconds")
+    started = timestamp()
     check_results_dir(request.results)
     protocol = load_protocol(request.protocol)
     name = request.name or Path(request.pred).resolve().name
@@ -173,29 +172,19 @@ def evaluate(request: EvaluateRequest, progress: Progress) -> Evaluation:
     )
     wall = time.perf_counter() - t0
     record = RunRecord(
+        **vars(build_provenance(data, "", {"evaluate": wall}, wall, started)),
         run_id=f"{key[:12]}-{uuid.uuid4().hex[:8]}",
         run_key=key,
         status="completed",
         error=None,
-        protocol=protocol.name,
-        protocol_hash=protocol.hash,
-        dataset_key=data.store.key,
-        split_hash=data.split.hash,
         method=name,
         config={"pred": str(Path(request.pred).resolve())},
         budget=SUBMISSION,
         n_labeled=0,
         budget_ids=[],
         seed=0,
-        versions=versions(),
-        git_commit=git_commit(),
-        device="",
-        phases={"evaluate": round(wall, 3)},
-        wall_s=round(wall, 3),
         peak_mem_mb=0.0,
         info={SUBMISSION: digests},
-        started_at=started,
-        finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
         off_protocol=SUBMISSION_NOTE,
     )
     ResultsStore(request.results).write_run(record, rows)

@@ -37,7 +37,7 @@ from benchmark.metrics.generative import (
 )
 from benchmark.progress import Progress
 from benchmark.protocol import Protocol, load_protocol, stable_hash
-from benchmark.provenance import describe_device, git_commit, resolve_device, versions
+from benchmark.provenance import build_provenance, describe_device, resolve_device
 from benchmark.registry import get_method, installed_methods
 from benchmark.runner import pretrained_method
 from benchmark.store import GenerativeRecord, ResultsStore, check_results_dir
@@ -249,13 +249,11 @@ def evaluate_fidelity(prep: PreparedFidelity, progress: Progress) -> FidelityOut
             "weights": weights,
         }
     )
+    wall_s = sum(prep.phases.values()) + time.perf_counter() - t_run
     record = GenerativeRecord(
+        **vars(build_provenance(data, describe_device(device), phases, wall_s, started)),
         gen_id=f"{key[:12]}-{uuid.uuid4().hex[:8]}",
         gen_key=key,
-        protocol=protocol.name,
-        protocol_hash=protocol.hash,
-        dataset_key=data.store.key,
-        split_hash=data.split.hash,
         method=req.method,
         pretrain_cache=pretrain_cache,
         config=config_dict(prep.config),
@@ -274,11 +272,6 @@ def evaluate_fidelity(prep: PreparedFidelity, progress: Progress) -> FidelityOut
         kid=scores["kid"],
         kid_std=scores["kid_std"],
         ms_ssim=ms_ssim,
-        versions=versions(),
-        git_commit=git_commit(),
-        device=describe_device(device),
-        phases={k: round(v, 3) for k, v in phases.items()},
-        wall_s=round(sum(prep.phases.values()) + time.perf_counter() - t_run, 3),
         info={
             "prc_neighborhood": PRC_NEIGHBORHOOD,
             "kid_subset_size": min(KID_MAX_SUBSET, prep.n),
@@ -286,8 +279,6 @@ def evaluate_fidelity(prep: PreparedFidelity, progress: Progress) -> FidelityOut
             "resolution": int(samples.shape[-1]),
             "pretrain": ctx.info.get("pretrain", {}),
         },
-        started_at=started,
-        finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     ResultsStore(req.results).write_generative(record)
     return FidelityOutcome(record, scores, samples)

@@ -4,11 +4,12 @@ A run is keyed by it (`benchmark.runner.prepare`), so a finished run is reused o
 same code, and `bench report` does not pool runs of different code unless asked. It has
 three parts, joined by `-`, each the first 16 hex digits of a SHA-256:
 
-- **core**: the modules of this package that decide a number (`CORE`): data reading and
-  preprocessing, protocol, metrics, runner, the shared supervised recipe, validation and
-  selection, compute matching, augmentation, the method interface, config parsing and
-  checkpoints. Reporting, storage, the CLI and the sweep driver (`NOT_CORE`) are left out:
-  changing them changes no score.
+- **core**: the modules of this package that decide a number (`CORE`): data reading,
+  preprocessing, split and budget draw (`benchmark.data`, its `context` included), protocol,
+  metrics, runner and its sanity gate (`benchmark.trust`), the shared supervised recipe,
+  validation and selection, compute matching, augmentation, the method interface, config
+  parsing and checkpoints. Reporting, storage, the CLI and the sweep driver (`NOT_CORE`) are
+  left out: changing them changes no score.
 - **method**: the method's own source: its module and every module of the same top-level
   package it imports, directly or not (found by reading the `import` statements, without
   importing anything), with the `__init__.py` files on their way. `mae` covers
@@ -43,6 +44,7 @@ CORE = (
     "benchmark.protocol",
     "benchmark.runner",
     "benchmark.supervised",
+    "benchmark.trust",
     "benchmark.validation",
 )
 """Core modules and packages (every `.py` file inside) whose code can change a score."""

@@ -4,10 +4,11 @@
 budget, `--set`, data validation, preprocessing) and writes nothing to the results store; it
 also fills the method's steps from the protocol's training budget (`benchmark.compute`).
 `execute` then pretrains (cached), fits (validating on the protocol's validation cases),
-scores the fitted model on its own labeled slices (the sanity gate: below the protocol's
-threshold the run is `unfit`, recorded and shown but never ranked), predicts every test case
-slice by slice, stacks the slices back into the volume at its original size, scores it, and
-writes one transaction.
+scores the fitted model on its own labeled slices (the sanity gate, `benchmark.trust`: below
+the protocol's threshold the run is `unfit`, recorded and shown but never ranked), predicts
+every test case slice by slice, stacks the slices back into the volume at its original size,
+scores it, and writes one transaction. The data it runs on is loaded by
+`benchmark.data.context`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import time
 import traceback
 import uuid
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,15 +38,17 @@ from benchmark.metrics.segmentation import score_case
 from benchmark.progress import Progress
 from benchmark.protocol import Budget, Protocol, load_protocol, stable_hash
 from benchmark.provenance import (
+    Provenance,
+    build_provenance,
     describe_device,
-    git_commit,
     peak_memory_mb,
     resolve_device,
-    versions,
+    timestamp,
 )
 from benchmark.registry import get_method
 from benchmark.store import MetricRow, ResultsStore, RunRecord, wide
-from benchmark.validation import Validator, sanity_dsc
+from benchmark.trust import Trust, check_fitted
+from benchmark.validation import Validator
 
 
 @dataclass
@@ -279,63 +281,36 @@ def failed_record(
     prep: Prepared, error: str, device: str = "", info: dict | None = None
 ) -> RunRecord:
     """The record of a run that never ran to its end (its worker died, its pretraining failed)."""
-    now = datetime.now(UTC).isoformat(timespec="seconds")
-    return _record(prep, f"{prep.run_key[:12]}-{uuid.uuid4().hex[:8]}", error, device, {}, 0.0,
-                   0.0, info or {}, now, now, Trust())  # fmt: skip
-
-
-@dataclass
-class Trust:
-    """What the runner checks of a fitted model: validation score, sanity gate, curve."""
-
-    val_dsc: float | None = None
-    train_dsc: float | None = None
-    unfit: str | None = None
-    """Why the model fails the sanity gate (None when it passes)."""
-    unselected: str | None = None
-    """Why the run is off-protocol although its compute matched (no validated model)."""
-    curve: list[tuple[int, float, float]] = field(default_factory=list)
+    now = timestamp()
+    provenance = build_provenance(prep.data, device, {}, 0.0, now, now)
+    run_id = f"{prep.run_key[:12]}-{uuid.uuid4().hex[:8]}"
+    return _record(prep, run_id, error, provenance, 0.0, info or {}, Trust())
 
 
 def _record(
     prep: Prepared,
     run_id: str,
     error: str | None,
-    device: str,
-    phases: dict[str, float],
-    wall_s: float,
+    provenance: Provenance,
     peak_mem_mb: float,
     info: dict[str, Any],
-    started: str,
-    finished: str,
     trust: Trust,
 ) -> RunRecord:
-    protocol = prep.data.protocol
     status = "failed" if error else "unfit" if trust.unfit else "completed"
     return RunRecord(
+        **vars(provenance),
         run_id=run_id,
         run_key=prep.run_key,
         status=status,
         error=error or trust.unfit,
-        protocol=protocol.name,
-        protocol_hash=protocol.hash,
-        dataset_key=prep.data.store.key,
-        split_hash=prep.data.split.hash,
         method=prep.request.method,
         config=config_dict(prep.config),
         budget=prep.budget.name,
         n_labeled=len(prep.budget_ids),
         budget_ids=prep.budget_ids,
         seed=prep.request.seed,
-        versions=versions(),
-        git_commit=git_commit(),
-        device=device,
-        phases={k: round(v, 3) for k, v in phases.items()},
-        wall_s=round(wall_s, 3),
         peak_mem_mb=round(peak_mem_mb, 1),
         info=info,
-        started_at=started,
-        finished_at=finished,
         off_protocol="; ".join(r for r in (prep.compute.off_protocol, trust.unselected) if r)
         or None,
         finetune_samples=prep.compute.finetune_samples,
@@ -345,36 +320,6 @@ def _record(
         curve=trust.curve,
         code=prep.code,
     )
-
-
-def check_fitted(method: Method, labeled: SliceSet, ctx: RunContext, protocol: Protocol) -> Trust:
-    """Validation score of the fitted model, the sanity gate on its own labeled slices, and
-    the learning curve the method recorded.
-
-    The validation score is the one `Selection` kept when the method selected (the same
-    scorer on the same model), else the runner scores the fitted model itself. A method that
-    kept no validated model, where the protocol selects and the method declares no rule of
-    its own, is off-protocol.
-    """
-    trust = Trust(curve=[(p.samples, p.train_loss, p.val_dsc) for p in ctx.curve])
-    selection = ctx.info.get("selection")
-    if selection is not None:
-        trust.val_dsc = round(selection["val_dsc"], 6)
-    elif ctx.validator is not None:
-        trust.val_dsc = round(ctx.validator.score(method.predict), 6)
-        if protocol.training.select and type(method).selection_rule == Method.selection_rule:
-            trust.unselected = (
-                "the protocol selects on validation, but the method kept no validated model"
-            )
-    ctx.info["selection_rule"] = selection["rule"] if selection else type(method).selection_rule
-    trust.train_dsc = round(sanity_dsc(method.predict, labeled), 6)
-    threshold = protocol.training.sanity_min_dsc
-    if trust.train_dsc < threshold:
-        trust.unfit = (
-            f"unfit: mean 2D DSC {trust.train_dsc:.3f} on its own {len(labeled)} labeled slices "
-            f"is below the protocol's sanity threshold {threshold:g}"
-        )
-    return trust
 
 
 def perform(prep: Prepared, progress: Progress) -> tuple[RunRecord, list[MetricRow]]:
@@ -387,7 +332,7 @@ def perform(prep: Prepared, progress: Progress) -> tuple[RunRecord, list[MetricR
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     run_id = f"{prep.run_key[:12]}-{uuid.uuid4().hex[:8]}"
-    started = datetime.now(UTC).isoformat(timespec="seconds")
+    started = timestamp()
     phases = dict(prep.phases)
     ctx = RunContext(
         device=device,
@@ -433,17 +378,7 @@ def perform(prep: Prepared, progress: Progress) -> tuple[RunRecord, list[MetricR
         error = f"{type(exc).__name__}: {exc}"
         ctx.log.debug(traceback.format_exc())
         rows, trust = [], Trust()
-    record = _record(
-        prep,
-        run_id,
-        error,
-        describe_device(device),
-        phases,
-        sum(prep.phases.values()) + time.perf_counter() - t_run,
-        peak_memory_mb(device),
-        ctx.info,
-        started,
-        datetime.now(UTC).isoformat(timespec="seconds"),
-        trust,
-    )
+    wall_s = sum(prep.phases.values()) + time.perf_counter() - t_run
+    provenance = build_provenance(data, describe_device(device), phases, wall_s, started)
+    record = _record(prep, run_id, error, provenance, peak_memory_mb(device), ctx.info, trust)
     return record, rows

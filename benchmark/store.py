@@ -30,6 +30,7 @@ from typing import Any
 import pandas as pd
 
 from benchmark.errors import StoreError
+from benchmark.provenance import Provenance
 from benchmark.store_schema import SCHEMA, SCHEMA_VERSION, migrate
 
 DEFAULT_RESULTS = Path("runs")
@@ -59,33 +60,22 @@ def wide(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 JSON_COLUMNS = ("config", "budget_ids", "versions", "phases", "info", "real_ids")
 
 
-@dataclass
-class RunRecord:
-    """Everything recorded with one run's numbers."""
+@dataclass(frozen=True, kw_only=True)
+class RunRecord(Provenance):
+    """Everything recorded with one run's numbers: its `Provenance` and what follows."""
 
     run_id: str
     run_key: str
     status: str
     error: str | None
-    protocol: str
-    protocol_hash: str
-    dataset_key: str
-    split_hash: str
     method: str
     config: dict[str, Any]
     budget: str
     n_labeled: int
     budget_ids: list[str]
     seed: int
-    versions: dict[str, str]
-    git_commit: str
-    device: str
-    phases: dict[str, float]
-    wall_s: float
     peak_mem_mb: float
     info: dict[str, Any]
-    started_at: str
-    finished_at: str
     off_protocol: str | None = None
     """Why the run's compute differs from the protocol's budget (None: on-protocol)."""
     finetune_samples: int | None = None
@@ -102,9 +92,10 @@ class RunRecord:
     """Learning curve (samples seen, training loss, validation DSC), stored in `curves`."""
 
 
-@dataclass
-class GenerativeRecord:
-    """One `bench fidelity`: samples of a pretrained model scored against real test slices.
+@dataclass(frozen=True, kw_only=True)
+class GenerativeRecord(Provenance):
+    """One `bench fidelity`: samples of a pretrained model scored against real test slices,
+    with its `Provenance`.
 
     Keyed like a run: `gen_key` hashes the protocol, data, split, method, config, pretraining
     cache key, sampler, steps, n, seed and feature extractor (with its weights file).
@@ -114,10 +105,6 @@ class GenerativeRecord:
 
     gen_id: str
     gen_key: str
-    protocol: str
-    protocol_hash: str
-    dataset_key: str
-    split_hash: str
     method: str
     pretrain_cache: str
     config: dict[str, Any]
@@ -136,14 +123,7 @@ class GenerativeRecord:
     kid: float
     kid_std: float
     ms_ssim: float
-    versions: dict[str, str]
-    git_commit: str
-    device: str
-    phases: dict[str, float]
-    wall_s: float
     info: dict[str, Any]
-    started_at: str
-    finished_at: str
 
 
 def _insert(table: str, record: RunRecord | GenerativeRecord) -> tuple[str, dict[str, Any]]:

@@ -12,30 +12,47 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
-_RUNS_V1_COLUMNS = """\
+PROVENANCE_COLUMNS = {
+    "protocol": "TEXT NOT NULL",
+    "protocol_hash": "TEXT NOT NULL",
+    "dataset_key": "TEXT NOT NULL",
+    "split_hash": "TEXT NOT NULL",
+    "versions": "TEXT NOT NULL",
+    "git_commit": "TEXT NOT NULL",
+    "device": "TEXT NOT NULL",
+    "phases": "TEXT NOT NULL",
+    "wall_s": "REAL NOT NULL",
+    "started_at": "TEXT NOT NULL",
+    "finished_at": "TEXT NOT NULL",
+}
+"""Column → SQL type of each field of `benchmark.provenance.Provenance`, in its order: the
+columns that `runs` and `generative` share. Both tables have them in three groups
+(`_provenance`), where their first versions put them."""
+
+
+def _provenance(first: str, last: str) -> str:
+    """The DDL lines of the provenance columns from `first` to `last`, in order."""
+    names = list(PROVENANCE_COLUMNS)
+    span = names[names.index(first) : names.index(last) + 1]
+    return ",\n".join(f"    {name} {PROVENANCE_COLUMNS[name]}" for name in span)
+
+
+_RUNS_V1_COLUMNS = f"""\
     run_id TEXT PRIMARY KEY,
     run_key TEXT NOT NULL,
     status TEXT NOT NULL CHECK (status IN ('completed', 'failed', 'unfit')),
     error TEXT,
-    protocol TEXT NOT NULL,
-    protocol_hash TEXT NOT NULL,
-    dataset_key TEXT NOT NULL,
-    split_hash TEXT NOT NULL,
+{_provenance("protocol", "split_hash")},
     method TEXT NOT NULL,
     config TEXT NOT NULL,
     budget TEXT NOT NULL,
     n_labeled INTEGER NOT NULL,
     budget_ids TEXT NOT NULL,
     seed INTEGER NOT NULL,
-    versions TEXT NOT NULL,
-    git_commit TEXT NOT NULL,
-    device TEXT NOT NULL,
-    phases TEXT NOT NULL,
-    wall_s REAL NOT NULL,
+{_provenance("versions", "wall_s")},
     peak_mem_mb REAL NOT NULL,
     info TEXT NOT NULL,
-    started_at TEXT NOT NULL,
-    finished_at TEXT NOT NULL,
+{_provenance("started_at", "finished_at")},
     off_protocol TEXT,
     finetune_samples INTEGER,
     pretrain_samples INTEGER,
@@ -92,14 +109,11 @@ CREATE TABLE IF NOT EXISTS curves (
 """
     + CASE_METRICS_TABLE
     + CEILINGS_TABLE
-    + """
+    + f"""
 CREATE TABLE IF NOT EXISTS generative (
     gen_id TEXT PRIMARY KEY,
     gen_key TEXT NOT NULL UNIQUE,
-    protocol TEXT NOT NULL,
-    protocol_hash TEXT NOT NULL,
-    dataset_key TEXT NOT NULL,
-    split_hash TEXT NOT NULL,
+{_provenance("protocol", "split_hash")},
     method TEXT NOT NULL,
     pretrain_cache TEXT NOT NULL,
     config TEXT NOT NULL,
@@ -118,14 +132,9 @@ CREATE TABLE IF NOT EXISTS generative (
     kid REAL NOT NULL,
     kid_std REAL NOT NULL,
     ms_ssim REAL NOT NULL,
-    versions TEXT NOT NULL,
-    git_commit TEXT NOT NULL,
-    device TEXT NOT NULL,
-    phases TEXT NOT NULL,
-    wall_s REAL NOT NULL,
+{_provenance("versions", "wall_s")},
     info TEXT NOT NULL,
-    started_at TEXT NOT NULL,
-    finished_at TEXT NOT NULL
+{_provenance("started_at", "finished_at")}
 );
 """
 )

@@ -187,9 +187,12 @@ def test_a_version_1_store_gets_the_code_column_keeping_every_row(tmp_path):
         ]
         conn.executescript(v1 + V1_TABLES + curves[: curves.index(");") + 2])
         conn.execute("PRAGMA user_version = 1")
-        values = [v for k, v in vars(record("v1run", "k-v1")).items() if k not in ("curve", "code")]
-        conn.execute(f"INSERT INTO runs VALUES ({', '.join('?' * len(values))})",
-                     [_json(v) for v in values])  # fmt: skip
+        values = {k: _json(v) for k, v in vars(record("v1run", "k-v1")).items()}
+        del values["curve"], values["code"]
+        marks = ", ".join("?" * len(values))
+        conn.execute(
+            f"INSERT INTO runs ({', '.join(values)}) VALUES ({marks})", list(values.values())
+        )
         conn.executemany(
             "INSERT INTO case_metrics VALUES ('v1run', ?, ?, ?, ?, ?)",
             [("c1", 1, "liver", 0.9, 0.8), ("c1", 2, "right_kidney", 0.7, 0.6)],
@@ -231,3 +234,19 @@ def test_openers_of_a_new_store_at_once_never_take_it_for_an_old_one(tmp_path):
         assert errors == []
         with sqlite3.connect(tmp_path / str(trial) / "labelbench.sqlite") as conn:
             assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_runs_and_generative_share_the_provenance_columns(tmp_path):
+    """`Provenance`'s fields are the columns `PROVENANCE_COLUMNS` declares, in both tables."""
+    from dataclasses import fields
+
+    from benchmark.provenance import Provenance
+
+    declared = store_schema.PROVENANCE_COLUMNS
+    assert list(declared) == [f.name for f in fields(Provenance)]
+    ResultsStore(tmp_path).runs()
+    with sqlite3.connect(tmp_path / "labelbench.sqlite") as conn:
+        for table in ("runs", "generative"):
+            info = conn.execute(f"PRAGMA table_info({table})").fetchall()
+            found = {r[1]: f"{r[2]} NOT NULL" if r[3] else r[2] for r in info}
+            assert {name: found[name] for name in declared} == declared
