@@ -2,7 +2,7 @@
 and the `Provenance` record that runs and generative evaluations share (`build_provenance`).
 
 Torch is imported where a device is looked at, not with this module: the results store
-imports `Provenance`, and `bench report` reads the store without torch.
+imports `Provenance` and loads without torch.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -299,7 +300,7 @@ def test_an_old_store_is_migrated_in_place_keeping_every_row(tmp_path):
     assert store.metrics(["old1"])[["dsc", "nsd"]].to_numpy().tolist() == [[0.9, 0.8]]
     assert store.completed_run("k-old") == "old1"
     unfit = record("new1", "k-new", status="unfit", error="unfit: ...")
-    unfit.curve = [(4, 1.0, 0.2), (8, 0.5, 0.4)]
+    unfit = replace(unfit, curve=[(4, 1.0, 0.2), (8, 0.5, 0.4)])  # records are frozen
     store.write_run(unfit, [("c1", 1, "liver", "dsc", 0.1), ("c1", 1, "liver", "nsd", 0.0)])
     assert store.completed_run("k-new") == "new1"
     assert list(store.curves(["new1"])["val_dsc"]) == [0.2, 0.4]
