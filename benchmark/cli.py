@@ -480,7 +480,9 @@ def sample(
     method: Annotated[str, typer.Option("--method", "-m", help="A generative method.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")],
     n: Annotated[int, typer.Option("--n", help="Number of samples.")] = 64,
-    sampler: Annotated[str, typer.Option("--sampler", help="ddpm or ddim.")] = "ddpm",
+    sampler: Annotated[
+        str | None, typer.Option("--sampler", help="One of the method's (default: its first).")
+    ] = None,
     steps: Annotated[
         int | None, typer.Option("--steps", help="Sampling steps (default T / 50).")
     ] = None,
@@ -494,14 +496,14 @@ def sample(
     """Draw samples from METHOD's pretrained generative model: a PNG grid and the raw array."""
     import time
 
-    from benchmark.errors import ConfigError, UnknownMethodError
+    from benchmark.errors import ConfigError
     from benchmark.progress import Progress
+    from benchmark.registry import get_generative
     from benchmark.runner import pretrained_method
     from benchmark.samples import write_samples
 
     _check_device(device)
-    if sampler not in ("ddpm", "ddim"):
-        raise ConfigError(f"--sampler {sampler}: expected ddpm or ddim")
+    sampler = get_generative(method).check_sampler(sampler)
     if n < 1 or (steps is not None and steps < 1):
         raise ConfigError("--n and --steps must be at least 1")
     progress = Progress(quiet=quiet, console=err)
@@ -509,8 +511,6 @@ def sample(
         model, ctx = pretrained_method(
             protocol, method, list(set_ or []), device, data, 0, progress
         )
-        if not hasattr(model, "sample"):
-            raise UnknownMethodError(f"method '{method}' cannot sample (not generative)")
         t = time.perf_counter()
         images = model.sample(n, sampler, steps, seed, ctx)
         seconds = time.perf_counter() - t
@@ -543,7 +543,9 @@ def fidelity(
         int | None,
         typer.Option("--n", help="Samples and real test slices (default: all, at most 1000)."),
     ] = None,
-    sampler: Annotated[str, typer.Option("--sampler", help="ddpm or ddim.")] = "ddpm",
+    sampler: Annotated[
+        str | None, typer.Option("--sampler", help="One of the method's (default: its first).")
+    ] = None,
     steps: Annotated[
         int | None, typer.Option("--steps", help="Sampling steps (default T / 50).")
     ] = None,

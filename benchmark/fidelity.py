@@ -1,9 +1,10 @@
 """`bench fidelity`: samples of a pretrained generative method against held-out real slices.
 
-`prepare_fidelity` checks everything the user gave (method can sample, sampler, N, weights
-file, protocol, enough real test slices) before any sampling; `evaluate_fidelity` then loads
-the (cached) pretrained model, samples, scores (FID, sFID, precision, recall, F1, KID, and
-MS-SSIM diversity) and writes one row of the store's `generative` table in one transaction.
+`prepare_fidelity` checks everything the user gave (method can sample, one of its samplers,
+N, weights file, protocol, enough real test slices) before any sampling; `evaluate_fidelity`
+then loads the (cached) pretrained model, samples, scores (FID, sFID, precision, recall, F1,
+KID, and MS-SSIM diversity) and writes one row of the store's `generative` table in one
+transaction.
 
 Real slices come only from the protocol's test cases (never a training or validation
 slice): N of them, drawn with the seed, resized to the samples' resolution.
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from benchmark.compute import configure
 from benchmark.config import config_dict
 from benchmark.data.context import DataContext, load_data
-from benchmark.errors import ConfigError, ProtocolError, UnknownMethodError
+from benchmark.errors import ConfigError, ProtocolError
 from benchmark.method import SliceSet
 from benchmark.metrics.generative import (
     EXTRACTORS,
@@ -38,11 +39,10 @@ from benchmark.metrics.generative import (
 from benchmark.progress import Progress
 from benchmark.protocol import Protocol, load_protocol, stable_hash
 from benchmark.provenance import build_provenance, describe_device, resolve_device
-from benchmark.registry import get_method, installed_methods
+from benchmark.registry import get_generative
 from benchmark.runner import pretrained_method
 from benchmark.store import GenerativeRecord, ResultsStore, check_results_dir
 
-SAMPLERS = ("ddpm", "ddim")
 DEFAULT_N = 1000
 MS_SSIM_PAIRS = 5000
 FIDELITY_PROTOCOL = "phantom-fidelity"
@@ -57,9 +57,10 @@ class FidelityRequest:
     protocol: str = "phantom"
     n: int | None = None
     """Samples and real slices; None = all test slices, at most 1000."""
-    sampler: str = "ddpm"
+    sampler: str | None = None
+    """None = the method's first sampler."""
     steps: int | None = None
-    """None = the method's default (T for DDPM, 50 for DDIM)."""
+    """None = the method's `default_steps` for the sampler."""
     seed: int = 0
     device: str = "auto"
     results: Path = Path("runs")
@@ -74,6 +75,10 @@ class PreparedFidelity:
     request: FidelityRequest
     data: DataContext
     config: Any
+    sampler: str
+    """The request's, or the method's default."""
+    steps: int
+    """The request's, or the method's default for `sampler`."""
     weights: Path | None
     n: int
     real_rows: np.ndarray
@@ -85,18 +90,6 @@ class FidelityOutcome:
     record: GenerativeRecord
     scores: dict[str, float]
     samples: torch.Tensor
-
-
-def generative_methods() -> list[str]:
-    """Installed methods that can sample."""
-    names = []
-    for name, entry in installed_methods().items():
-        try:
-            if callable(getattr(entry.load(), "sample", None)):
-                names.append(name)
-        except Exception:  # a broken plugin must not hide the others
-            continue
-    return names
 
 
 def _larger_test_set_hint(protocol: Protocol) -> str:
@@ -150,14 +143,8 @@ def prepare_fidelity(
 ) -> PreparedFidelity:
     """Validate the request and load the protocol's data; raises a `LabelbenchError`."""
     t0 = time.perf_counter()
-    method_cls = get_method(request.method)
-    if not callable(getattr(method_cls, "sample", None)):
-        can = ", ".join(generative_methods()) or "none installed"
-        raise UnknownMethodError(
-            f"method '{request.method}' cannot sample (not generative); methods that can: {can}"
-        )
-    if request.sampler not in SAMPLERS:
-        raise ConfigError(f"--sampler {request.sampler}: expected one of {', '.join(SAMPLERS)}")
+    method_cls = get_generative(request.method)
+    sampler = method_cls.check_sampler(request.sampler)
     if request.steps is not None and request.steps < 1:
         raise ConfigError(f"--steps {request.steps}: must be at least 1")
     if request.extractor not in EXTRACTORS:
@@ -166,6 +153,7 @@ def prepare_fidelity(
         )
     protocol = data.protocol if data else load_protocol(request.protocol)
     config, _ = configure(method_cls, request.overrides, protocol.training)
+    steps = request.steps or method_cls.default_steps(config, sampler)
     check_results_dir(request.results)
     weights = None
     if EXTRACTORS[request.extractor][1].needs_weights:
@@ -175,12 +163,7 @@ def prepare_fidelity(
     t_data = time.perf_counter() - t_data
     rows = real_test_rows(data, request.n, request.seed)
     phases = {"data": t_data, "prepare": time.perf_counter() - t0 - t_data}
-    return PreparedFidelity(request, data, config, weights, len(rows), rows, phases)
-
-
-def _default_steps(config: Any, sampler: str) -> int:
-    # The same defaults as methods.diffusion.sampling.sample: T for DDPM, 50 for DDIM.
-    return int(getattr(config, "train_timesteps", 1000)) if sampler == "ddpm" else 50
+    return PreparedFidelity(request, data, config, sampler, steps, weights, len(rows), rows, phases)
 
 
 def _file_digest(path: Path | None) -> str:
@@ -196,17 +179,17 @@ def evaluate_fidelity(prep: PreparedFidelity, progress: Progress) -> FidelityOut
     started = datetime.now(UTC).isoformat(timespec="seconds")
     t_run = time.perf_counter()
     device = resolve_device(req.device)
-    steps = req.steps or _default_steps(prep.config, req.sampler)
+    sampler, steps = prep.sampler, prep.steps
 
     t = time.perf_counter()
-    # Seed 0 as in `bench sample`: the DDPM has its own pretraining seed in its config.
+    # Seed 0 as in `bench sample`: a generative method's pretraining has its own seed.
     model, ctx = pretrained_method(
         req.protocol, req.method, req.overrides, req.device, req.data, 0, progress
     )
     phases["pretrain"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    samples = model.sample(prep.n, req.sampler, steps, req.seed, ctx).cpu()
+    samples = model.sample(prep.n, sampler, steps, req.seed, ctx).cpu()
     phases["sample"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -241,7 +224,7 @@ def evaluate_fidelity(prep: PreparedFidelity, progress: Progress) -> FidelityOut
             "method": req.method,
             "config": config_dict(prep.config),
             "pretrain_cache": pretrain_cache,
-            "sampler": req.sampler,
+            "sampler": sampler,
             "steps": steps,
             "n": prep.n,
             "seed": req.seed,
@@ -257,7 +240,7 @@ def evaluate_fidelity(prep: PreparedFidelity, progress: Progress) -> FidelityOut
         method=req.method,
         pretrain_cache=pretrain_cache,
         config=config_dict(prep.config),
-        sampler=req.sampler,
+        sampler=sampler,
         steps=steps,
         n=prep.n,
         seed=req.seed,

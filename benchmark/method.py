@@ -1,4 +1,5 @@
-"""The `Method` interface: what every segmentation method implements.
+"""The `Method` interface: what every segmentation method implements, and the capabilities a
+method can declare on top of it (`GenerativeMethod`: it samples from what it pretrained).
 
 The runner owns everything that must be equal across methods (data, split, budget, seed,
 preprocessing, evaluation); a method owns only learning.
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from benchmark.data.slicestore import SliceStore
+from benchmark.errors import ConfigError
 from benchmark.progress import Progress
 from benchmark.validation import BEST_VALIDATED
 
@@ -162,3 +164,37 @@ class Method(abc.ABC):
     @abc.abstractmethod
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 1, S, S) images in [0, 1] → (N, S, S) int64 label maps."""
+
+
+class GenerativeMethod(Method):
+    """A method whose pretraining is a generative model that `bench sample` and `bench fidelity`
+    draw from. Subclasses set `samplers` and implement `default_steps` and `sample`; the core
+    asks `issubclass(cls, GenerativeMethod)` and never names a sampler itself."""
+
+    uses_pretraining = True
+    samplers: ClassVar[tuple[str, ...]]
+    """The names of its samplers; the first is the default."""
+
+    @classmethod
+    @abc.abstractmethod
+    def default_steps(cls, config: Any, sampler: str) -> int:
+        """The sampling steps of `sampler` when none are asked for, under `config`."""
+
+    @classmethod
+    def check_sampler(cls, sampler: str | None) -> str:
+        """`sampler`, or the default (first) one for None; ConfigError naming the samplers."""
+        if sampler is None:
+            return cls.samplers[0]
+        if sampler not in cls.samplers:
+            raise ConfigError(
+                f"--sampler {sampler}: method '{cls.name}' samples with {', '.join(cls.samplers)}"
+            )
+        return sampler
+
+    @abc.abstractmethod
+    def sample(
+        self, n: int, sampler: str, steps: int | None, seed: int, ctx: RunContext
+    ) -> torch.Tensor:
+        """(n, 1, R, R) samples in [0, 1] at the model's resolution R, drawn with `sampler` in
+        `steps` steps (None: `default_steps`) from generator seed `seed`; called after
+        `pretrain`."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 
 from benchmark.errors import UnknownMethodError, did_you_mean
-from benchmark.method import Method
+from benchmark.method import GenerativeMethod, Method
 
 GROUP = "labelbench.methods"
 
@@ -48,3 +48,26 @@ def get_method(name: str) -> type[Method]:
             f"installed: {', '.join(methods) or 'none'} (see `bench methods`)"
         )
     return methods[name].load()
+
+
+def generative_methods() -> list[str]:
+    """Installed methods that can sample (`GenerativeMethod` subclasses)."""
+    names = []
+    for name, entry in installed_methods().items():
+        try:
+            if issubclass(entry.load(), GenerativeMethod):
+                names.append(name)
+        except Exception:  # a broken plugin must not hide the others
+            continue
+    return names
+
+
+def get_generative(name: str) -> type[GenerativeMethod]:
+    """The method `name` if it can sample; UnknownMethodError naming those that can."""
+    cls = get_method(name)
+    if not issubclass(cls, GenerativeMethod):
+        can = ", ".join(generative_methods()) or "none installed"
+        raise UnknownMethodError(
+            f"method '{name}' cannot sample (not generative); methods that can: {can}"
+        )
+    return cls

@@ -7,17 +7,19 @@ from typing import Any
 import torch
 from monai.networks.nets import DiffusionModelUNet
 
-from benchmark.method import PRETRAIN_AND_FINETUNE, Method, RunContext, SliceSet
+from benchmark.method import PRETRAIN_AND_FINETUNE, GenerativeMethod, RunContext, SliceSet
 from methods.diffusion.model import DDPMConfig, model_resolution
 from methods.diffusion.pretrain import pretrain_ddpm
-from methods.diffusion.sampling import sample
+from methods.diffusion.sampling import SAMPLERS, default_steps, sample
 
 
-class DiffusionTransfer(Method):
-    """Base of `diffusion-linear` and `diffusion-decoder`: one DDPM per pretraining config."""
+class DiffusionTransfer(GenerativeMethod):
+    """Base of `diffusion-linear` and `diffusion-decoder`: one DDPM per pretraining config,
+    which both can sample from (`bench sample`, `bench fidelity`)."""
 
     uses_pretraining = True
     compute = PRETRAIN_AND_FINETUNE
+    samplers = SAMPLERS
     backbone: DiffusionModelUNet
 
     def pretrain_key(self, seed: int) -> dict[str, Any]:
@@ -34,6 +36,10 @@ class DiffusionTransfer(Method):
             "sha256": meta["sha256"][:16],
             "final_loss": sum(meta["losses"][-50:]) / max(1, len(meta["losses"][-50:])),
         }
+
+    @classmethod
+    def default_steps(cls, config: DDPMConfig, sampler: str) -> int:
+        return default_steps(config, sampler)
 
     def sample(
         self, n: int, sampler: str, steps: int | None, seed: int, ctx: RunContext

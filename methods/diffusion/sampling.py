@@ -11,6 +11,13 @@ from benchmark.progress import Progress
 from methods.diffusion.model import DDPMConfig, build_scheduler, from_model_output
 
 SAMPLERS = ("ddpm", "ddim")
+"""Ancestral DDPM (the default) and deterministic DDIM."""
+DDIM_STEPS = 50
+
+
+def default_steps(cfg: DDPMConfig, sampler: str) -> int:
+    """Steps when none are asked for: T for DDPM, 50 for DDIM."""
+    return cfg.train_timesteps if sampler == "ddpm" else DDIM_STEPS
 
 
 @torch.no_grad()
@@ -35,7 +42,7 @@ def sample(
     device = next(model.parameters()).device
     model.eval()
     scheduler = build_scheduler(cfg, sampler)
-    steps = steps or (cfg.train_timesteps if sampler == "ddpm" else 50)
+    steps = steps or default_steps(cfg, sampler)
     scheduler.set_timesteps(steps, device=device)
     gen = torch.Generator(device=device).manual_seed(seed)
     amp = (
