@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.pretrained_unet import PretrainedEncoderUNet, pretrain_loop
+from baselines.pretrained_unet import FINE_TUNING, PretrainedEncoderUNet, pretrain_model
 from baselines.unet_scratch import UNetConfig
 from benchmark.config import non_negative, open_unit_interval, positive
 from benchmark.errors import ConfigError
-from benchmark.method import RunContext, SliceSet
+from benchmark.method import SliceSet
 from benchmark.progress import Progress
 
 
@@ -156,31 +156,31 @@ def train_mae(
             f"--set patch_size={cfg.patch_size}: must divide the protocol's slice size {size}"
         )
     grid = size // cfg.patch_size
-    torch.manual_seed(cfg.pretrain_seed)
-    model = (model or MaskedAutoencoder(cfg)).to(device).train()
 
-    def step_loss(idx: np.ndarray, gen: torch.Generator) -> torch.Tensor:
+    def step_loss(net: MaskedAutoencoder, idx: np.ndarray, gen: torch.Generator) -> torch.Tensor:
         keep = random_patch_mask(len(idx), grid, cfg.mask_ratio, gen).to(device)
-        return masked_loss(model, unlabeled.images(idx).to(device), keep, cfg)
+        return masked_loss(net, unlabeled.images(idx).to(device), keep, cfg)
 
-    losses = pretrain_loop(model, cfg, len(unlabeled), step_loss, "MAE pretraining", progress)
-    return model.eval(), losses
+    return pretrain_model(
+        model,
+        lambda: MaskedAutoencoder(cfg),
+        cfg,
+        unlabeled,
+        device,
+        step_loss,
+        "MAE pretraining",
+        progress,
+    )
 
 
 class MAE(PretrainedEncoderUNet):
     """Masked-CNN (SparK-style) pretrained encoder in `unet-scratch`'s U-Net, same fine-tuning."""
 
-    name = "mae"
-    family = "mae"
+    name = family = "mae"
     summary = (
         "U-Net encoder pretrained by masked image modelling (SparK-style masked CNN, 75% of "
-        "patches masked, loss on masked patches) on the unlabeled slices; fine-tuned with "
-        "unet-scratch's recipe (same iterations, Dice + CE loss): only the initialisation differs"
+        "patches masked, loss on masked patches) on the unlabeled slices; "
+        f"{FINE_TUNING}"
     )
     Config = MAEConfig
-
-    def train_encoder(
-        self, unlabeled: SliceSet, ctx: RunContext
-    ) -> tuple[dict[str, torch.Tensor], list[float]]:
-        model, losses = train_mae(self.config, unlabeled, ctx.device, ctx.progress)
-        return model.encoder.state_dict(), losses
+    train_model = staticmethod(train_mae)

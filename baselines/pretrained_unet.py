@@ -16,23 +16,25 @@ import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
+from torch import nn
 
 from baselines.unet_scratch import UNetConfig, build_unet
 from benchmark.checkpoint import load_verified, save_verified, sha256_file
-from benchmark.method import PRETRAIN_AND_FINETUNE, Method, RunContext, SliceSet
+from benchmark.method import PRETRAIN_AND_FINETUNE, RunContext, SliceSet
 from benchmark.progress import Progress
-from benchmark.supervised import (
-    SupervisedConfig,
-    optimize,
-    predict_supervised,
-    train_supervised,
-)
+from benchmark.supervised import SupervisedConfig, SupervisedMethod, optimize
 
 ENCODER = "encoder.pt"
+FINE_TUNING = (
+    "fine-tuned with unet-scratch's recipe (same iterations, Dice + CE loss): only the "
+    "initialisation differs"
+)
+"""The end of every subclass's `summary`."""
+Net = TypeVar("Net", bound=nn.Module)
 
 
 def pretrain_fields(config: UNetConfig) -> dict[str, Any]:
@@ -87,12 +89,37 @@ def pretrain_loop(
     )
 
 
-class PretrainedEncoderUNet(Method):
-    """Base of the encoder-pretraining baselines; subclasses implement `train_encoder`."""
+def pretrain_model(
+    model: Net | None,
+    build: Callable[[], Net],
+    cfg: Any,
+    unlabeled: SliceSet,
+    device: torch.device,
+    step_loss: Callable[[Net, np.ndarray, torch.Generator], torch.Tensor],
+    title: str,
+    progress: Progress,
+) -> tuple[Net, list[float]]:
+    """Pretrain `model` (None: `build()` one, after seeding torch with `pretrain_seed`) on
+    `device` by `pretrain_loop` with `step_loss(model, idx, gen)`; returns it in eval mode
+    and the loss per step."""
+    torch.manual_seed(cfg.pretrain_seed)
+    net = (model if model is not None else build()).to(device).train()
+    losses = pretrain_loop(
+        net, cfg, len(unlabeled), lambda idx, gen: step_loss(net, idx, gen), title, progress
+    )
+    return net.eval(), losses
+
+
+class PretrainedEncoderUNet(SupervisedMethod):
+    """Base of the encoder-pretraining baselines; subclasses set `family` (the pretraining's
+    name in its cache key) and `train_model`, which pretrains a network with an `encoder`."""
 
     uses_pretraining = True
     compute = PRETRAIN_AND_FINETUNE
     family: ClassVar[str]
+    train_model: ClassVar[Callable[..., tuple[nn.Module, list[float]]]]
+    """`train_model(config, unlabeled, device, progress)` → (network, loss per step); a
+    `staticmethod`."""
     encoder_state: dict[str, torch.Tensor]
 
     def pretrain_key(self, seed: int) -> dict[str, Any]:
@@ -103,7 +130,8 @@ class PretrainedEncoderUNet(Method):
         self, unlabeled: SliceSet, ctx: RunContext
     ) -> tuple[dict[str, torch.Tensor], list[float]]:
         """Pretrain from scratch; returns the encoder's state dict and the loss per step."""
-        raise NotImplementedError
+        model, losses = self.train_model(self.config, unlabeled, ctx.device, ctx.progress)
+        return model.encoder.state_dict(), losses
 
     def pretrain(self, unlabeled: SliceSet, ctx: RunContext) -> None:
         expect = pretrain_fields(self.config)
@@ -133,11 +161,7 @@ class PretrainedEncoderUNet(Method):
             "final_loss": round(sum(tail) / max(1, len(tail)), 4),
         }
 
-    def fit(self, labeled: SliceSet, ctx: RunContext) -> None:
-        torch.manual_seed(ctx.seed)
-        self.model = build_unet(self.config, ctx.num_classes)  # as unet-scratch, then:
-        self.model.encoder.load_state_dict(self.encoder_state)
-        ctx.info["final_loss"] = train_supervised(self.model, self.config, labeled, ctx)[-1]
-
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
-        return predict_supervised(self.model, images, self.config.predict_batch_size)
+    def build_model(self, labeled: SliceSet, ctx: RunContext) -> torch.nn.Module:
+        model = build_unet(self.config, ctx.num_classes)  # as unet-scratch, then:
+        model.encoder.load_state_dict(self.encoder_state)
+        return model

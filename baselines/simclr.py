@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.pretrained_unet import PretrainedEncoderUNet, pretrain_loop
+from baselines.pretrained_unet import FINE_TUNING, PretrainedEncoderUNet, pretrain_model
 from baselines.unet_scratch import UNetConfig, build_unet
 from benchmark.augment import ct_view
 from benchmark.config import fraction, non_negative, positive
-from benchmark.method import RunContext, SliceSet
+from benchmark.method import SliceSet
 from benchmark.progress import Progress
 
 
@@ -124,32 +124,31 @@ def train_simclr(
     model: SimCLRModel | None = None,
 ) -> tuple[SimCLRModel, list[float]]:
     """Pretrain (a new model unless one is given); returns it and the loss per step."""
-    torch.manual_seed(cfg.pretrain_seed)
-    model = (model or build_simclr(cfg)).to(device).train()
     size = cfg.view_size or unlabeled.slice_size
 
-    def step_loss(idx: np.ndarray, gen: torch.Generator) -> torch.Tensor:
+    def step_loss(net: SimCLRModel, idx: np.ndarray, gen: torch.Generator) -> torch.Tensor:
         v1, v2 = two_views(unlabeled.images(idx), gen, cfg, size)
-        return nt_xent(model(v1.to(device)), model(v2.to(device)), cfg.temperature)
+        return nt_xent(net(v1.to(device)), net(v2.to(device)), cfg.temperature)
 
-    losses = pretrain_loop(model, cfg, len(unlabeled), step_loss, "SimCLR pretraining", progress)
-    return model.eval(), losses
+    return pretrain_model(
+        model,
+        lambda: build_simclr(cfg),
+        cfg,
+        unlabeled,
+        device,
+        step_loss,
+        "SimCLR pretraining",
+        progress,
+    )
 
 
 class SimCLR(PretrainedEncoderUNet):
     """SimCLR-pretrained encoder in `unet-scratch`'s U-Net, fine-tuned with its recipe."""
 
-    name = "simclr"
-    family = "simclr"
+    name = family = "simclr"
     summary = (
         "U-Net encoder pretrained with SimCLR (NT-Xent, CT augmentations) on the unlabeled "
-        "slices; fine-tuned with unet-scratch's recipe (same iterations, Dice + CE loss): "
-        "only the initialisation differs"
+        f"slices; {FINE_TUNING}"
     )
     Config = SimCLRConfig
-
-    def train_encoder(
-        self, unlabeled: SliceSet, ctx: RunContext
-    ) -> tuple[dict[str, torch.Tensor], list[float]]:
-        model, losses = train_simclr(self.config, unlabeled, ctx.device, ctx.progress)
-        return model.encoder.state_dict(), losses
+    train_model = staticmethod(train_simclr)

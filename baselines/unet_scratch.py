@@ -2,7 +2,8 @@
 
 The reference point every label-efficient method must beat: `segmentation_models_pytorch.Unet`
 with `encoder_weights=None` (no ImageNet weights, nothing downloaded), trained with the
-shared supervised recipe (`benchmark.supervised`: Dice + cross-entropy, AdamW, cosine).
+shared supervised recipe (`benchmark.supervised.SupervisedMethod`: Dice + cross-entropy,
+AdamW, cosine).
 """
 
 from __future__ import annotations
@@ -10,10 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import segmentation_models_pytorch as smp
-import torch
 
-from benchmark.method import FINETUNE, Method, RunContext, SliceSet
-from benchmark.supervised import SupervisedConfig, predict_supervised, train_supervised
+from benchmark.method import FINETUNE, RunContext, SliceSet
+from benchmark.supervised import SupervisedConfig, SupervisedMethod
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ def build_unet(config: UNetConfig, num_classes: int) -> smp.Unet:
     )
 
 
-class UNetScratch(Method):
+class UNetScratch(SupervisedMethod):
     """Random-init `smp.Unet` trained on the labeled budget only (no pretraining)."""
 
     name = "unet-scratch"
@@ -38,10 +38,5 @@ class UNetScratch(Method):
     Config = UNetConfig
     compute = FINETUNE
 
-    def fit(self, labeled: SliceSet, ctx: RunContext) -> None:
-        torch.manual_seed(ctx.seed)
-        self.model = build_unet(self.config, ctx.num_classes)
-        ctx.info["final_loss"] = train_supervised(self.model, self.config, labeled, ctx)[-1]
-
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
-        return predict_supervised(self.model, images, self.config.predict_batch_size)
+    def build_model(self, labeled: SliceSet, ctx: RunContext) -> smp.Unet:
+        return build_unet(self.config, ctx.num_classes)

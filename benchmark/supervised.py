@@ -1,4 +1,5 @@
-"""The supervised recipe every fine-tuned network shares (U-Net baselines, diffusion decoder).
+"""The supervised recipe every fine-tuned network shares (U-Net baselines, diffusion decoder),
+and `SupervisedMethod`, the `Method` base that fits and predicts with it.
 
 Keeping one recipe means that methods differ only in their initialisation and architecture:
 AdamW with cosine decay, Dice + cross-entropy, the same augmentation, the protocol's number of
@@ -11,8 +12,10 @@ the slice predicts none of it, which pushes small organs toward not being predic
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import abc
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +23,7 @@ from monai.losses import DiceCELoss
 
 from benchmark.augment import random_affine, random_intensity
 from benchmark.config import non_negative, positive
-from benchmark.method import RunContext, SliceSet
+from benchmark.method import Method, RunContext, SliceSet
 from benchmark.progress import Task
 from benchmark.validation import Selection
 
@@ -84,6 +87,33 @@ def fine_tuning_steps(iterations: int | None) -> int:
     return iterations
 
 
+def fine_tune(
+    ctx: RunContext,
+    model: torch.nn.Module,
+    params: Iterable[torch.nn.Parameter],
+    step_loss: Callable[[], torch.Tensor],
+    score: Callable[[], float],
+    config: Any,
+    lr: float,
+    steps: int,
+    title: str,
+) -> list[float]:
+    """`steps` AdamW steps (`lr` cosine-decayed to 0, the config's `weight_decay`) on
+    `step_loss()`, a batch of the config's `batch_size` each; returns the losses.
+
+    Validates `model` with `score` every `ctx.training.validate_every` samples and keeps the
+    best weights when the protocol selects; the choice goes into `ctx.info["selection"]`.
+    Shared by the supervised recipe and the diffusion pixel classifier.
+    """
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
+    selection = Selection.for_context(ctx, model, score, config.batch_size, steps)
+    losses = optimize(step_loss, opt, sched, steps, ctx.progress.task(title, steps), selection)
+    if selection is not None:
+        selection.finish(ctx.info)
+    return losses
+
+
 def train_supervised(
     model: torch.nn.Module, config: SupervisedConfig, labeled: SliceSet, ctx: RunContext
 ) -> list[float]:
@@ -97,8 +127,6 @@ def train_supervised(
     model.to(device).train()
     images, labels = labeled.images().to(device), labeled.labels().to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
     gen = torch.Generator().manual_seed(ctx.seed)
     batches = labeled.batches(config.batch_size, np.random.default_rng(ctx.seed))
@@ -111,32 +139,58 @@ def train_supervised(
             x = random_intensity(x, gen)
         return loss_fn(model(x), y[:, None])
 
-    selection = Selection.for_context(
-        ctx,
-        model,
-        lambda: ctx.validator.score(  # type: ignore[union-attr]
+    def score() -> float:
+        assert ctx.validator is not None  # only called when there is one
+        return ctx.validator.score(
             lambda x: predict_supervised(model, x, config.predict_batch_size)
-        ),
-        config.batch_size,
-        steps,
-    )
-    task = ctx.progress.task("fit", steps)
-    losses = optimize(step_loss, opt, sched, steps, task, selection)
-    if selection is not None:
-        selection.finish(ctx.info)
+        )
+
+    losses = fine_tune(ctx, model, params, step_loss, score, config, config.lr, steps, "fit")
     model.eval()
     return losses
 
 
 @torch.no_grad()
+def predict_in_batches(
+    labels_of: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """`labels_of` ((n, 1, S, S) on `device` → (n, S, S) labels) over `images` (N, 1, S, S) in
+    batches of `batch_size`, concatenated on the CPU."""
+    out = [
+        labels_of(images[i : i + batch_size].to(device)).cpu()
+        for i in range(0, len(images), batch_size)
+    ]
+    return torch.cat(out)
+
+
 def predict_supervised(
     model: torch.nn.Module, images: torch.Tensor, batch_size: int
 ) -> torch.Tensor:
     """Argmax label maps (N, S, S) for images (N, 1, S, S)."""
-    device = next(model.parameters()).device
     model.eval()
-    out = [
-        model(images[i : i + batch_size].to(device)).argmax(1).cpu()
-        for i in range(0, len(images), batch_size)
-    ]
-    return torch.cat(out)
+    device = next(model.parameters()).device
+    return predict_in_batches(lambda x: model(x).argmax(1), images, batch_size, device)
+
+
+class SupervisedMethod(Method):
+    """A method that fine-tunes one network with the shared recipe (its config a
+    `SupervisedConfig`): `fit` seeds with the run seed, builds the network with `build_model`
+    and trains it with `train_supervised`; `predict` is its argmax label map."""
+
+    model: torch.nn.Module
+
+    @abc.abstractmethod
+    def build_model(self, labeled: SliceSet, ctx: RunContext) -> torch.nn.Module:
+        """The (N, 1, S, S) → (N, K, S, S) logits network to fine-tune, built after
+        `torch.manual_seed(ctx.seed)` (so its random initialisation is the seed's)."""
+
+    def fit(self, labeled: SliceSet, ctx: RunContext) -> None:
+        torch.manual_seed(ctx.seed)
+        self.model = self.build_model(labeled, ctx)
+        ctx.info["final_loss"] = train_supervised(self.model, self.config, labeled, ctx)[-1]
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        return predict_supervised(self.model, images, self.config.predict_batch_size)

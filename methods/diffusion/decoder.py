@@ -11,7 +11,7 @@ from torch import nn
 
 from benchmark.config import non_negative
 from benchmark.method import RunContext, SliceSet
-from benchmark.supervised import SupervisedConfig, predict_supervised, train_supervised
+from benchmark.supervised import SupervisedConfig, SupervisedMethod
 from methods.diffusion.backbone import DiffusionTransfer
 from methods.diffusion.model import DDPMConfig, build_scheduler, model_resolution, to_model_input
 
@@ -84,19 +84,12 @@ class NoisedSegmenter(nn.Module):
         return logits
 
 
-class DiffusionDecoder(DiffusionTransfer):
+class DiffusionDecoder(DiffusionTransfer, SupervisedMethod):
     """Pretrained DDPM encoder frozen; decoder + head fine-tuned with the shared recipe."""
 
     name = "diffusion-decoder"
     summary = "DDPM pretrained on unlabeled slices; encoder frozen, decoder + head fine-tuned"
     Config = DiffusionDecoderConfig
 
-    def fit(self, labeled: SliceSet, ctx: RunContext) -> None:
-        torch.manual_seed(ctx.seed)
-        self.model = NoisedSegmenter(
-            self.backbone, self.config, ctx.num_classes, labeled.slice_size
-        )
-        ctx.info["final_loss"] = train_supervised(self.model, self.config, labeled, ctx)[-1]
-
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
-        return predict_supervised(self.model, images, self.config.predict_batch_size)
+    def build_model(self, labeled: SliceSet, ctx: RunContext) -> NoisedSegmenter:
+        return NoisedSegmenter(self.backbone, self.config, ctx.num_classes, labeled.slice_size)

@@ -11,8 +11,7 @@ import torch
 
 from benchmark.config import non_negative, positive
 from benchmark.method import RunContext, SliceSet
-from benchmark.supervised import fine_tuning_steps, optimize
-from benchmark.validation import Selection
+from benchmark.supervised import fine_tune, fine_tuning_steps, predict_in_batches
 from methods.diffusion.backbone import DiffusionTransfer
 from methods.diffusion.features import DEFAULT_TIMESTEPS, DecoderTaps, FeatureBank, by_resolution
 from methods.diffusion.heads import HEADS, VOTES, LinearHead, MLPEnsemble, build_head
@@ -118,14 +117,13 @@ class DiffusionLinear(DiffusionTransfer):
             )
         self.head = train_head(bank, labeled, cfg, ctx, self.taps.group_channels, val_bank)
 
-    @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
-        bs = self.config.predict_batch_size
-        out = []
-        for i in range(0, len(images), bs):
-            feats = by_resolution(self.taps(images[i : i + bs].to(self.device)))
-            out.append(self.head.labels(feats).cpu())
-        return torch.cat(out)
+        return predict_in_batches(
+            lambda x: self.head.labels(by_resolution(self.taps(x))),
+            images,
+            self.config.predict_batch_size,
+            self.device,
+        )
 
 
 def make_taps(backbone, cfg: DiffusionLinearConfig, slice_size: int) -> DecoderTaps:
@@ -162,8 +160,6 @@ def train_head(
     stats_idx = np.arange(min(len(labeled), 64))
     head.set_stats(bank.get(stats_idx, ctx.device))
     labels = labeled.labels().to(ctx.device)
-    opt = torch.optim.AdamW(head.parameters(), lr=cfg.head_lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
     batches = labeled.batches(cfg.batch_size, np.random.default_rng(ctx.seed))
     gen = torch.Generator().manual_seed(ctx.seed)
 
@@ -181,11 +177,10 @@ def train_head(
         return ctx.validator.score_slices(torch.cat(pred))
 
     head.train()
-    selection = Selection.for_context(ctx, head, val_score, cfg.batch_size, steps)
-    task = ctx.progress.task(f"fit {cfg.head} head", steps)
-    losses = optimize(step_loss, opt, sched, steps, task, selection)
-    if selection is not None:
-        selection.finish(ctx.info)
+    title = f"fit {cfg.head} head"
+    losses = fine_tune(
+        ctx, head, head.parameters(), step_loss, val_score, cfg, cfg.head_lr, steps, title
+    )
     ctx.info["head"] = cfg.head
     ctx.info["final_loss"] = losses[-1] if losses else None
     return head.eval()
