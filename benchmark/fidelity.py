@@ -214,37 +214,26 @@ def evaluate_fidelity(prep: PreparedFidelity, progress: Progress) -> FidelityOut
     phases["diversity"] = time.perf_counter() - t
 
     protocol = data.protocol
-    pretrain_cache = ctx.info.get("pretrain_cache", "")
     weights = _file_digest(prep.weights)
-    key = stable_hash(
-        {
-            "protocol": protocol.hash,
-            "dataset": data.store.key,
-            "split": data.split.hash,
-            "method": req.method,
-            "config": config_dict(prep.config),
-            "pretrain_cache": pretrain_cache,
-            "sampler": sampler,
-            "steps": steps,
-            "n": prep.n,
-            "seed": req.seed,
-            "extractor": req.extractor,
-            "weights": weights,
-        }
-    )
+    # What the evaluation is of and how it was made: the record's fields and its key's.
+    made = {
+        "method": req.method,
+        "config": config_dict(prep.config),
+        "pretrain_cache": ctx.info.get("pretrain_cache", ""),
+        "sampler": sampler,
+        "steps": steps,
+        "n": prep.n,
+        "seed": req.seed,
+        "extractor": req.extractor,
+    }
+    data_keys = {"dataset": data.store.key, "split": data.split.hash}
+    key = stable_hash({"protocol": protocol.hash, **data_keys, **made, "weights": weights})
     wall_s = sum(prep.phases.values()) + time.perf_counter() - t_run
     record = GenerativeRecord(
         **vars(build_provenance(data, describe_device(device), phases, wall_s, started)),
         gen_id=f"{key[:12]}-{uuid.uuid4().hex[:8]}",
         gen_key=key,
-        method=req.method,
-        pretrain_cache=pretrain_cache,
-        config=config_dict(prep.config),
-        sampler=sampler,
-        steps=steps,
-        n=prep.n,
-        seed=req.seed,
-        extractor=req.extractor,
+        **made,
         extractor_weights=weights,
         real_ids=[data.store.slice_id(r) for r in prep.real_rows],
         fid=scores["fid"],
