@@ -14,7 +14,7 @@ three parts, joined by `-`, each the first 16 hex digits of a SHA-256:
   package it imports, directly or not (found by reading the `import` statements, without
   importing anything), with the `__init__.py` files on their way. `mae` covers
   `baselines/mae.py`, `pretrained_unet.py` and `unet_scratch.py`; an edit to
-  `baselines/nnunet.py` leaves it alone.
+  `baselines/nnunet/` leaves it alone.
 - **packages**: the installed versions of `PACKAGES`.
 
 Files are hashed by their bytes under their module-derived relative path (`benchmark/

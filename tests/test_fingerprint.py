@@ -73,7 +73,7 @@ def test_same_in_another_process_and_folder_and_changed_only_by_its_code(tmp_pat
     here = code_fingerprint("baselines.mae")
     root = _copy_tree(tmp_path / "elsewhere")
     assert _in_process(root, "baselines.mae") == here  # no absolute paths, no mtimes
-    (root / "baselines" / "nnunet.py").write_text("# not imported by mae\n")
+    (root / "baselines" / "nnunet" / "method.py").write_text("# not imported by mae\n")
     (root / "benchmark" / "report" / "markdown.py").write_text("# reporting changes no score\n")
     assert _in_process(root, "baselines.mae") == here
     with (root / "baselines" / "pretrained_unet.py").open("a") as f:
