@@ -161,7 +161,7 @@ class PretrainedEncoderUNet(SupervisedMethod):
             "final_loss": round(sum(tail) / max(1, len(tail)), 4),
         }
 
-    def build_model(self, labeled: SliceSet, ctx: RunContext) -> torch.nn.Module:
+    def build_model(self, labeled: SliceSet, ctx: RunContext) -> nn.Module:
         model = build_unet(self.config, ctx.num_classes)  # as unet-scratch, then:
         model.encoder.load_state_dict(self.encoder_state)
         return model
