@@ -259,23 +259,9 @@ def report(
     ] = False,
 ) -> None:
     """Write LEADERBOARD.md and plots for one protocol from the results store."""
-    from benchmark.errors import StoreError
-    from benchmark.protocol import load_protocol
-    from benchmark.report import write_report
-    from benchmark.store import FINISHED, ResultsStore
+    from benchmark.report import report_from_store
 
-    name = load_protocol(protocol).name
-    store = ResultsStore(results)
-    if not store.path.exists():
-        raise StoreError(f"{store.path}: no results store here; run `bench run` first")
-    runs = store.runs(protocol=name, status=FINISHED)
-    generative = store.generative(protocol=name)
-    if runs.empty and generative.empty:
-        raise StoreError(f"{store.path}: no completed runs for protocol '{name}'")
-    metrics = store.metrics(runs.run_id)
-    curves = store.curves(runs.run_id)
-    target = out_dir or Path("reports") / name
-    path = write_report(name, runs, metrics, target, generative, curves, store.ceilings(), mix_code)
+    path = report_from_store(protocol, results, out_dir, mix_code)
     out.print(f"wrote {path}", highlight=False)
 
 
@@ -446,25 +432,24 @@ def pretrain(
     _check_device(device)
     if nproc < 1:
         raise ConfigError("--nproc must be at least 1")
-    world = distributed.world_size()
-    if nproc > 1 and world == 1:  # not under torchrun yet: launch it, one process per rank
+    if nproc > 1 and distributed.world_size() == 1:  # not under torchrun yet: relaunch under it
         args = ["pretrain", "--method", method, "--protocol", protocol, "--device", device]
         args += ["--seed", str(seed)]  # each rank sees WORLD_SIZE instead of --nproc
         args += [a for item in set_ or [] for a in ("--set", item)]
         args += ["--data", str(data)] if data else []
         args += ["--quiet"] if quiet else []
         raise typer.Exit(distributed.relaunch(nproc, args))
-    if world > 1:  # one rank of torchrun: its own GPU (nccl) or the CPU (gloo)
-        device = distributed.init(device)
     rank = distributed.rank()
     progress = Progress(quiet=quiet or rank > 0, console=err)
-    t = time.perf_counter()
     try:
-        _, ctx = pretrained_method(protocol, method, list(set_ or []), device, data, seed, progress)
+        # One rank of torchrun trains on its own GPU (nccl) or the CPU (gloo).
+        with distributed.process_group(device) as rank_device:
+            t = time.perf_counter()
+            _, ctx = pretrained_method(
+                protocol, method, list(set_ or []), rank_device, data, seed, progress
+            )
     finally:
         progress.stop()
-        if world > 1:
-            distributed.shutdown()
     if rank > 0:
         return
     info = json.dumps(ctx.info.get("pretrain", {}))
@@ -494,39 +479,32 @@ def sample(
     quiet: QuietOpt = False,
 ) -> None:
     """Draw samples from METHOD's pretrained generative model: a PNG grid and the raw array."""
-    import time
-
     from benchmark.errors import ConfigError
     from benchmark.progress import Progress
     from benchmark.registry import get_generative
-    from benchmark.runner import pretrained_method
-    from benchmark.samples import write_samples
+    from benchmark.samples import SampleRequest, draw_samples
 
     _check_device(device)
     sampler = get_generative(method).check_sampler(sampler)
     if n < 1 or (steps is not None and steps < 1):
         raise ConfigError("--n and --steps must be at least 1")
     progress = Progress(quiet=quiet, console=err)
+    request = SampleRequest(
+        method=method,
+        out_dir=out_dir,
+        n=n,
+        sampler=sampler,
+        steps=steps,
+        protocol=protocol,
+        seed=seed,
+        device=device,
+        overrides=list(set_ or []),
+        data=data,
+    )
     try:
-        model, ctx = pretrained_method(
-            protocol, method, list(set_ or []), device, data, 0, progress
-        )
-        t = time.perf_counter()
-        images = model.sample(n, sampler, steps, seed, ctx)
-        seconds = time.perf_counter() - t
+        seconds = draw_samples(request, progress)
     finally:
         progress.stop()
-    meta = {
-        "method": method,
-        "protocol": protocol,
-        "n": n,
-        "sampler": sampler,
-        "steps": steps,
-        "seed": seed,
-        "pretrain_cache": ctx.info.get("pretrain_cache"),
-        "seconds": seconds,
-    }
-    write_samples(images, out_dir, meta)
     out.print(
         f"wrote {n} samples ({sampler}) to {out_dir} in {seconds:.1f}s "
         f"({n / seconds:.2f} images/s)",

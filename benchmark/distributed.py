@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -52,6 +53,20 @@ def shutdown() -> None:
     import torch.distributed as dist
 
     dist.destroy_process_group()
+
+
+@contextmanager
+def process_group(device: str) -> Iterator[str]:
+    """Inside torchrun, join its process group for the `with` block (see :func:`init`) and
+    leave it after; yields this rank's device, or `device` itself outside torchrun."""
+    if world_size() == 1:
+        yield device
+        return
+    device = init(device)
+    try:
+        yield device
+    finally:
+        shutdown()
 
 
 def rank_zero_first(fn: Callable[[], T]) -> T:

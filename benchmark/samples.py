@@ -1,13 +1,62 @@
-"""Writing a generative model's samples: the raw array, a PNG grid and what made them."""
+"""Drawing samples from a generative method's pretrained model and writing them: the raw
+array, a PNG grid and what made them."""
 
 from __future__ import annotations
 
 import json
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from benchmark.progress import Progress
+from benchmark.runner import pretrained_method
+
+
+@dataclass
+class SampleRequest:
+    """One `bench sample` as the user asked for it."""
+
+    method: str
+    """A `GenerativeMethod`."""
+    out_dir: Path
+    sampler: str
+    """One of the method's `samplers`."""
+    n: int = 64
+    steps: int | None = None
+    """None = the method's `default_steps` for the sampler."""
+    protocol: str = "phantom"
+    seed: int = 0
+    device: str = "auto"
+    overrides: list[str] = field(default_factory=list)
+    data: Path | None = None
+
+
+def draw_samples(req: SampleRequest, progress: Progress) -> float:
+    """Draw `req.n` samples from the method's pretrained model (pretrained first when the cache
+    has none) and write them to `req.out_dir` (see `write_samples`); returns the seconds the
+    sampling took."""
+    model, ctx = pretrained_method(
+        req.protocol, req.method, req.overrides, req.device, req.data, 0, progress
+    )
+    t = time.perf_counter()
+    images = model.sample(req.n, req.sampler, req.steps, req.seed, ctx)
+    seconds = time.perf_counter() - t
+    meta = {
+        "method": req.method,
+        "protocol": req.protocol,
+        "n": req.n,
+        "sampler": req.sampler,
+        "steps": req.steps,
+        "seed": req.seed,
+        "pretrain_cache": ctx.info.get("pretrain_cache"),
+        "seconds": seconds,
+    }
+    write_samples(images, req.out_dir, meta)
+    return seconds
 
 
 def write_samples(images: torch.Tensor, out_dir: Path, meta: dict[str, Any]) -> None:

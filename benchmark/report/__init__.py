@@ -10,7 +10,8 @@ One module per stage, data before text:
 - `sections`, `markdown`: the Markdown of one hash's results, and the page around them.
 - `plots`, `html`: the PNGs, and the self-contained HTML page.
 - `formatting`, `files`: shared text formatting; file names and the atomic write.
-- `write`: `write_report`, which puts them together.
+- `write`: `write_report`, which puts them together, and `report_from_store`, which reads
+  the frames from a results store for it (`bench report`).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from benchmark.report.stats import (
     smallest_p,
 )
 from benchmark.report.tables import ceiling_scores, per_organ, summarize
-from benchmark.report.write import write_report
+from benchmark.report.write import report_from_store, write_report
 
 __all__ = [
     "ALPHA",
@@ -70,6 +71,7 @@ __all__ = [
     "plot_organ_heatmap",
     "render_html",
     "render_markdown",
+    "report_from_store",
     "smallest_p",
     "split_ranked",
     "summarize",

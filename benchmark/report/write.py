@@ -1,5 +1,6 @@
 """`write_report`: the report's files for one protocol from the store's frames, written
-atomically, plots first so the Markdown and HTML never link to a missing image.
+atomically, plots first so the Markdown and HTML never link to a missing image; and
+`report_from_store`, which reads those frames from a results store first.
 """
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmark.errors import StoreError
+from benchmark.protocol import load_protocol
 from benchmark.report.files import (
     CURVES_NAME,
     HEATMAP_NAME,
@@ -28,6 +31,7 @@ from benchmark.report.html import render_html
 from benchmark.report.markdown import generative_section, render_markdown
 from benchmark.report.plots import plot_curves, plot_dsc_vs_labels, plot_organ_heatmap
 from benchmark.report.tables import per_organ, summarize
+from benchmark.store import FINISHED, ResultsStore
 
 
 def write_report(
@@ -83,3 +87,25 @@ def write_report(
     page = render_html(markdown, out_dir)
     atomic_write(out_dir / HTML_NAME, lambda tmp: tmp.write_text(page, encoding="utf-8"))
     return atomic_write(out_dir / MD_NAME, lambda tmp: tmp.write_text(markdown, encoding="utf-8"))
+
+
+def report_from_store(
+    protocol: str, results: Path, out_dir: Path | None = None, mix_code: bool = False
+) -> Path:
+    """Write the report of `protocol` (a name or .toml path) from the results store in folder
+    `results` into `out_dir` (default reports/<protocol name>); return the .md path.
+
+    A missing store, or one with neither completed runs nor generative rows for the protocol,
+    is a `StoreError`."""
+    name = load_protocol(protocol).name
+    store = ResultsStore(results)
+    if not store.path.exists():
+        raise StoreError(f"{store.path}: no results store here; run `bench run` first")
+    runs = store.runs(protocol=name, status=FINISHED)
+    generative = store.generative(protocol=name)
+    if runs.empty and generative.empty:
+        raise StoreError(f"{store.path}: no completed runs for protocol '{name}'")
+    metrics = store.metrics(runs.run_id)
+    curves = store.curves(runs.run_id)
+    target = out_dir or Path("reports") / name
+    return write_report(name, runs, metrics, target, generative, curves, store.ceilings(), mix_code)
