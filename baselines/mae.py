@@ -27,8 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.pretrained_unet import FINE_TUNING, PretrainedEncoderUNet, pretrain_model
-from baselines.unet_scratch import UNetConfig
+from baselines.pretrained_unet import FINE_TUNING, PretrainedEncoderUNet, SSLConfig, pretrain_model
 from benchmark.config import non_negative, open_unit_interval, positive
 from benchmark.errors import ConfigError
 from benchmark.method import SliceSet
@@ -36,7 +35,7 @@ from benchmark.progress import Progress
 
 
 @dataclass(frozen=True)
-class MAEConfig(UNetConfig):
+class MAEConfig(SSLConfig):
     """`unet-scratch`'s config plus masked-image-modelling pretraining (`cpu` preset defaults).
 
     `--set preset=gpu` pretrains with larger batches; the length is the protocol's
@@ -48,16 +47,8 @@ class MAEConfig(UNetConfig):
         "gpu": {"pretrain_batch_size": 128, "pretrain_lr": 1.5e-3},
     }
 
-    preset: str = "cpu"
-    """Named starting point for the pretraining fields: cpu or gpu."""
-    pretrain_iterations: int | None = positive(None)
-    """Optimizer steps of pretraining. None: the protocol's pretraining budget ÷
-    pretrain_batch_size (rounded up), as for every pretraining method; another value makes
-    the run off-protocol."""
     pretrain_batch_size: int = positive(16)
     """Slices per step."""
-    pretrain_lr: float = non_negative(1e-3)
-    """AdamW learning rate (linear warm-up over 10 % of the steps, then cosine to 0)."""
     pretrain_weight_decay: float = non_negative(0.05)
     """AdamW weight decay of pretraining (MAE's)."""
     mask_ratio: float = open_unit_interval(0.75)
@@ -68,8 +59,6 @@ class MAEConfig(UNetConfig):
     """Reconstruct per-patch normalised pixels (zero mean, unit variance), as MAE."""
     decoder_channels: tuple[int, ...] = positive((128, 64, 32, 16, 16))
     """Channels of the light reconstruction decoder, deepest first (one per encoder stage)."""
-    pretrain_seed: int = non_negative(0)
-    """Seed of pretraining; one encoder serves every fine-tuning seed and budget."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.mask_ratio < 1.0:

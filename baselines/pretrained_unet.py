@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -24,6 +25,7 @@ from torch import nn
 
 from baselines.unet_scratch import UNetConfig, build_unet
 from benchmark.checkpoint import load_verified, save_verified, sha256_file
+from benchmark.config import non_negative, positive
 from benchmark.method import PRETRAIN_AND_FINETUNE, RunContext, SliceSet
 from benchmark.progress import Progress
 from benchmark.supervised import SupervisedConfig, SupervisedMethod, optimize
@@ -35,6 +37,23 @@ FINE_TUNING = (
 )
 """The end of every subclass's `summary`."""
 Net = TypeVar("Net", bound=nn.Module)
+
+
+@dataclass(frozen=True)
+class SSLConfig(UNetConfig):
+    """The self-supervised pretraining fields `simclr` and `mae` share; each adds its batch
+    size, weight decay and its own objective's fields."""
+
+    preset: str = "cpu"
+    """Named starting point for the pretraining fields: cpu or gpu."""
+    pretrain_iterations: int | None = positive(None)
+    """Optimizer steps of pretraining. None: the protocol's pretraining budget ÷
+    pretrain_batch_size (rounded up), as for every pretraining method; another value makes
+    the run off-protocol."""
+    pretrain_lr: float = non_negative(1e-3)
+    """AdamW learning rate (linear warm-up over 10 % of the steps, then cosine to 0)."""
+    pretrain_seed: int = non_negative(0)
+    """Seed of pretraining; one encoder serves every fine-tuning seed and budget."""
 
 
 def pretrain_fields(config: UNetConfig) -> dict[str, Any]:

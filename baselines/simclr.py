@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.pretrained_unet import FINE_TUNING, PretrainedEncoderUNet, pretrain_model
-from baselines.unet_scratch import UNetConfig, build_unet
+from baselines.pretrained_unet import FINE_TUNING, PretrainedEncoderUNet, SSLConfig, pretrain_model
+from baselines.unet_scratch import build_unet
 from benchmark.augment import ct_view
 from benchmark.config import fraction, non_negative, positive
 from benchmark.method import SliceSet
@@ -32,7 +32,7 @@ from benchmark.progress import Progress
 
 
 @dataclass(frozen=True)
-class SimCLRConfig(UNetConfig):
+class SimCLRConfig(SSLConfig):
     """`unet-scratch`'s config plus SimCLR pretraining; defaults are the `cpu` preset.
 
     `--set preset=gpu` pretrains with larger batches on full-size views; the length is the
@@ -48,16 +48,8 @@ class SimCLRConfig(UNetConfig):
         },
     }
 
-    preset: str = "cpu"
-    """Named starting point for the pretraining fields: cpu or gpu."""
-    pretrain_iterations: int | None = positive(None)
-    """Optimizer steps of pretraining. None: the protocol's pretraining budget ÷
-    pretrain_batch_size (rounded up), as for every pretraining method; another value makes
-    the run off-protocol."""
     pretrain_batch_size: int = positive(32)
     """Slices per step (2 views each)."""
-    pretrain_lr: float = non_negative(1e-3)
-    """AdamW learning rate (linear warm-up over 10 % of the steps, then cosine to 0)."""
     pretrain_weight_decay: float = non_negative(1e-4)
     """AdamW weight decay of pretraining."""
     temperature: float = positive(0.2)
@@ -70,8 +62,6 @@ class SimCLRConfig(UNetConfig):
     """Side of each view in pixels (0 = the slice size); smaller is faster on a CPU."""
     crop_scale_min: float = fraction(0.25)
     """Smallest crop, as a fraction of the slice area."""
-    pretrain_seed: int = non_negative(0)
-    """Seed of pretraining; one encoder serves every fine-tuning seed and budget."""
 
 
 class SimCLRModel(nn.Module):
