@@ -71,7 +71,10 @@ SweepForceOpt = Annotated[bool, typer.Option("--force", help="Re-run completed r
 SamplerOpt = Annotated[
     str | None, typer.Option("--sampler", help="One of the method's (default: its first).")
 ]
-StepsOpt = Annotated[int | None, typer.Option("--steps", help="Sampling steps (default T / 50).")]
+StepsOpt = Annotated[
+    int | None,
+    typer.Option("--steps", help="Sampling steps (default: the method's own for the sampler)."),
+]
 
 
 def check_device(device: str) -> None:
