@@ -72,3 +72,30 @@ def tiny_dataset(tmp_path) -> Path:
     for i in range(2):
         write_case(root / "imagesUnlabeled", f"u_{i:03d}", seed=100 + i, with_label=False)
     return root
+
+
+# The fault tests' folder and store (tests/test_faults.py, tests/test_cache_faults.py).
+FAULT_SPACING = (0.8, 0.8, 3.0)
+FAULT_CASES = [f"FLARE22_Tr_{i:04d}" for i in range(1, 7)]
+
+
+@pytest.fixture
+def flare(tmp_path) -> Path:
+    """FLARE22's own layout: images/<case>_0000.nii.gz, labels/<case>.nii.gz."""
+    root = tmp_path / "FLARE22"
+    for i, case in enumerate(FAULT_CASES):
+        write_case(
+            root / "images", case, seed=i, spacing=FAULT_SPACING, label_folder=root / "labels"
+        )
+    return root
+
+
+@pytest.fixture
+def results(tmp_path) -> Path:
+    """A results folder whose store already holds one run, as after earlier work."""
+    from benchmark.store import ResultsStore
+    from tests.test_store import ROWS, record
+
+    folder = tmp_path / "runs"
+    ResultsStore(folder).write_run(record(), ROWS)
+    return folder
