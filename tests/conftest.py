@@ -74,7 +74,7 @@ def tiny_dataset(tmp_path) -> Path:
     return root
 
 
-# The fault tests' folder and store (tests/test_faults.py, tests/test_cache_faults.py).
+# The fault tests' folder and store (test_faults.py, test_cache_faults.py, test_leakage.py).
 FAULT_SPACING = (0.8, 0.8, 3.0)
 FAULT_CASES = [f"FLARE22_Tr_{i:04d}" for i in range(1, 7)]
 

@@ -11,7 +11,7 @@ from benchmark.data.digests import DigestMemo
 from benchmark.data.leakage import check_leakage
 from benchmark.data.reader import discover
 from benchmark.errors import DatasetError
-from tests.test_faults import bench, error_line, results, stored_rows  # noqa: F401
+from tests.faults import bench, error_line, stored_rows
 
 
 def _leak(root: Path) -> tuple[Path, Path]:
@@ -23,7 +23,7 @@ def _leak(root: Path) -> tuple[Path, Path]:
 
 def test_a_labeled_case_in_the_unlabeled_pool_is_one_line_exit_2_nothing_written(
     tiny_dataset,
-    results,  # noqa: F811
+    results,
 ):
     labeled, copy = _leak(tiny_dataset)
     before = stored_rows(results)
