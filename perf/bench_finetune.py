@@ -14,6 +14,7 @@ forward + backward) and the achieved GFLOP/s against the CPU's peak (AVX2: 2 FMA
 float32 lanes × 2 = 32 FLOP per cycle and core, at the base clock given).
 
     LABELBENCH_CACHE=... python perf/bench_finetune.py [--steps 40] [--repeats 3]
+    LABELBENCH_CACHE=... python perf/bench_finetune.py --compile   # torch.compile vs eager
 """
 
 from __future__ import annotations
@@ -60,6 +61,38 @@ def bare_loop(
     return time.perf_counter() - t
 
 
+def compiled_vs_eager(labeled: SliceSet, cfg: UNetConfig, classes: int, steps: int) -> None:
+    """Print the bare loop's step time under `torch.compile` (inductor) against eager, each
+    model warmed up first (the compile time is printed, not counted)."""
+    images, labels = labeled.images(), labeled.labels()
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+    times = {}
+    for name in ("eager", "torch.compile"):
+        torch.manual_seed(0)
+        model = build_unet(cfg, classes).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        run = torch.compile(model) if name == "torch.compile" else model
+        gen = torch.Generator().manual_seed(0)
+
+        def step(run=run, opt=opt, gen=gen) -> None:
+            idx = torch.randint(len(images), (cfg.batch_size,), generator=gen)
+            loss = loss_fn(run(images[idx]), labels[idx][:, None])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        t = time.perf_counter()
+        for _ in range(2):
+            step()
+        warm = time.perf_counter() - t
+        t = time.perf_counter()
+        for _ in range(steps):
+            step()
+        times[name] = (time.perf_counter() - t) / steps
+        print(f"bare loop, {name:14s} {1000 * times[name]:8.1f} ms/step (warm-up {warm:.0f} s)")
+    print(f"torch.compile / eager = {times['torch.compile'] / times['eager']:.3f}")
+
+
 def harness(labeled: SliceSet, cfg: UNetConfig, ctx: RunContext, steps: int) -> float:
     """Seconds for `train_supervised` with `steps` iterations (setup included)."""
     torch.manual_seed(0)
@@ -91,6 +124,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40, help="extra steps of the long run")
     ap.add_argument("--short", type=int, default=5, help="steps of the short run")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--compile", action="store_true", help="only: torch.compile against eager")
     ap.add_argument("--base-ghz", type=float, default=2.45, help="CPU base clock for the peak")
     args = ap.parse_args()
 
@@ -104,6 +138,9 @@ def main() -> None:
     classes = protocol.num_classes
     ctx = RunContext(torch.device("cpu"), 0, classes, data.store.root, progress)
     long = args.short + args.steps
+    if args.compile:
+        compiled_vs_eager(labeled, cfg, classes, args.steps)
+        return
     print(
         f"{len(labeled)} labeled slices of {labeled.slice_size}², batch {cfg.batch_size}, "
         f"smp.Unet({cfg.encoder}), {torch.get_num_threads()} threads, torch {torch.__version__}"
