@@ -38,57 +38,59 @@ from benchmark.supervised import train_supervised
 from benchmark.validation import Validator
 
 
-def bare_loop(
-    labeled: SliceSet, cfg: UNetConfig, classes: int, steps: int, channels_last: bool = False
-) -> float:
-    """Seconds for `steps` plain optimizer steps (data already in RAM as tensors)."""
+def bare_step(
+    labeled: SliceSet,
+    cfg: UNetConfig,
+    classes: int,
+    channels_last: bool = False,
+    compiled: bool = False,
+) -> Callable[[], None]:
+    """One plain optimizer step of a new seeded U-Net (data already in RAM as tensors),
+    eager or under `torch.compile` (inductor)."""
     torch.manual_seed(0)
     model = build_unet(cfg, classes).train()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
+    run = torch.compile(model) if compiled else model
     images, labels = labeled.images(), labeled.labels()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
     gen = torch.Generator().manual_seed(0)
-    t = time.perf_counter()
-    for _ in range(steps):
+
+    def step() -> None:
         idx = torch.randint(len(images), (cfg.batch_size,), generator=gen)
         x = images[idx].contiguous(memory_format=fmt)
-        loss = loss_fn(model(x), labels[idx][:, None])
+        loss = loss_fn(run(x), labels[idx][:, None])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
+    return step
+
+
+def timed(step: Callable[[], None], steps: int) -> float:
+    """Seconds for `steps` calls of `step`."""
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
     return time.perf_counter() - t
+
+
+def bare_loop(
+    labeled: SliceSet, cfg: UNetConfig, classes: int, steps: int, channels_last: bool = False
+) -> float:
+    """Seconds for `steps` plain optimizer steps (setup not counted)."""
+    return timed(bare_step(labeled, cfg, classes, channels_last), steps)
 
 
 def compiled_vs_eager(labeled: SliceSet, cfg: UNetConfig, classes: int, steps: int) -> None:
     """Print the bare loop's step time under `torch.compile` (inductor) against eager, each
     model warmed up first (the compile time is printed, not counted)."""
-    images, labels = labeled.images(), labeled.labels()
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
     times = {}
     for name in ("eager", "torch.compile"):
-        torch.manual_seed(0)
-        model = build_unet(cfg, classes).train()
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        run = torch.compile(model) if name == "torch.compile" else model
-        gen = torch.Generator().manual_seed(0)
-
-        def step(run=run, opt=opt, gen=gen) -> None:
-            idx = torch.randint(len(images), (cfg.batch_size,), generator=gen)
-            loss = loss_fn(run(images[idx]), labels[idx][:, None])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-        t = time.perf_counter()
-        for _ in range(2):
-            step()
-        warm = time.perf_counter() - t
-        t = time.perf_counter()
-        for _ in range(steps):
-            step()
-        times[name] = (time.perf_counter() - t) / steps
+        step = bare_step(labeled, cfg, classes, compiled=name == "torch.compile")
+        warm = timed(step, 2)
+        times[name] = timed(step, steps) / steps
         print(f"bare loop, {name:14s} {1000 * times[name]:8.1f} ms/step (warm-up {warm:.0f} s)")
     print(f"torch.compile / eager = {times['torch.compile'] / times['eager']:.3f}")
 
