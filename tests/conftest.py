@@ -75,18 +75,14 @@ def tiny_dataset(tmp_path) -> Path:
 
 
 # The fault tests' folder and store (test_faults.py, test_cache_faults.py, test_leakage.py).
-FAULT_SPACING = (0.8, 0.8, 3.0)
-FAULT_CASES = [f"FLARE22_Tr_{i:04d}" for i in range(1, 7)]
-
-
 @pytest.fixture
 def flare(tmp_path) -> Path:
     """FLARE22's own layout: images/<case>_0000.nii.gz, labels/<case>.nii.gz."""
+    from tests.faults import CASES, SPACING
+
     root = tmp_path / "FLARE22"
-    for i, case in enumerate(FAULT_CASES):
-        write_case(
-            root / "images", case, seed=i, spacing=FAULT_SPACING, label_folder=root / "labels"
-        )
+    for i, case in enumerate(CASES):
+        write_case(root / "images", case, seed=i, spacing=SPACING, label_folder=root / "labels")
     return root
 
 

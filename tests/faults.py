@@ -1,5 +1,6 @@
 """What the fault tests share besides their fixtures (`flare`, `results` in conftest.py):
-the FLARE22-layout case names, `bench run` on a folder, and reading the one error line back."""
+the FLARE22-layout case names (the `flare` fixture reads them here), `bench run` on a
+folder, and reading the one error line back."""
 
 from __future__ import annotations
 
@@ -11,10 +12,9 @@ import numpy as np
 from typer.testing import CliRunner
 
 from benchmark.cli import app
-from tests.conftest import FAULT_CASES, FAULT_SPACING
 
-SPACING = FAULT_SPACING
-CASES = FAULT_CASES
+SPACING = (0.8, 0.8, 3.0)
+CASES = [f"FLARE22_Tr_{i:04d}" for i in range(1, 7)]
 BAD = CASES[2]  # the case each data fault damages
 
 
