@@ -65,6 +65,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", type=Path, default=Path("runs/ablation_diffusion"))
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument(
+        "--summarize", action="store_true", help="only rewrite ABLATION.md from the CSV"
+    )
     args = ap.parse_args(argv)
     args.budgets = args.budgets.split(",")
     args.seeds = [int(s) for s in args.seeds.split(",")]
@@ -72,7 +75,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.heads = args.heads.split(",")
     args.tap_sets = [_ints(t) for t in args.tap_sets.split("/")]
     args.timesteps = [_ints(t) for t in args.timesteps.split("/")]
-    args.command = shlex.join(["python", "perf/ablation_diffusion.py", *(argv or [])])
+    given = sys.argv[1:] if argv is None else argv
+    args.command = shlex.join(["python", "perf/ablation_diffusion.py", *given])
     return args
 
 
@@ -106,10 +110,30 @@ class Results:
         self.done.add(tuple(str(row[k]) for k in KEY))
 
 
+def paired(t: pd.DataFrame) -> list[dict]:
+    """Per factor, each pair of its levels and budget: the variants equal in everything else."""
+    out = []
+    for factor in FACTORS:
+        levels = sorted(t[factor].unique(), key=str)
+        rest = [k for k in KEY if k != factor]
+        for i, a in enumerate(levels):
+            for b in levels[i + 1 :]:
+                both = t[t[factor] == a].merge(t[t[factor] == b], on=rest, suffixes=("_a", "_b"))
+                for budget, g in both.groupby("budget", sort=False):
+                    out.append({
+                        "factor": factor, "a_level": a, "b_level": b, "budget": budget,
+                        "n": len(g), "a": g["val_dsc_a"].mean(), "b": g["val_dsc_b"].mean(),
+                        "wins": int((g["val_dsc_b"] > g["val_dsc_a"]).sum()),
+                    })  # fmt: skip
+    return out
+
+
 def markdown(table: pd.DataFrame, args: argparse.Namespace, device: str) -> str:
     """The ablation table: mean validation DSC per variant and budget, and per factor level."""
     t = table.copy()
     t["taps"], t["timesteps"] = t["taps"].astype(str), t["timesteps"].astype(str)
+    if "device" in t and t["device"].notna().any():  # the devices that measured the rows
+        device = " and ".join(sorted(set(t["device"].dropna())))
     budgets = [b for b in args.budgets if b in set(t["budget"])]
     agg = t.groupby([*FACTORS, "budget"])["val_dsc"].agg(["mean", "std", "count"])
     wide = agg["mean"].unstack("budget").reindex(columns=budgets)
@@ -141,15 +165,20 @@ def markdown(table: pd.DataFrame, args: argparse.Namespace, device: str) -> str:
         if row["mean"] == best:
             mean = f"**{mean}**"
         lines.append("| " + " | ".join(map(str, key)) + " | " + " | ".join(cells) + f" | {mean} |")
-    lines += ["", "Each factor's levels, averaged over every other factor and seed:", ""]
-    lines += ["| factor | level | " + " | ".join(budgets) + " |",
-              "|---|---|" + "---:|" * len(budgets)]  # fmt: skip
-    for factor in FACTORS:
-        levels = t.pivot_table(index=factor, columns="budget", values="val_dsc", aggfunc="mean")
-        if len(levels) < 2:
-            continue
-        for level, row in levels[budgets].iterrows():
-            lines.append(f"| {factor} | {level} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+    lines += [
+        "",
+        "Each factor, paired: two levels compared only on variants that are equal in every "
+        "other factor, budget and seed (so an unbalanced grid does not mix in other factors). "
+        "n = pairs; wins = pairs where the second level is higher.",
+        "",
+        "| factor | levels (a → b) | budget | n | a | b | b − a | wins |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for p in paired(t):
+        lines.append(
+            f"| {p['factor']} | {p['a_level']} → {p['b_level']} | {p['budget']} | {p['n']} | "
+            f"{p['a']:.3f} | {p['b']:.3f} | {p['b'] - p['a']:+.3f} | {p['wins']}/{p['n']} |"
+        )
     seconds = t.groupby("head")["fit_s"].mean()
     lines += ["", "Mean seconds per head fit (features cached): "
               + ", ".join(f"{h} {s:.0f} s" for h, s in seconds.items()) + "."]  # fmt: skip
@@ -158,6 +187,15 @@ def markdown(table: pd.DataFrame, args: argparse.Namespace, device: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.summarize:
+        if not (args.out / "ablation.csv").is_file():
+            print(f"error: {args.out / 'ablation.csv'} does not exist", file=sys.stderr)
+            return 2
+        results = Results(args.out)
+        assert results.table is not None
+        results.md.write_text(markdown(results.table, args, "the devices listed"))
+        print(f"wrote {results.md}")
+        return 0
     progress = Progress(quiet=args.quiet)
     try:
         protocol = load_protocol(args.protocol)
@@ -254,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
                             "kept_samples": sel["kept_samples"],
                             "n_labeled": len(labeled), "channels": sum(taps.channels),
                             "features_s": round(feat_s, 1), "fit_s": round(fit_s, 1),
+                            "device": describe_device(device),
                         })  # fmt: skip
                         fits_done, fit_time = fits_done + 1, fit_time + fit_s
                         remaining -= 1

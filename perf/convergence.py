@@ -4,7 +4,10 @@ Trains `unet-scratch` at the given label budgets with fine-tuning budgets of B, 
 samples (each a full run with its own cosine schedule, validated every `validate_every`
 samples, the best validated weights kept) and prints the validation DSC of each. The chosen
 budget is the smallest B at which every label budget's validation DSC is within `--tol` of
-its score at 2B: more training would not change the result. Only validation cases are
+its score at 2B: more training would not change the result. It also prints each run's plateau
+(mean validation DSC over its last quarter) and where its kept model was validated, and the
+same rule on the plateau: the kept score is a maximum over validations, which favours longer
+runs (more validations) even where they learn nothing more. Only validation cases are
 scored for the choice (test scores are recorded by the runs but not used here).
 
 Runs go to their own results store (every budget but the protocol's own is off-protocol),
@@ -54,6 +57,20 @@ def collect(args: argparse.Namespace) -> pd.DataFrame:
     runs = runs[runs.protocol == load_protocol(args.protocol).name]
     runs["samples"] = runs["finetune_samples"]
     return runs[runs.budget.isin(args.budgets) & runs.samples.isin(args.samples)]
+
+
+def late_scores(runs: pd.DataFrame, curves: pd.DataFrame, frac: float = 0.25) -> pd.DataFrame:
+    """Per run: the mean validation DSC over the last `frac` of its training (its plateau) and
+    the samples seen when its kept model was validated. The kept score is the best of every
+    validation, so a longer run (more validations) has more chances of a lucky point; the
+    plateau has no such bias."""
+    rows = []
+    for r in runs.itertuples():
+        c = curves[curves.run_id == r.run_id].sort_values("samples")
+        late = c[c["samples"] > (1 - frac) * r.samples]
+        rows.append({"run_id": r.run_id, "plateau": late["val_dsc"].mean(),
+                     "kept_at": int(c.loc[c["val_dsc"].idxmax(), "samples"])})  # fmt: skip
+    return runs.merge(pd.DataFrame(rows), on="run_id")
 
 
 def choose(table: pd.DataFrame, samples: list[int], tol: float) -> int | None:
@@ -109,19 +126,32 @@ def main() -> None:
         ap.error(f"every --samples value must be a multiple of --batch {args.batch}")
 
     runs = collect(args) if args.summarize else run_grid(args, Progress(quiet=True))
+    curves = ResultsStore(args.results).curves(runs.run_id)
+    runs = late_scores(runs, curves)
     table = runs.pivot_table(index="budget", columns="samples", values="val_dsc")
-    test = runs.pivot_table(index="budget", columns="samples", values="wall_s")
-    print("\nvalidation DSC of the kept model (rows: label budget, columns: samples seen)")
-    print(table.round(4).to_string())
-    print("\nwall time per run (s)")
-    print(test.round(0).to_string())
-    chosen = choose(table, args.samples, args.tol)
-    print(
-        f"\nsmallest fine-tuning budget within {args.tol} of twice its length: "
-        + (f"{chosen:,} samples" if chosen else "none of these (train longer)")
-    )
+    tables = {
+        "validation DSC of the kept model (rows: label budget, columns: samples seen)": table,
+        "samples seen when the kept model was validated": runs.pivot_table(
+            index="budget", columns="samples", values="kept_at"
+        ),
+        "mean validation DSC over the last quarter of training (the plateau)": (
+            plateau := runs.pivot_table(index="budget", columns="samples", values="plateau")
+        ),
+        "wall time per run (s)": runs.pivot_table(
+            index="budget", columns="samples", values="wall_s"
+        ),
+    }
+    for title, t in tables.items():
+        print(f"\n{title}")
+        print(t.round(4).to_string())
+    for name, t in (("kept", table), ("plateau", plateau)):
+        chosen = choose(t, args.samples, args.tol)
+        print(
+            f"\nsmallest fine-tuning budget whose {name} score is within {args.tol} of twice its "
+            "length: " + (f"{chosen:,} samples" if chosen else "none of these (train longer)")
+        )
     if args.plot:
-        plot(runs, ResultsStore(args.results).curves(runs.run_id), args.plot)
+        plot(runs, curves, args.plot)
         print(f"wrote {args.plot}")
 
 

@@ -280,20 +280,21 @@ def test_both_methods_run_share_one_pretraining_and_sample(tmp_path):
     assert (out / "samples_grid.png").stat().st_size > 100
 
 
-def test_mlp_ensemble_head_predicts_slice_shape_and_label_range(unlabeled, tmp_path):
-    """The non-default head; the default heads are covered by tests/test_contract.py."""
+def test_both_heads_predict_slice_shape_and_label_range(unlabeled, tmp_path):
+    """Each head at a tiny size (the default configs are also covered by tests/test_contract.py)."""
     from benchmark.config import apply_overrides
     from benchmark.method import RunContext
     from methods.diffusion.linear import DiffusionLinear, DiffusionLinearConfig
 
     mlp = ["head=mlp-ensemble", "members=2", "hidden=8,4", "pixels=16"]
-    method = DiffusionLinear(apply_overrides(DiffusionLinearConfig, TINY_SET + mlp))
-    ctx = RunContext(torch.device("cpu"), 0, 14, Path(tmp_path), QUIET)
-    method.pretrain(SliceSet(unlabeled.store, unlabeled.rows, labeled=False), ctx)
-    method.fit(SliceSet(unlabeled.store, unlabeled.rows[:4], labeled=True), ctx)
-    pred = method.predict(unlabeled.images(np.arange(5)))
-    assert pred.shape == (5, 32, 32) and pred.dtype == torch.int64
-    assert int(pred.min()) >= 0 and int(pred.max()) < 14
+    for head in (mlp, ["head=linear"]):
+        method = DiffusionLinear(apply_overrides(DiffusionLinearConfig, TINY_SET + head))
+        ctx = RunContext(torch.device("cpu"), 0, 14, Path(tmp_path), QUIET)
+        method.pretrain(SliceSet(unlabeled.store, unlabeled.rows, labeled=False), ctx)
+        method.fit(SliceSet(unlabeled.store, unlabeled.rows[:4], labeled=True), ctx)
+        pred = method.predict(unlabeled.images(np.arange(5)))
+        assert pred.shape == (5, 32, 32) and pred.dtype == torch.int64, head
+        assert int(pred.min()) >= 0 and int(pred.max()) < 14, head
 
 
 @pytest.mark.slow
@@ -345,8 +346,17 @@ def test_ablation_runs_tiny_resumes_and_refuses_bad_grids(tmp_path, capsys):
     assert set(table["head"]) == {"linear", "mlp-ensemble"}
     md = (out / "ABLATION.md").read_text()
     assert "python perf/ablation_diffusion.py --protocol tiny" in md
-    assert "| resolution | 16 |" in md and "| head | mlp-ensemble |" in md
+    # paired factors: each pair differs in that factor only (2 heads × 2 tap sets = 4 pairs)
+    assert "| resolution | 16 → 32 | 4slices | 4 |" in md
+    assert "| head | linear → mlp-ensemble | 4slices | 4 |" in md
+    assert "| taps | 0,1 → 1 | 4slices | 4 |" in md and "cpu" in md
     assert "2 pretrainings × 4 head fits" in capsys.readouterr().out
+    (out / "ABLATION.md").unlink()  # --summarize rewrites the table from the CSV alone
+    assert ablation.main(["--budgets", "4slices", "--summarize", "--out", str(out)]) == 0
+    assert "| head | linear → mlp-ensemble | 4slices | 4 |" in (out / "ABLATION.md").read_text()
+    assert ablation.main(["--summarize", "--out", str(tmp_path / "none")]) == 2
+    assert "ablation.csv does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
     assert ablation.main(args) == 0  # everything done: nothing recomputed
     assert len(pd.read_csv(out / "ablation.csv")) == 8
     assert "pretraining:" not in capsys.readouterr().out
