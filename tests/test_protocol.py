@@ -97,8 +97,8 @@ PHANTOM = (PROTOCOLS_DIR / "phantom.toml").read_text()
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (("finetune_samples = 19200", ""), "training.finetune_samples is missing"),
-        (("finetune_samples = 19200", "finetune_samples = 0"), "must be a positive integer"),
+        (("finetune_samples = 38400", ""), "training.finetune_samples is missing"),
+        (("finetune_samples = 38400", "finetune_samples = 0"), "must be a positive integer"),
         (("pretrain_samples = 12800", "pretrain_samples = -5"), "must be a positive integer"),
         (("validate_every = 1920", "validate_every = 1.5"), "must be a positive integer"),
         (("val_cases = 5", "val_cases = 0"), "needs validation cases"),
@@ -122,7 +122,7 @@ def test_selection_off_allows_no_validation_cases(tmp_path):
     )
     training = load_protocol(str(path)).training
     assert not training.select
-    assert (training.finetune_samples, training.sanity_min_dsc) == (19200, 0.5)
+    assert (training.finetune_samples, training.sanity_min_dsc) == (38400, 0.5)
 
 
 def test_a_missing_protocol_file_says_so(tmp_path):

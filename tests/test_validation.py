@@ -36,8 +36,8 @@ def bench(*args: str):
 def test_steps_come_from_the_protocols_samples_budget():
     training = load_protocol("phantom").training
     config, compute = configure(UNetScratch, ["batch_size=6"], training)
-    assert config.iterations == steps_for(19200, 6) == 3200
-    assert (compute.finetune_samples, compute.pretrain_samples) == (19200, 0)
+    assert config.iterations == steps_for(38400, 6) == 6400
+    assert (compute.finetune_samples, compute.pretrain_samples) == (38400, 0)
     assert compute.off_protocol is None
 
 
@@ -59,7 +59,7 @@ def test_a_set_that_changes_compute_is_off_protocol():
     _, compute = configure(UNetScratch, ["iterations=300"], training)
     assert "iterations=300 × batch_size=8 is 2400 finetune samples" in compute.off_protocol
     # Steps that match the budget stay on-protocol
-    _, same = configure(UNetScratch, ["iterations=2400"], training)
+    _, same = configure(UNetScratch, ["iterations=4800"], training)
     assert same.off_protocol is None
     # Presets set the model and batch, the protocol the length: the paper preset stays on it
     paper, on = configure(DiffusionLinear, ["preset=paper"], training)
@@ -85,13 +85,13 @@ def test_a_batch_chosen_in_fit_is_settled_from_the_steps_it_reports():
     _, compute = configure(NNUNet, [], training)
     assert compute.finetune_in_fit and compute.finetune_samples is None
     assert compute.off_protocol is None and compute.pretrain_samples == 0
-    on = settle(compute, (9600, 2), training)
-    assert (on.finetune_samples, on.off_protocol) == (19200, None)
-    assert settle(compute, (6400, 3), training).off_protocol is None  # 19200 ÷ 3
-    assert settle(compute, (2743, 7), training).off_protocol is None  # rounded up: 19201
-    longer = settle(compute, (10000, 2), training)
-    assert longer.finetune_samples == 20000
-    assert "10000 steps × batch 2 is 20000 finetune samples" in longer.off_protocol
+    on = settle(compute, (19200, 2), training)
+    assert (on.finetune_samples, on.off_protocol) == (38400, None)
+    assert settle(compute, (12800, 3), training).off_protocol is None  # 38400 ÷ 3
+    assert settle(compute, (5486, 7), training).off_protocol is None  # rounded up: 38402
+    longer = settle(compute, (20000, 2), training)
+    assert longer.finetune_samples == 40000
+    assert "20000 steps × batch 2 is 40000 finetune samples" in longer.off_protocol
     assert "did not report" in settle(compute, None, training).off_protocol
     unet = configure(UNetScratch, [], training)[1]
     assert settle(unet, (1, 1), training) is unet  # a declared batch is settled in prepare
