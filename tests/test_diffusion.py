@@ -144,6 +144,23 @@ def test_features_have_documented_shape_and_are_deterministic(unlabeled):
     assert not torch.equal(a[0], a[2])  # different timesteps differ
 
 
+def test_feature_bank_returns_the_taps_features_channels_last_in_ram_and_on_disk(unlabeled):
+    from methods.diffusion.features import FeatureBank
+    from methods.diffusion.model import build_unet
+
+    torch.manual_seed(0)
+    taps = DecoderTaps(build_unet(TINY), build_scheduler(TINY), 16, (0, 1), (50, 150))
+    idx = np.array([4, 1, 2])
+    expected = by_resolution(taps(unlabeled.images(np.sort(idx))))
+    for memory_mb, tol in ((2048, 0.0), (0, 2e-3)):  # float32 in RAM; float16 memory map
+        bank = FeatureBank(taps, unlabeled, 3, memory_mb, torch.device("cpu"))
+        assert bank.on_disk == (memory_mb == 0)
+        got = bank.get(idx, torch.device("cpu"))
+        for g, e in zip(got, expected, strict=True):
+            assert g.shape == e.shape and g.is_contiguous(memory_format=torch.channels_last)
+            torch.testing.assert_close(g, e, rtol=tol, atol=tol * max(1.0, float(e.abs().max())))
+
+
 def test_linear_head_equals_conv_of_concatenated_upsampled_features():
     torch.manual_seed(0)
     feats = [torch.randn(2, 4, 8, 8), torch.randn(2, 3, 16, 16)]
@@ -161,6 +178,8 @@ def test_linear_head_equals_conv_of_concatenated_upsampled_features():
     weight = torch.cat([c.weight for c in head.convs], 1)
     expected = torch.nn.functional.conv2d(torch.cat(up, 1), weight, head.bias)
     torch.testing.assert_close(head(feats), expected, rtol=1e-5, atol=1e-5)
+    last = [f.to(memory_format=torch.channels_last) for f in feats]  # FeatureBank's layout
+    torch.testing.assert_close(head(last), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_mlp_ensemble_on_sampled_pixels_equals_it_on_upsampled_slices():
@@ -201,6 +220,9 @@ def test_mlp_ensemble_on_sampled_pixels_equals_it_on_upsampled_slices():
     points = torch.arange(256).expand(2, -1)
     sampled = head.pixel_logits(feats, points)  # (M, N·256, K)
     torch.testing.assert_close(sampled, full.permute(0, 1, 3, 4, 2).reshape(3, -1, 4))
+    last = [f.to(memory_format=torch.channels_last) for f in feats]  # FeatureBank's layout
+    torch.testing.assert_close(head.pixel_logits(last, points), sampled)
+    torch.testing.assert_close(head.member_logits(last), full)
     head.train()
     labels = torch.randint(0, 4, (2, 16, 16))
     loss = head.loss(feats, labels, torch.Generator().manual_seed(0))

@@ -128,8 +128,11 @@ class FeatureBank:
     float16 memory map on disk.
 
     Features stay at each block's own resolution, grouped by resolution (`by_resolution`);
-    heads upsample per batch. Training a head on the bank instead of recomputing the UNet
-    every step is what makes head training cheap (`perf/bench_diffusion.py`).
+    heads upsample per batch. They are stored channels-last (N, h, w, C) and handed out as
+    (N, C, h, w) views in that memory format, so a head that samples pixels reads each
+    pixel's channels as one contiguous row. Training a head on the bank instead of
+    recomputing the UNet every step is what makes head training cheap
+    (`perf/bench_diffusion.py`).
     """
 
     def __init__(
@@ -142,7 +145,7 @@ class FeatureBank:
         progress=None,
     ):
         probe = by_resolution(taps(slices.images(np.arange(1)).to(device)))
-        shapes = [tuple(f.shape[1:]) for f in probe]
+        shapes = [(*f.shape[2:], f.shape[1]) for f in probe]  # (h, w, C): channels-last
         total_mb = len(slices) * sum(int(np.prod(s)) for s in shapes) * 4 / 2**20
         self._tmp = None
         if total_mb > memory_mb:  # float16 on disk: half the bytes, converted per batch
@@ -163,13 +166,15 @@ class FeatureBank:
             idx = np.arange(start, min(start + batch_size, len(slices)))
             feats = by_resolution(taps(slices.images(idx).to(device)))
             for arr, f in zip(self.arrays, feats, strict=True):
-                arr[idx] = f.cpu().numpy().astype(arr.dtype)
+                arr[idx] = f.permute(0, 2, 3, 1).cpu().numpy().astype(arr.dtype)
 
     def __len__(self) -> int:
         return len(self.arrays[0])
 
     def get(self, idx: np.ndarray, device: torch.device) -> list[torch.Tensor]:
-        """Features of slices `idx` (sorted), one float32 tensor per resolution group."""
+        """Features of slices `idx` (sorted), one float32 tensor (N, C, h, w) per resolution
+        group, in channels-last memory."""
         return [
-            torch.from_numpy(np.asarray(a[np.sort(idx)])).to(device).float() for a in self.arrays
+            torch.from_numpy(np.asarray(a[np.sort(idx)])).to(device).float().permute(0, 3, 1, 2)
+            for a in self.arrays
         ]

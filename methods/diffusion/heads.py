@@ -73,10 +73,12 @@ class LinearHead(nn.Module):
             mean, std = self.norm.stats(i)
             w = conv.weight.flatten(1) / std.flatten()
             b = -(w @ mean.flatten())
-            # A 1×1 convolution as one matrix product (N, K, C) @ (N, C, HW): faster than
-            # the CPU convolution kernels, forward and backward.
-            z = torch.bmm(w.expand(len(f), -1, -1), f.flatten(2)) + b.view(1, -1, 1)
-            z = z.view(f.shape[0], -1, *f.shape[2:])
+            # A 1×1 convolution as one matrix product (N, HW, C) @ (C, K): faster than the
+            # CPU convolution kernels, forward and backward; the rows are a view of a
+            # channels-last map (`FeatureBank`'s), a copy otherwise.
+            n, c, h, wd = f.shape
+            z = torch.addmm(b, f.permute(0, 2, 3, 1).reshape(-1, c), w.t())  # (N·HW, K)
+            z = z.view(n, h, wd, -1).permute(0, 3, 1, 2)  # (N, K, h, w), channels-last
             out = out + _upsample(z, self.size)
         return out
 
@@ -143,9 +145,10 @@ class MLPEnsemble(nn.Module):
         self.norm.set_stats(feats)
 
     def _tail(self, z: torch.Tensor) -> torch.Tensor:
-        """First-layer pre-activations (P, M·h0) → logits (M, P, K)."""
+        """First-layer pre-activations, bias included, (P, M·h0) → logits (M, P, K). `z` is
+        a fresh tensor of the caller's, so its ReLU is taken in place."""
         p, m = len(z), self.members
-        z = self.bn[0](F.relu(z + self.b_in))
+        z = self.bn[0](torch.relu_(z))
         x = z.view(p, m, -1).transpose(0, 1)  # (M, P, h0)
         for i, (w, b) in enumerate(zip(self.w, self.b, strict=True)):
             x = torch.baddbmm(b, x, w)
@@ -156,19 +159,16 @@ class MLPEnsemble(nn.Module):
 
     def pixel_logits(self, feats: list[torch.Tensor], points: torch.Tensor) -> torch.Tensor:
         """Logits (M, N·p, K) at `points` (N, p) flat pixel indices into the S × S slice."""
-        s = self.size
-        # Pixel centres in grid_sample's [-1, 1] frame (align_corners=False): the points
-        # F.interpolate(..., size=(S, S), mode="bilinear", align_corners=False) samples.
-        row, col = points // s, points % s
-        grid = torch.stack([(2 * col + 1) / s - 1, (2 * row + 1) / s - 1], -1)[:, None].float()
-        z = self.b_in.new_zeros(points.numel(), self.w_in[0].shape[1])
+        row, col = points // self.size, points % self.size
+        z = None
         for i, (w, f) in enumerate(zip(self.w_in, feats, strict=True)):
-            x = F.grid_sample(f, grid, mode="bilinear", padding_mode="border", align_corners=False)
-            x = x.squeeze(2).transpose(1, 2).reshape(-1, x.shape[1])  # (N·p, C)
+            x = _bilinear_at(f, row, col, self.size)  # (N·p, C)
             # Standardised after sampling, not before: interpolation weights sum to one, so
             # this is the same and touches p pixels instead of whole maps.
             mean, std = self.norm.stats(i)
-            z = z + ((x - mean.flatten()) / std.flatten()) @ w
+            x = (x - mean.flatten()) / std.flatten()
+            z = torch.addmm(self.b_in, x, w) if z is None else z.addmm_(x, w)
+        assert z is not None
         return self._tail(z)
 
     def loss(
@@ -192,7 +192,7 @@ class MLPEnsemble(nn.Module):
                 x = torch.einsum("nchw,co->nohw", (f - mean) / std, w)
                 z = z + _upsample(x, self.size)  # the first layer commutes with upsampling
             n = len(part[0])
-            z = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])  # (n·S·S, M·h0)
+            z = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]) + self.b_in  # (n·S·S, M·h0)
             logits = self._tail(z).view(self.members, n, self.size, self.size, -1)
             out.append(logits.permute(0, 1, 4, 2, 3))
         return torch.cat(out, 1)
@@ -202,6 +202,33 @@ class MLPEnsemble(nn.Module):
         if self.vote == "mean-prob":
             return logits.softmax(2).mean(0).argmax(1)
         return logits.argmax(2).mode(0).values
+
+
+def _bilinear_at(f: torch.Tensor, row: torch.Tensor, col: torch.Tensor, size: int) -> torch.Tensor:
+    """Features (N, C, h, w) at pixels (`row`, `col`), each (N, p), of the map upsampled to
+    size × size: exactly what `F.interpolate(f, (size, size), mode="bilinear",
+    align_corners=False)` holds there, as (N·p, C), without upsampling the whole map: four
+    row gathers of the neighbours from the channels-last map (free when `f` is stored
+    channels-last, as `FeatureBank` keeps it)."""
+    n, c, h, w = f.shape
+
+    def axis(i: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # PyTorch's source index for align_corners=False, clamped at 0 like interpolate
+        src = ((i.flatten().to(f.dtype) + 0.5) * (length / size) - 0.5).clamp_min(0)
+        lo = src.floor().long().clamp_max(length - 1)
+        return lo, (lo + 1).clamp_max(length - 1), (src - lo).unsqueeze(1)
+
+    y0, y1, wy = axis(row, h)
+    x0, x1, wx = axis(col, w)
+    rows = f.permute(0, 2, 3, 1).reshape(-1, c)  # (N·h·w, C)
+    base = torch.arange(n, device=f.device).repeat_interleave(row.shape[1]) * (h * w)
+
+    def at(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return rows.index_select(0, base + y * w + x)  # (N·p, C)
+
+    top = at(y0, x0) * (1 - wx) + at(y0, x1) * wx
+    bottom = at(y1, x0) * (1 - wx) + at(y1, x1) * wx
+    return top * (1 - wy) + bottom * wy
 
 
 def _upsample(z: torch.Tensor, size: int) -> torch.Tensor:
