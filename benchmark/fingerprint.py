@@ -56,7 +56,6 @@ NOT_CORE = (
     "benchmark.fidelity",
     "benchmark.fingerprint",
     "benchmark.progress",
-    "benchmark.protocols",
     "benchmark.provenance",
     "benchmark.registry",
     "benchmark.report",

@@ -24,7 +24,7 @@ from benchmark.errors import BudgetError, ProtocolError, did_you_mean
 from benchmark.metrics.registry import Scoring
 
 PROTOCOLS_DIR = Path(str(resources.files("benchmark.protocols")))
-"""Built-in protocol files: `benchmark/protocols/*.toml`, package data found through
+"""Built-in protocol files: `protocols/*.toml`, package data found through
 `importlib.resources`, so an installed package (editable or not) finds them."""
 
 

@@ -1,4 +1,5 @@
-"""The built-in protocols ship inside the package, so a plain `pip install .` finds them."""
+"""The built-in protocols (top-level `protocols/`) ship as the package `benchmark.protocols`,
+so a plain `pip install .` finds them; pyproject's package list names every package."""
 
 from __future__ import annotations
 
@@ -28,6 +29,20 @@ def test_builtin_protocols_are_declared_package_data() -> None:
     assert all(any(fnmatch(p.name, pat) for pat in patterns) for p in files)
 
 
+def test_the_package_list_names_every_package_in_the_tree() -> None:
+    """`[tool.setuptools] packages` is written out (for the protocols' package-dir): a new
+    subpackage that is not added there would be missing from an installed labelbench."""
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    mapped = {d: name for name, d in setuptools["package-dir"].items()}
+    found = {"benchmark"}  # a namespace package: no __init__.py of its own
+    for init in REPO.glob("*/**/__init__.py"):
+        rel = init.parent.relative_to(REPO).as_posix()
+        if rel.split("/")[0] in ("benchmark", "methods", "baselines") or rel in mapped:
+            found.add(mapped.get(rel, rel.replace("/", ".")))
+    assert set(setuptools["packages"]) == found
+    assert PROTOCOLS_DIR == REPO / "protocols"
+
+
 @pytest.mark.slow
 def test_wheel_holds_the_builtin_protocols(tmp_path: Path) -> None:
     """Build the wheel from a copy of the sources (the checkout stays clean) and list it."""
@@ -36,7 +51,7 @@ def test_wheel_holds_the_builtin_protocols(tmp_path: Path) -> None:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
     skip = shutil.ignore_patterns("__pycache__", "*.egg-info")
-    for package in ("benchmark", "methods", "baselines"):
+    for package in ("benchmark", "methods", "baselines", "protocols"):
         shutil.copytree(REPO / package, src / package, ignore=skip)
     pip = [sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation"]
     subprocess.run(
