@@ -47,8 +47,10 @@ from benchmark.validation import Validator
 from methods.diffusion.features import FeatureBank
 from methods.diffusion.linear import DiffusionLinear, make_taps, train_head
 
-KEY = ["pretrain_samples", "resolution", "head", "taps", "timesteps", "budget", "seed"]
-FACTORS = ["pretrain_samples", "resolution", "head", "taps", "timesteps"]
+FACTORS = ["pretrain_samples", "finetune_samples", "resolution", "head", "taps", "timesteps"]
+KEY = [*FACTORS, "budget", "seed"]
+"""A row's identity: a CSV row is reused only for this exact variant, fine-tuning length
+included (a protocol whose length changed recomputes its rows instead of reusing them)."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -98,6 +100,8 @@ class Results:
         self.done: set[tuple[str, ...]] = set()
         if self.csv.exists():
             self.table = pd.read_csv(self.csv, dtype={"taps": str, "timesteps": str})
+            if "finetune_samples" not in self.table:  # rows of unknown length: never reused
+                self.table.insert(1, "finetune_samples", pd.NA)
             self.done = set(map(tuple, self.table[KEY].astype(str).values))
 
     def has(self, **key) -> bool:
@@ -110,11 +114,19 @@ class Results:
         self.done.add(tuple(str(row[k]) for k in KEY))
 
 
+def _level_order(value: object) -> tuple[int, float, str]:
+    """Numbers in numeric order (64 before 128), then the rest as text."""
+    try:
+        return (0, float(str(value)), "")
+    except ValueError:
+        return (1, 0.0, str(value))
+
+
 def paired(t: pd.DataFrame) -> list[dict]:
     """Per factor, each pair of its levels and budget: the variants equal in everything else."""
     out = []
     for factor in FACTORS:
-        levels = sorted(t[factor].unique(), key=str)
+        levels = sorted(t[factor].unique(), key=_level_order)
         rest = [k for k in KEY if k != factor]
         for i, a in enumerate(levels):
             for b in levels[i + 1 :]:
@@ -144,13 +156,14 @@ def markdown(table: pd.DataFrame, args: argparse.Namespace, device: str) -> str:
         "",
         f"Made by `{args.command}` on {device}, {datetime.now(UTC):%Y-%m-%d}. Protocol "
         f"`{args.protocol}`; mean DSC over the validation cases and organs of the head kept by "
-        "validation selection, averaged over seeds (± sd when more than one). Every variant "
-        "has the same fine-tuning and pretraining samples within a row's `pretrain_samples`.",
+        "validation selection, averaged over seeds (± sd when more than one). A row's "
+        "pretraining and fine-tuning samples are its own columns; compare rows only where "
+        "they agree (the paired table below does).",
         "",
-        "| pretrain samples | input | head | taps | timesteps | "
+        "| pretrain samples | fine-tune samples | input | head | taps | timesteps | "
         + " | ".join(budgets)
         + " | mean |",
-        "|---:|---:|---|---|---|" + "---:|" * (len(budgets) + 1),
+        "|---:|---:|---:|---|---|---|" + "---:|" * (len(budgets) + 1),
     ]
     best = wide["mean"].max()
     for key, row in wide.iterrows():
@@ -205,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"protocol {args.protocol}: the ablation needs validation cases and select = true"
             )
         base, _ = configure(DiffusionLinear, args.overrides, protocol.training)
+        ft = base.iterations * base.batch_size  # labeled samples each head is trained on
         for b in args.budgets:
             protocol.budget(b)
         levels = len(base.channels)
@@ -230,8 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     t_start, fits_done, fit_time, pre_done, pre_time = time.perf_counter(), 0, 0.0, 0, 0.0
     remaining = sum(
-        not results.has(pretrain_samples=n, resolution=r, head=h, taps=_label(tp),
-                        timesteps=_label(ts), budget=b, seed=s)
+        not results.has(pretrain_samples=n, finetune_samples=ft, resolution=r, head=h,
+                        taps=_label(tp), timesteps=_label(ts), budget=b, seed=s)
         for n, r, s in groups for b in args.budgets for tp in args.tap_sets
         for ts in args.timesteps for h in args.heads
     )  # fmt: skip
@@ -240,8 +254,8 @@ def main(argv: list[str] | None = None) -> int:
             (b, tp, ts, h)
             for b in args.budgets for tp in args.tap_sets for ts in args.timesteps
             for h in args.heads
-            if not results.has(pretrain_samples=n, resolution=r, head=h, taps=_label(tp),
-                               timesteps=_label(ts), budget=b, seed=s)
+            if not results.has(pretrain_samples=n, finetune_samples=ft, resolution=r, head=h,
+                               taps=_label(tp), timesteps=_label(ts), budget=b, seed=s)
         ]  # fmt: skip
         if not todo:
             continue
@@ -286,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
                         fit_s = time.perf_counter() - t
                         sel = fctx.info["selection"]
                         results.add({
-                            "pretrain_samples": n, "resolution": r, "head": h,
+                            "pretrain_samples": n, "finetune_samples": ft,
+                            "resolution": r, "head": h,
                             "taps": _label(tp), "timesteps": _label(ts), "budget": b,
                             "seed": s, "val_dsc": round(sel["val_dsc"], 5),
                             "kept_samples": sel["kept_samples"],

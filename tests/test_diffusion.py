@@ -371,7 +371,7 @@ def test_ablation_runs_tiny_resumes_and_refuses_bad_grids(tmp_path, capsys):
     # paired factors: each pair differs in that factor only (2 heads × 2 tap sets = 4 pairs)
     assert "| resolution | 16 → 32 | 4slices | 4 |" in md
     assert "| head | linear → mlp-ensemble | 4slices | 4 |" in md
-    assert "| taps | 0,1 → 1 | 4slices | 4 |" in md and "cpu" in md
+    assert "| taps | 1 → 0,1 | 4slices | 4 |" in md and "cpu" in md
     assert "2 pretrainings × 4 head fits" in capsys.readouterr().out
     (out / "ABLATION.md").unlink()  # --summarize rewrites the table from the CSV alone
     assert ablation.main(["--budgets", "4slices", "--summarize", "--out", str(out)]) == 0
@@ -382,6 +382,16 @@ def test_ablation_runs_tiny_resumes_and_refuses_bad_grids(tmp_path, capsys):
     assert ablation.main(args) == 0  # everything done: nothing recomputed
     assert len(pd.read_csv(out / "ablation.csv")) == 8
     assert "pretraining:" not in capsys.readouterr().out
+    # a longer fine-tuning (as after a protocol change) is a new variant, never a reused row
+    one = [*common[:4], "--resolutions", "16", "--timesteps", "50", "--device", "cpu", "--quiet"]
+    longer = [a for s in [*TINY_SET, "iterations=4", "members=2", "hidden=8,4", "pixels=16"]
+              for a in ("--set", s)]  # fmt: skip
+    assert (
+        ablation.main([*one, *longer, "--heads", "linear", "--tap-sets", "1", "--out", str(out)])
+        == 0
+    )
+    table = pd.read_csv(out / "ablation.csv")
+    assert len(table) == 9 and sorted(set(table["finetune_samples"])) == [6, 8]
     bad = tmp_path / "bad"
     assert ablation.main([*common, "--tap-sets", "0,7", "--out", str(bad)]) == 2
     assert "--tap-sets" in capsys.readouterr().err and not bad.exists()

@@ -29,11 +29,13 @@ class DiffusionLinearConfig(DDPMConfig):
     Tuning, on the phantom's validation cases only (never test):
 
     - Architecture, by `perf/ablation_diffusion.py` (two seeds, the protocol's 12,800
-      pretraining samples for every variant; table in
+      pretraining samples for every variant, comparisons paired at equal fine-tuning
+      length; table in
       `reports/phantom/studies/ablation_diffusion/ABLATION.md`): the MLP ensemble beats the
       linear head in 8 of 8 paired comparisons (+0.053 mean validation DSC at `4slices`,
       +0.024 at `1pct`); three timesteps beat one 6 of 6 (+0.021); a 64 × 64 model input
-      beats 128 × 128 4 of 4 (+0.064 at `4slices`, +0.023 at `1pct`, with the MLP head);
+      beats 128 × 128 2 of 2 at `1pct` (+0.023, MLP head; at `4slices` the 128 rows had
+      twice the fine-tuning samples of the 64 rows and still scored 0.287 against 0.350);
       taps (0, 1, 2) against (0, 1) is +0.008 (5 of 6), within noise, so the cheaper (0, 1)
       stays. Defaults: `head=mlp-ensemble`, input 64, blocks (0, 1), timesteps 50, 150, 250.
     - Learning rate, by `perf/tune_lr.py`: the same three trials as every method (its default
