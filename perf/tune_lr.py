@@ -31,6 +31,7 @@ import pandas as pd
 from benchmark.compute import steps_for
 from benchmark.config import apply_overrides
 from benchmark.progress import Progress
+from benchmark.protocol import load_protocol
 from benchmark.registry import get_method
 from benchmark.store import FINISHED, ResultsStore
 from benchmark.sweep import SweepRequest, run_sweep
@@ -113,11 +114,13 @@ def length(method: str, samples: int | None) -> list[str]:
 
 
 def trial_runs(results: Path, methods: list[str], budgets: list[str], field: str, seed: int,
-               sets: dict[str, list[str]]) -> pd.DataFrame:  # fmt: skip
-    """The store's finished trials of `methods` whose config agrees with each method's `sets`
-    (so two studies of one method, e.g. per head, can share a store), with their `value`."""
+               sets: dict[str, list[str]], samples: int) -> pd.DataFrame:  # fmt: skip
+    """The store's finished trials of `methods` that fine-tuned for `samples` samples and whose
+    config agrees with each method's `sets` (so two studies of one method, e.g. per head or
+    per length, can share a store, never mixed in one table), with their `value`."""
     runs = ResultsStore(results).runs(status=FINISHED)
     runs = runs[runs.method.isin(methods) & runs.budget.isin(budgets) & (runs.seed == seed)]
+    runs = runs[runs.finetune_samples == samples]
     configs = [json.loads(c) for c in runs.config]
     keep = []
     for method, config in zip(runs.method, configs, strict=True):
@@ -185,7 +188,8 @@ def main() -> None:
                     help="a config override for every trial: key=value for every method, "
                     "method:key=value for one (e.g. diffusion-linear:head=linear)")  # fmt: skip
     ap.add_argument("--samples", type=int, default=None,
-                    help="fine-tuning samples per trial (default: the protocol's)")  # fmt: skip
+                    help="fine-tuning samples per trial (default: the protocol's); the table "
+                    "shows only trials of this length")  # fmt: skip
     ap.add_argument("--device", default="auto")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--results", type=Path, default=Path("runs/tuning"))
@@ -210,8 +214,14 @@ def main() -> None:
         result = run_sweep(request, Progress(quiet=True), lambda f: print(
             f"{f.method} {f.budget}: {f.status} {f.error or ''}", flush=True))  # fmt: skip
         print(f"{result.count('failed')} failed", flush=True)
-    runs = trial_runs(args.results, methods, budgets, args.field, args.seed, sets)
+    samples = args.samples or load_protocol(args.protocol).training.finetune_samples
+    runs = trial_runs(args.results, methods, budgets, args.field, args.seed, sets, samples)
     if args.summarize:  # the values actually run (a default may have changed since)
+        if runs.empty:
+            raise SystemExit(
+                f"no finished trials of {samples} fine-tuning samples in {args.results} "
+                "(--samples picks the length a study was run at)"
+            )
         values = stored_values(runs, methods)
     df = table(runs, methods, budgets, args.field, values, sets)
     text = markdown(df, budgets, args.field, "python perf/tune_lr.py " + " ".join(sys.argv[1:]))

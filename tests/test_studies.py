@@ -63,9 +63,10 @@ def test_the_committed_trials_are_told_apart_by_head(tmp_path):
     methods, budgets = ["diffusion-linear", "unet-scratch"], ["1pct", "10pct"]
     for head, n in (("linear", 6), ("mlp-ensemble", 0)):
         sets = tune.scoped([f"diffusion-linear:head={head}"], methods)
-        runs = tune.trial_runs(tmp_path, methods, budgets, "lr", 0, sets)
+        runs = tune.trial_runs(tmp_path, methods, budgets, "lr", 0, sets, 9600)
         assert (runs.method == "diffusion-linear").sum() == n, head
         assert (runs.method == "unet-scratch").sum() == 6
+        assert tune.trial_runs(tmp_path, methods, budgets, "lr", 0, sets, 38400).empty
     values = tune.stored_values(runs, methods)
     assert values["unet-scratch"] == [0.0003, 0.001, 0.003] and values["diffusion-linear"] == []
     df = tune.table(runs, ["unet-scratch"], budgets, "lr", values, sets)
