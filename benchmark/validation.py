@@ -3,7 +3,10 @@
 `Validator` scores a model on the protocol's validation cases exactly as the runner scores
 test cases (predicted slices stacked into the volume at its original size, the protocol's
 DSC rules, the z-range cut in the file's own slice order), DSC only, so selection is cheap
-enough to run many times during training.
+enough to run many times during training. It never builds the volume: the ground truth is
+grouped once into (predicted pixel, true label, voxel count) triples, since resizing label
+slices gives every voxel the label of one predicted pixel, and each validation is then one
+weighted count over those triples.
 `Selection` is what a training loop calls after each step: it validates every
 `validate_every` samples, records the curve and keeps the best weights. `sanity_dsc` is the
 gate after `fit`: a model must segment the slices it was trained on.
@@ -18,8 +21,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from benchmark.data.slicestore import SliceStore
-from benchmark.metrics.segmentation import dice_case
+from benchmark.data.slicestore import SliceStore, source_pixels
+from benchmark.metrics.segmentation import dice_case, dice_from_confusion
 
 if TYPE_CHECKING:
     from benchmark.method import RunContext, SliceSet
@@ -47,6 +50,20 @@ class CurvePoint:
     """Mean DSC over the validation cases and organs."""
 
 
+@dataclass(frozen=True)
+class _GroupedTruth:
+    """A validation case's ground truth as counts per (predicted pixel, true label): the
+    voxels of label `label[i]` that take their prediction from pixel `pixel[i]` of the case's
+    flattened (Z, S, S) slices number `count[i]`."""
+
+    pixel: np.ndarray
+    label: np.ndarray
+    count: np.ndarray
+    slice_of: np.ndarray
+    """The slice (index along the canonical z axis) of each pixel."""
+    slices: int
+
+
 class Validator:
     """Scores predictions of the protocol's validation cases (labeled, in the slice store).
 
@@ -61,16 +78,50 @@ class Validator:
         rows = [store.rows_of_case(c) for c in self.case_ids]
         self._bounds = np.cumsum([0, *(len(r) for r in rows)])
         self.slices = SliceSet(store, np.concatenate(rows), labeled=False)
-        self._truth: list[np.ndarray] | None = None
+        self._n_labels = max(protocol.labels, default=0) + 2  # the last bin: any other value
+        self._truth: list[_GroupedTruth | np.ndarray] | None = None
         self._images: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.case_ids)
 
-    def _ground_truth(self) -> list[np.ndarray]:
+    def _ground_truth(self) -> list[_GroupedTruth | np.ndarray]:
         if self._truth is None:
-            self._truth = [self.store.ground_truth(c)[0] for c in self.case_ids]
+            self._truth = [self._group(c) for c in self.case_ids]
         return self._truth
+
+    def _group(self, case: str) -> _GroupedTruth | np.ndarray:
+        """The case's truth grouped by predicted pixel, or the volume itself when its file's
+        slice axis is not the store's (the z-range cut then runs across slices)."""
+        truth = self.store.ground_truth(case)[0]
+        if self.store.slice_order(case).axis != 2:
+            return truth
+        nx, ny, nz = truth.shape
+        size = self.store.slice_size
+        pixels = size * size
+        source = source_pixels((size, size), (nx, ny)).reshape(-1) * self._n_labels
+        labels = np.clip(truth.reshape(nx * ny, nz), 0, self._n_labels - 1)
+        groups = []
+        for z in range(nz):  # slice by slice: a dense count over every slice at once is large
+            counts = np.bincount(source + labels[:, z], minlength=pixels * self._n_labels)
+            found = np.flatnonzero(counts)
+            groups.append((found + z * pixels * self._n_labels, counts[found]))
+        found = np.concatenate([g[0] for g in groups])
+        pixel, label = np.divmod(found, self._n_labels)
+        count = np.concatenate([g[1] for g in groups])
+        return _GroupedTruth(pixel, label, count, pixel // pixels, nz)
+
+    def _case_dice(self, case: str, truth: _GroupedTruth | np.ndarray, pred: np.ndarray) -> dict:
+        labels, zrange = self.protocol.labels, self.protocol.scoring.zrange_labels
+        order = self.store.slice_order(case)
+        if isinstance(truth, np.ndarray):
+            return dice_case(self.store.to_volume(case, pred), truth, labels, zrange, order)
+        n = self._n_labels
+        predicted = np.clip(pred.reshape(-1)[truth.pixel], 0, n - 1)
+        key = (truth.slice_of * n + predicted) * n + truth.label
+        counts = np.bincount(key, weights=truth.count, minlength=truth.slices * n * n)
+        confusion = counts.round().astype(np.int64).reshape(truth.slices, n, n)
+        return dice_from_confusion(confusion, labels, zrange, order)
 
     def score_slices(self, pred: torch.Tensor | np.ndarray) -> float:
         """Mean DSC over cases and organs of (N, S, S) predicted labels of `slices`."""
@@ -79,15 +130,8 @@ class Validator:
             raise ValueError(f"expected {len(self.slices)} predicted slices, got {len(pred)}")
         scores = []
         for i, (case, truth) in enumerate(zip(self.case_ids, self._ground_truth(), strict=True)):
-            volume = self.store.to_volume(case, pred[self._bounds[i] : self._bounds[i + 1]])
-            per_organ = dice_case(
-                volume,
-                truth,
-                self.protocol.labels,
-                self.protocol.scoring.zrange_labels,
-                self.store.slice_order(case),
-            )
-            scores.extend(per_organ.values())
+            part = pred[self._bounds[i] : self._bounds[i + 1]]
+            scores.extend(self._case_dice(case, truth, part).values())
         return float(np.mean(scores))
 
     def score(self, predict: Callable[[torch.Tensor], torch.Tensor], batch: int = 64) -> float:

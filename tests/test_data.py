@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 
 from benchmark.data.reader import check_pair, discover, read_header, read_label, read_volume
-from benchmark.data.slicestore import Preprocessing, build_slice_store, upsample_labels
+from benchmark.data.slicestore import (
+    Preprocessing,
+    build_slice_store,
+    source_pixels,
+    upsample_labels,
+)
 from benchmark.errors import DatasetError
 from tests.conftest import write_case
 
@@ -213,3 +218,14 @@ def test_a_flipped_bit_that_still_inflates_is_caught_by_the_gzip_checksum(tmp_pa
         with pytest.raises(DatasetError, match=r"img_0000\.nii\.gz: corrupt NIfTI data"):
             read_volume(path)
     assert silent > 0  # the case this check exists for does occur
+
+
+@pytest.mark.parametrize(
+    "size, shape", [((128, 128), (512, 512)), ((128, 128), (333, 401)), ((96, 96), (512, 498)),
+                    ((64, 64), (50, 70)), ((100, 100), (517, 389))],
+)  # fmt: skip
+def test_source_pixels_are_the_pixels_upsampling_copies(size, shape):
+    """Validation scores from the pixel each voxel copies: it must be upsampling's own."""
+    slices = np.random.default_rng(0).integers(0, 14, (3, *size))
+    copied = slices.reshape(3, -1)[:, source_pixels(size, shape)].transpose(1, 2, 0)
+    assert np.array_equal(copied, upsample_labels(slices, shape))

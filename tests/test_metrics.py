@@ -12,7 +12,7 @@ from scipy import ndimage
 from benchmark.metrics import segmentation
 from benchmark.metrics.nsd import NSDParams
 from benchmark.metrics.registry import Scoring
-from benchmark.metrics.segmentation import dice, score_case, surface_dice
+from benchmark.metrics.segmentation import SliceOrder, dice, dice_case, score_case, surface_dice
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 
@@ -187,6 +187,36 @@ def test_rejects_bad_input():
         Scoring.parse({"nsd_tolerance_mm": {1: 1}, "nsd_min_dcs": 0.2}, {1: "x"})
     with pytest.raises(ValueError, match="unknown metric 'hd96'.*hd95"):
         Scoring.parse({"names": ["dsc", "hd96"]}, {1: "x"})
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("order", [SliceOrder(a, r) for a in range(3) for r in (False, True)])
+def test_dice_case_is_score_cases_dsc(seed, order):
+    """Validation's counting DSC equals the scorer's per-organ masks under every rule: the
+    z-range cut along the file's slice axis in either direction, a ground truth on one
+    slice, organs absent from one or both volumes, values that are not organs."""
+    rng = np.random.default_rng(seed)
+    shape = (14, 12, 10)
+    organs = {1: "a", 2: "b", 5: "aorta", 6: "ivc", 9: "c"}
+    gt, pred = np.zeros(shape, np.uint8), np.zeros(shape, np.int64)
+    for label in (1, 2, 5, 6):
+        gt[blob(rng, shape)] = label
+        pred[blob(rng, shape)] = label
+    gt[gt == 6] = 0
+    ivc = [slice(2, 6)] * 3
+    ivc[order.axis] = slice(4, 5)
+    gt[tuple(ivc)] = 6  # IVC on one slice of the file's slice axis
+    pred[8:11, 8:11, 6:9] = 9  # predicted only
+    pred[0, 0, :3] = 11  # not an organ of the protocol
+    pred[1, 0, :3] = -1  # read as background
+    scoring = Scoring.of(["dsc"], zrange_labels=(5, 6, 10))
+    scored = score_case(pred, gt, (1, 1, 1), organs, scoring, order)
+    expected = {label: v["dsc"] for label, v in scored.items()}
+    got = dice_case(pred, gt, organs, (5, 6, 10), order)
+    assert got == pytest.approx(expected, abs=1e-12)
+    assert got[9] == 0.0 and got[2] not in (0.0, 1.0) and set(got) == set(organs)
+    with pytest.raises(TypeError):
+        dice_case(pred.astype(float), gt, organs)
 
 
 @pytest.mark.slow

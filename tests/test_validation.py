@@ -16,6 +16,8 @@ from benchmark.cli import app
 from benchmark.compute import configure, settle, steps_for
 from benchmark.data.context import load_data
 from benchmark.method import SliceSet
+from benchmark.metrics.registry import Scoring
+from benchmark.metrics.segmentation import SliceOrder, score_case
 from benchmark.progress import Progress
 from benchmark.protocol import load_protocol
 from benchmark.store import SCHEMA_VERSION, ResultsStore
@@ -176,6 +178,49 @@ def test_validator_scores_the_ground_truth_high_and_background_low(tiny_data):
     assert background < 0.5
     with pytest.raises(ValueError, match="expected"):
         val.score_slices(truth[:-1])
+
+
+@pytest.mark.parametrize("order", [SliceOrder(2, False), SliceOrder(2, True), SliceOrder(0, True)])
+def test_validator_scores_as_the_runners_scorer(tiny_data, order, monkeypatch):
+    """The grouped ground truth gives the DSC of the volume the runner would score, for a
+    file stored in either z direction, and for one whose slice axis is not the store's."""
+    store, protocol = tiny_data.store, tiny_data.protocol
+    monkeypatch.setattr(type(store), "slice_order", lambda self, case: order)
+    val = Validator(store, tiny_data.split.val, protocol)
+    rng = np.random.default_rng(0)
+    truth = np.asarray(store.labels[val.slices.rows], dtype=np.int64)
+    noisy = np.where(rng.random(truth.shape) < 0.05, rng.integers(0, 16, truth.shape), truth)
+    shifted = np.roll(truth, 2, axis=0)  # organs one slice off: the z-range cut counts
+    scoring = Scoring.of(["dsc"], zrange_labels=protocol.scoring.zrange_labels)
+    for pred in (truth, noisy, shifted):
+        expected = []
+        for i, case in enumerate(val.case_ids):
+            volume = store.to_volume(case, pred[val._bounds[i] : val._bounds[i + 1]])
+            gt, spacing = store.ground_truth(case)
+            per_organ = score_case(volume, gt, spacing, protocol.labels, scoring, order)
+            expected.extend(v["dsc"] for v in per_organ.values())
+        assert val.score_slices(pred) == pytest.approx(np.mean(expected), abs=1e-12)
+
+
+def test_validation_speed_script_runs_and_agrees(capsys, monkeypatch):
+    """`perf/bench_validation.py` on `tiny`: its three scoring paths give one mean DSC."""
+    import importlib.util
+    from pathlib import Path
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the script sets it; restored after the test
+    threads = torch.get_num_threads()
+    path = Path(__file__).parents[1] / "perf" / "bench_validation.py"
+    spec = importlib.util.spec_from_file_location("bench_validation", path)
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(script)
+        script.main(["--protocol", "tiny", "--repeats", "1", "--noise", "0.1"])
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "grouped:" in out and "speedup grouped vs masks" in out
+    assert out.strip().endswith("largest difference in mean DSC: 0.00e+00")
 
 
 def test_sanity_dsc_is_one_for_the_truth_and_zero_for_background(tiny_data):

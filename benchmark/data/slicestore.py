@@ -134,6 +134,18 @@ def upsample_labels(slices: np.ndarray, shape_xy: tuple[int, int]) -> np.ndarray
     return out.to(torch.uint8).numpy().transpose(1, 2, 0)
 
 
+def source_pixels(size_hw: tuple[int, int], shape_hw: tuple[int, int]) -> np.ndarray:
+    """(H', W') flat indices into an (H, W) = ``size_hw`` slice: the pixel each pixel of the
+    ``shape_hw`` slice takes its label from in `upsample_labels` (the same interpolation, in
+    float32 as there: exact for indices below 2**24)."""
+    n = size_hw[0] * size_hw[1]
+    if n > 2**24:
+        raise ValueError(f"slices of {size_hw} pixels are too large to index in float32")
+    index = torch.arange(n, dtype=torch.float32).reshape(1, 1, *size_hw)
+    out = F.interpolate(index, size=shape_hw, mode="nearest-exact")
+    return out[0, 0].numpy().astype(np.int64)
+
+
 def window(volume: np.ndarray, window_hu: tuple[float, float]) -> np.ndarray:
     """HU → [0, 1] inside the window, clipped outside."""
     lo, hi = window_hu

@@ -195,14 +195,19 @@ AS_CANONICAL = SliceOrder()
 """A file stored in canonical (RAS+) order: the slice axis is Z, in increasing order."""
 
 
-def _checked(pred: np.ndarray, gt: np.ndarray, organs: Mapping[int, str]) -> tuple[list, list]:
-    """Validate two label volumes; the bounding boxes of every organ label in each."""
+def _check_labels(pred: np.ndarray, gt: np.ndarray, organs: Mapping[int, str]) -> None:
+    """Two integer label volumes of one (X, Y, Z) shape, and positive organ labels."""
     _check_pair(pred, gt)
     for volume in (pred, gt):
         if not np.issubdtype(volume.dtype, np.integer):
             raise TypeError(f"label volumes must be integer, got {volume.dtype}")
     if any(label < 1 for label in organs):
         raise ValueError(f"organ labels must be positive, got {sorted(organs)}")
+
+
+def _checked(pred: np.ndarray, gt: np.ndarray, organs: Mapping[int, str]) -> tuple[list, list]:
+    """Validate two label volumes; the bounding boxes of every organ label in each."""
+    _check_labels(pred, gt, organs)
     # One pass per volume finds every label's bounding box, so later work is per-organ crops.
     top = max(organs, default=0)
     return ndimage.find_objects(pred, max_label=top), ndimage.find_objects(gt, max_label=top)
@@ -255,12 +260,56 @@ def dice_case(
 ) -> dict[int, float]:
     """DSC of every label in ``organs`` for one case under the rules of `score_case`.
 
-    The cheap part of `score_case`, for validation during training.
+    The cheap part of `score_case`, for validation during training: one pass counts, per
+    index along the file's slice axis, the voxels of every (predicted, true) label pair, and
+    every organ's DSC (the z-range cut included) is read off those counts. The same numbers
+    as `score_case`'s DSC, without a mask per organ.
     """
-    return {
-        label: 1.0 if masks is None else dice(*masks)
-        for label, masks in _organ_masks(pred, gt, organs, zrange_labels, order)
-    }
+    _check_labels(pred, gt, organs)
+    counts = confusion_along(pred, gt, max(organs, default=0) + 2, order.axis)
+    return dice_from_confusion(counts, organs, zrange_labels, order)
+
+
+def dice_from_confusion(
+    counts: np.ndarray,
+    organs: Mapping[int, str],
+    zrange_labels: Collection[int] = (),
+    order: SliceOrder = AS_CANONICAL,
+) -> dict[int, float]:
+    """`dice_case` from (n, L, L) voxel counts of (predicted, true) label pairs per index
+    along the file's slice axis (``order.axis``), with L above every organ label."""
+    inter = np.diagonal(counts, axis1=1, axis2=2)  # [slice, label]
+    in_pred, in_gt = counts.sum(2), counts.sum(1)
+    scores: dict[int, float] = {}
+    for label in organs:
+        p, g, both = in_pred[:, label], in_gt[:, label], inter[:, label]
+        lo, hi = 0, len(g)
+        present = np.flatnonzero(g)
+        if label in zrange_labels and len(present) and p.any():
+            first, last = int(present[0]), int(present[-1])
+            if last == first:  # one slice: scored on it (see `_organ_masks`)
+                lo, hi = first, first + 1
+            elif order.reversed:  # the file's last index is the canonical first
+                lo, hi = first + 1, last + 1
+            else:
+                lo, hi = first, last
+        total = int(p[lo:hi].sum() + g[lo:hi].sum())
+        scores[label] = 1.0 if total == 0 else float(2 * both[lo:hi].sum() / total)
+    return scores
+
+
+def confusion_along(pred: np.ndarray, gt: np.ndarray, n_labels: int, axis: int) -> np.ndarray:
+    """(n, L, L) voxel counts of (predicted, true) label pairs per index along ``axis``;
+    labels at or above ``n_labels - 1`` share the last bin, and values below 0 count as
+    background (as they do for the bounding boxes of `score_case`)."""
+    cap = n_labels - 1
+    pair = np.clip(pred, 0, cap).astype(np.int32) * n_labels
+    pair += np.clip(gt, 0, cap).astype(np.int32)
+    step = n_labels * n_labels
+    offset = np.arange(pred.shape[axis], dtype=np.int32) * step
+    pair += offset.reshape([-1 if a == axis else 1 for a in range(pred.ndim)])
+    counts = np.bincount(pair.ravel(), minlength=pred.shape[axis] * step)
+    return counts.reshape(pred.shape[axis], n_labels, n_labels)
 
 
 def score_case(
