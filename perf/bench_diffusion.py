@@ -1,9 +1,10 @@
 """Diffusion transfer speed on the phantom (CPU): what a 128 × 128 model input costs in
 pretraining against 64 × 64, and the speed-up of training each head (linear, MLP ensemble)
-on cached features against recomputing them every step.
+on cached features against recomputing them every step, and what one validation costs the
+MLP ensemble against DDPM-Seg's order of operations.
 
     python perf/bench_diffusion.py [--head-steps 10] [--pretrain-steps 6]
-        [--resolutions 64,128] [--end-to-end] [--device cpu]
+        [--resolutions 64,128] [--predict-slices 4] [--end-to-end] [--device cpu]
 
 Every figure is a ratio of two timings taken in this one run (the machine is shared and
 noisy; absolute times from different runs do not compare). Pretraining runs the project's
@@ -12,6 +13,11 @@ and the per-step time is the difference of a short and a longer run, so start-up
 count. The head steps use the phantom's `1pct` labeled slices and a randomly initialised
 DDPM of the `cpu` preset (speed does not depend on weights): "cached" reads the features
 from a `FeatureBank`, "recomputed" runs the UNet taps on the batch every step. With
+`--predict-slices N` times the default MLP ensemble's prediction (`labels`, eval mode) on N
+slices of random features of the taps' shapes two ways: the project's (the first layer at
+each group's resolution, then upsampled; standardisation and batch norms folded into the
+layers) and DDPM-Seg's (features standardised and upsampled to S × S, then every layer on
+every pixel), and scales both to the protocol's validation slices. With
 `--end-to-end` it also times `bench pretrain` and a cached `bench run` of diffusion-linear
 (uses `$LABELBENCH_CACHE`; a cached pretraining is reported as such).
 """
@@ -118,15 +124,65 @@ def head_step_s(
     return cached, recomputed, setup, sum(taps.channels)
 
 
+def head_predict_s(
+    resolution: int, slice_size: int, slices: int, num_classes: int, device: torch.device
+) -> tuple[float, float, float]:
+    """Seconds per slice of the default MLP ensemble's prediction, the project's way and
+    DDPM-Seg's way, and the largest difference in their logits."""
+    cfg = apply_overrides(DiffusionLinearConfig, [f"resolution={resolution}"])
+    torch.manual_seed(0)
+    taps = make_taps(build_unet(cfg).to(device), cfg, slice_size)
+    with torch.no_grad():
+        probe = by_resolution(taps(torch.rand(1, 1, slice_size, slice_size, device=device)))
+    feats = [
+        torch.randn(slices, *f.shape[1:], device=device).contiguous(
+            memory_format=torch.channels_last
+        )
+        for f in probe
+    ]  # FeatureBank's layout
+    head = build_head(
+        "mlp-ensemble", taps.group_channels, num_classes, slice_size, cfg.members, cfg.hidden,
+        cfg.vote, cfg.pixels,
+    ).to(device)  # fmt: skip
+    head.set_stats(feats)
+    head.eval()
+
+    def ddpm_seg_order() -> torch.Tensor:  # (M, N, K, S, S)
+        up = torch.cat(
+            [
+                torch.nn.functional.interpolate(
+                    (f - head.norm.stats(i)[0]) / head.norm.stats(i)[1],
+                    size=(slice_size, slice_size), mode="bilinear", align_corners=False,
+                )
+                for i, f in enumerate(feats)
+            ],
+            1,
+        )  # fmt: skip
+        rows = up.permute(0, 2, 3, 1).reshape(-1, up.shape[1])
+        z = rows @ torch.cat(list(head.w_in), 0) + head.b_in
+        logits = head._tail(z)  # (M, P, K), eval-mode batch norms
+        return logits.view(head.members, slices, slice_size, slice_size, -1).permute(0, 1, 4, 2, 3)
+
+    timings = []
+    with torch.no_grad():
+        ours, theirs = head.member_logits(feats), ddpm_seg_order()  # warm-up
+        for fn in (lambda: head.labels(feats), lambda: ddpm_seg_order().argmax(2).mode(0)):
+            t = time.perf_counter()
+            fn()
+            timings.append((time.perf_counter() - t) / slices)
+    return timings[0], timings[1], float((ours - theirs).abs().max())
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--protocol", default="phantom")
-    parser.add_argument("--head-steps", type=int, default=10)
+    parser.add_argument("--head-steps", type=int, default=10, help="0: skip")
     parser.add_argument("--pretrain-steps", type=int, default=6, help="timed steps per size")
     parser.add_argument("--pretrain-warmup", type=int, default=2)
     parser.add_argument("--resolutions", default="64,128")
     parser.add_argument("--heads", default="linear,mlp-ensemble")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--predict-slices", type=int, default=4, help="0: skip")
     parser.add_argument("--end-to-end", action="store_true")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -154,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
             f"  {hi}×{hi} costs {per_step[hi] / per_step[lo]:.2f}× {lo}×{lo} per step (same run)",
             flush=True,
         )
-    for r in resolutions:
+    for r in resolutions if args.head_steps else []:
         for head in args.heads.split(","):
             cached, recomputed, setup, channels = head_step_s(
                 args.protocol, r, head, args.head_steps, device
@@ -164,6 +220,20 @@ def main(argv: list[str] | None = None) -> None:
                 f"{cached * 1e3:.0f} ms/step, recomputed {recomputed * 1e3:.0f} ms/step -> "
                 f"{recomputed / cached:.1f}x faster (target >= 10x); one-off caching "
                 f"{setup:.1f} s",
+                flush=True,
+            )
+    if args.predict_slices:
+        proto = load_protocol(args.protocol)
+        data = load_data(proto, None, Progress(quiet=True))
+        n_val = sum(len(data.store.rows_of_case(c)) for c in data.split.val)
+        for r in resolutions:
+            ours, theirs, diff = head_predict_s(
+                r, slice_size, args.predict_slices, proto.num_classes, device
+            )
+            print(
+                f"mlp-ensemble prediction at input {r}, one validation ({n_val} slices): "
+                f"{ours * n_val:.1f} s, DDPM-Seg's order {theirs * n_val:.1f} s -> "
+                f"{theirs / ours:.1f}x faster (largest logit difference {diff:.1e})",
                 flush=True,
             )
     if args.end_to_end:

@@ -224,6 +224,8 @@ def test_mlp_ensemble_on_sampled_pixels_equals_it_on_upsampled_slices():
     torch.testing.assert_close(head.pixel_logits(last, points), sampled)
     torch.testing.assert_close(head.member_logits(last), full)
     head.train()
+    with pytest.raises(RuntimeError, match="eval mode"):  # batch statistics are not a model
+        head.member_logits(feats)
     labels = torch.randint(0, 4, (2, 16, 16))
     loss = head.loss(feats, labels, torch.Generator().manual_seed(0))
     loss.backward()
@@ -411,6 +413,15 @@ def test_long_pretraining_protocol_differs_from_phantom_only_in_pretraining_samp
         base.pop(key), long.pop(key)
     assert long == base
     assert load_protocol("phantom-longpretrain").training.pretrain_samples == 51200
+
+
+def test_head_prediction_speed_script_agrees_with_ddpm_segs_order():
+    """`perf/bench_diffusion.py --predict-slices`: the default ensemble's prediction on the
+    default taps' feature shapes equals DDPM-Seg's upsample-then-MLP order."""
+    ours, theirs, diff = _script("bench_diffusion").head_predict_s(
+        64, 128, 1, 14, torch.device("cpu")
+    )
+    assert ours > 0 and theirs > 0 and diff < 1e-5
 
 
 def test_gpu_benchmark_runs_tiny_on_the_cpu(capsys):

@@ -182,20 +182,50 @@ class MLPEnsemble(nn.Module):
         return self._loss(logits, target.expand(self.members, 1, -1))
 
     def member_logits(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        """Logits (M, N, K, S, S) of every member on whole slices."""
-        out = []
-        for start in range(0, len(feats[0]), self.chunk):
-            part = [f[start : start + self.chunk] for f in feats]
-            z = 0
-            for i, (w, f) in enumerate(zip(self.w_in, part, strict=True)):
-                mean, std = self.norm.stats(i)
-                x = torch.einsum("nchw,co->nohw", (f - mean) / std, w)
-                z = z + _upsample(x, self.size)  # the first layer commutes with upsampling
-            n = len(part[0])
-            z = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]) + self.b_in  # (n·S·S, M·h0)
-            logits = self._tail(z).view(self.members, n, self.size, self.size, -1)
-            out.append(logits.permute(0, 1, 4, 2, 3))
-        return torch.cat(out, 1)
+        """Logits (M, N, K, S, S) of every member on whole slices (in eval mode: the batch
+        norms' running statistics), a view of an (M, N, S, S, K) tensor."""
+        if self.training:
+            raise RuntimeError("member_logits predicts: call it in eval mode")
+        n_all, s = len(feats[0]), self.size
+        out = feats[0].new_empty(self.members, n_all, s, s, self.num_classes)
+        # The standardisation folded into the first layer: ((f − μ)/σ)·W = f·(W/σ) − μ·(W/σ).
+        weights, bias = [], self.b_in
+        for i, w in enumerate(self.w_in):
+            mean, std = self.norm.stats(i)
+            folded = w / std.flatten()[:, None]
+            weights.append(folded)
+            bias = bias - mean.flatten() @ folded
+        for start in range(0, n_all, self.chunk):
+            z = None
+            for i, (w, f) in enumerate(zip(weights, feats, strict=True)):
+                f = f[start : start + self.chunk]
+                n, c, h, wd = f.shape
+                # The first layer at the group's own resolution (it commutes with upsampling,
+                # whose weights sum to one, so the bias goes in with the first group),
+                # channels-last so that the upsampled map's pixel rows are a view.
+                rows = f.permute(0, 2, 3, 1).reshape(-1, c)
+                x = torch.addmm(bias, rows, w) if i == 0 else torch.mm(rows, w)
+                x = _upsample(x.view(n, h, wd, -1).permute(0, 3, 1, 2), s)
+                z = x if z is None else z.add_(x)
+            assert z is not None
+            n = z.shape[0]
+            rows = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])  # (n·S·S, M·h0), a view
+            out[:, start : start + n] = self._tail_eval(rows).view(self.members, n, s, s, -1)
+        return out.permute(0, 1, 4, 2, 3)
+
+    def _tail_eval(self, z: torch.Tensor) -> torch.Tensor:
+        """`_tail` with each batch norm's running statistics folded into the layer after it:
+        BN(x)·W + b = x·(diag(γ/√(var+ε))·W) + (β − γ·mean/√(var+ε))·W + b."""
+        p, m = len(z), self.members
+        x = torch.relu_(z).view(p, m, -1).transpose(0, 1)  # (M, P, h0)
+        for i, (w, b, norm) in enumerate(zip(self.w, self.b, self.bn, strict=True)):
+            assert norm.running_var is not None and norm.running_mean is not None
+            scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+            shift = norm.bias - norm.running_mean * scale
+            x = torch.baddbmm(b + shift.view(m, 1, -1) @ w, x, scale.view(m, -1, 1) * w)
+            if i + 1 < len(self.w):
+                x = torch.relu_(x)
+        return x
 
     def labels(self, feats: list[torch.Tensor]) -> torch.Tensor:
         logits = self.member_logits(feats)
