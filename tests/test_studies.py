@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +20,7 @@ def _script(name: str):
     spec = importlib.util.spec_from_file_location(name, ROOT / "perf" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -93,3 +95,79 @@ def test_the_plateau_is_the_late_mean_and_the_kept_point_the_best_validation():
     out = convergence.late_scores(runs, curves, frac=0.5)
     assert out.loc[0, "plateau"] == pytest.approx(0.65)  # validations after 400 samples
     assert out.loc[0, "kept_at"] == 400
+
+
+# --------------------------------------------------------------------------- reference checks
+
+
+def _grid(dsc: dict[tuple[str, str], list[float]], organs: tuple[str, ...] = ("liver", "pancreas")):
+    """Finished runs and metrics of a grid: (method, budget) → one test-case DSC per seed,
+    every organ of the case at that value unless the name ends in ':pancreas=x'."""
+    labeled = {"4slices": 4, "1pct": 9, "10pct": 92, "100pct": 920}
+    runs, rows = [], []
+    for (method, budget), values in dsc.items():
+        for seed, value in enumerate(values):
+            run_id = f"{method}-{budget}-{seed}"
+            runs.append(
+                {"run_id": run_id, "method": method, "budget": budget, "seed": seed,
+                 "n_labeled": labeled[budget], "status": "completed", "off_protocol": None}
+            )  # fmt: skip
+            for organ_id, organ in enumerate(organs, 1):
+                rows.append(
+                    {"run_id": run_id, "case_id": "c0", "organ_id": organ_id, "organ": organ,
+                     "dsc": value}
+                )  # fmt: skip
+    return pd.DataFrame(runs), pd.DataFrame(rows)
+
+
+def test_reference_checks_apply_each_rule():
+    checks = _script("reference_checks")
+    grid = {
+        ("unet-scratch", "4slices"): [0.30, 0.32, 0.31],
+        ("unet-scratch", "1pct"): [0.40, 0.41, 0.39],
+        ("unet-scratch", "10pct"): [0.60, 0.62, 0.61],
+        ("unet-scratch", "100pct"): [0.70, 0.71, 0.72],
+        ("nnunet", "4slices"): [0.25, 0.26, 0.27],
+        ("nnunet", "1pct"): [0.35, 0.36, 0.37],
+        ("nnunet", "10pct"): [0.57, 0.58, 0.56],  # within 0.05 of 0.61
+        ("diffusion-linear", "4slices"): [0.33, 0.34, 0.32],  # above unet-scratch
+        ("diffusion-linear", "1pct"): [0.38, 0.39, 0.40],  # below it
+        ("diffusion-linear", "10pct"): [0.39, 0.39],  # rises, but two seeds only
+    }
+    runs, metrics = _grid(grid)
+    # pancreas segmented by unet-scratch at 1pct, gone at 10pct
+    lost = (metrics["run_id"].str.startswith("unet-scratch-10pct")) & (
+        metrics["organ"] == "pancreas"
+    )
+    metrics.loc[lost, "dsc"] = 0.0
+    found = {c.claim: c for c in checks.checks(runs, metrics, pd.DataFrame())}
+    verdicts = {claim: c.verdict for claim, c in found.items()}
+    assert verdicts["every method × budget ranked with ≥ 3 seeds"] == "fails"
+    assert (
+        "diffusion-linear 10pct (2)"
+        in found["every method × budget ranked with ≥ 3 seeds"].measured
+    )
+    assert "nnunet 100pct" in found["every method × budget ranked with ≥ 3 seeds"].measured
+    scratch = "`unet-scratch` rises at every step of 4slices < 1pct < 10pct < 100pct"
+    assert verdicts[scratch] == "fails"  # 10pct's mean dropped to 0.305 with the pancreas lost
+    assert verdicts["`unet-scratch` reaches 0.75 at `100pct`"] == "fails"
+    assert (
+        found["no organ `unet-scratch` segments at `1pct` drops to 0 at `10pct`"].measured
+        == "pancreas"
+    )
+    assert verdicts["`nnunet` rises at every step of 4slices < 1pct < 10pct"] == "holds"
+    assert verdicts["`nnunet` ≥ `unet-scratch` − 0.05 at `10pct`"] == "holds"  # 0.57 vs 0.305
+    assert verdicts["`diffusion-linear` ≥ `unet-scratch` at `4slices`"] == "holds"
+    assert verdicts["`diffusion-linear` ≥ `unet-scratch` at `1pct`"] == "fails"
+    assert verdicts["`diffusion-linear` rises at every step of 1pct < 10pct"] == "holds"
+    assert verdicts['no ranked run "may be undertrained"'] == "holds"
+
+    runs.loc[runs["run_id"] == "nnunet-1pct-0", "status"] = "unfit"  # out of the ranking
+    found = {c.claim: c for c in checks.checks(runs, metrics, pd.DataFrame())}
+    assert (
+        found["no run is `unfit` (each failed run is left out of the ranking)"].measured
+        == "nnunet 1pct s0"
+    )
+    assert (
+        found["no run is `unfit` (each failed run is left out of the ranking)"].verdict == "fails"
+    )
