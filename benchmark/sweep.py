@@ -4,8 +4,10 @@ The driver validates the whole grid before any work, loads the protocol's data o
 runs already completed in the results store, runs each distinct pretraining once before the
 fine-tuning runs that need it, and runs the rest on an executor:
 
-- `local`: in this process (`jobs=1`), or `jobs` runs at a time, each in its own spawned
-  process (a run whose process dies is retried once, then recorded as failed);
+- `local`: in this process (`jobs=1`, each pretraining first), or `jobs` jobs at a time,
+  each in its own spawned process, the pretrainings among them: a run waits only for its own
+  pretraining, and one that needs none starts at once (a job whose process dies is retried
+  once; then the run, or every run that needs the pretraining, is recorded as failed);
 - `ray`: one Ray task per run with its CPU / GPU needs declared, the fine-tuning tasks
   depending on their pretraining task; Ray retries a task whose worker dies once.
 
@@ -275,64 +277,124 @@ def _run_local(
     record: Callable[[Prepared, RunRecord, list[MetricRow]], None],
     progress: Progress,
 ) -> None:
+    groups = pretraining_groups(pending)
+    if req.jobs > 1:
+        _run_processes(req, pending, groups, record)
+        return
     todo = list(pending)
-    for group in pretraining_groups(pending).values():
+    for group in groups.values():
         try:
             _pretrain(group[0], progress)
         except Exception as exc:  # every run that needs it fails with the reason, once
-            error = f"pretraining failed: {type(exc).__name__}: {exc}"
             for prep in group:
-                record(prep, failed_record(prep, error), [])
+                record(prep, failed_record(prep, _pretrain_error(exc)), [])
                 todo.remove(prep)
-    if req.jobs == 1:
-        for prep in todo:
-            record(prep, *perform(prep, progress))
-        return
-    _run_processes(req, todo, record)
+    for prep in todo:
+        record(prep, *perform(prep, progress))
+
+
+def _pretrain_error(exc: BaseException | str) -> str:
+    reason = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+    return f"pretraining failed: {reason}"
 
 
 def _child(request: RunRequest, env: dict[str, str], threads: int, out: str) -> None:
-    result = run_point(request, env, threads)
+    _dump(run_point(request, env, threads), out)
+
+
+def _pretrain_child(request: RunRequest, env: dict[str, str], threads: int, out: str) -> None:
+    try:
+        result: dict[str, str] = {"key": pretrain_point(request, env, threads)}
+    except Exception as exc:  # the driver fails every run that needs it, with the reason
+        result = {"error": f"{type(exc).__name__}: {exc}"}
+    _dump(result, out)
+
+
+def _dump(result: Any, out: str) -> None:
     tmp = out + ".tmp"
     with open(tmp, "wb") as f:
         pickle.dump(result, f)
     os.replace(tmp, out)
 
 
+@dataclass
+class _Task:
+    """A job of the local process pool: one pretraining (`group` set) or one run."""
+
+    prep: Prepared
+    group: str | None = None
+    """The pretraining's key, when this task is one."""
+    needs: str | None = None
+    """The key of the pretraining this run waits for, if any."""
+    attempt: int = 0
+
+
 def _run_processes(
     req: SweepRequest,
-    todo: list[Prepared],
+    pending: list[Prepared],
+    groups: dict[str, list[Prepared]],
     record: Callable[[Prepared, RunRecord, list[MetricRow]], None],
 ) -> None:
-    """`req.jobs` runs at a time, each in a spawned process; a dead one is retried once."""
+    """`req.jobs` jobs at a time, each in a spawned process; a dead one is retried once.
+
+    The pretrainings are jobs too, queued first: a run waits only for its own pretraining,
+    and runs that need none start at once, so no slot idles while pretraining goes on. A
+    pretraining that fails fails every run that needs it, with its reason.
+    """
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     env = worker_env()
     threads = max(1, (os.cpu_count() or 1) // req.jobs)
-    queue = [(prep, 0) for prep in todo]
-    running: dict[Any, tuple[Prepared, int, Path]] = {}
+    owner = {id(p): key for key, group in groups.items() for p in group}
+    queue = [_Task(group[0], group=key) for key, group in groups.items()]
+    queue += [_Task(prep, needs=owner.get(id(prep))) for prep in pending]
+    done: set[str] = set()
+    running: dict[Any, tuple[_Task, Path]] = {}
+
+    def fail_group(key: str, error: str) -> None:
+        for task in [t for t in queue if t.needs == key]:
+            queue.remove(task)
+            record(task.prep, failed_record(task.prep, error), [])
+
     with tempfile.TemporaryDirectory(prefix="labelbench-sweep-") as tmp:
         while queue or running:
-            while queue and len(running) < req.jobs:
-                prep, attempt = queue.pop(0)
-                out = Path(tmp) / f"{prep.run_key}-{attempt}.pkl"
+            for task in [t for t in queue if t.needs is None or t.needs in done]:
+                if len(running) >= req.jobs:
+                    break
+                queue.remove(task)
+                kind = "pretrain" if task.group else "run"
+                out = Path(tmp) / f"{kind}-{task.prep.run_key}-{task.attempt}.pkl"
+                target = _pretrain_child if task.group else _child
                 proc = ctx.Process(
-                    target=_child, args=(prep.request, env, threads, str(out)), daemon=True
+                    target=target, args=(task.prep.request, env, threads, str(out)), daemon=True
                 )
                 proc.start()
-                running[proc] = (prep, attempt, out)
+                running[proc] = (task, out)
             for proc in [p for p in running if not p.is_alive()]:
-                prep, attempt, out = running.pop(proc)
+                task, out = running.pop(proc)
                 proc.join()
+                result = None
                 if out.exists():
                     with out.open("rb") as f:
-                        record(prep, *pickle.load(f))
-                elif attempt == 0:
-                    queue.insert(0, (prep, 1))
+                        result = pickle.load(f)
+                if result is None and task.attempt == 0:
+                    queue.insert(0, _Task(task.prep, task.group, task.needs, attempt=1))
+                elif task.group is not None:
+                    if result is not None and "key" in result:
+                        done.add(task.group)
+                    else:
+                        reason = (
+                            result["error"]
+                            if result is not None
+                            else f"its worker process died twice (exit code {proc.exitcode})"
+                        )
+                        fail_group(task.group, _pretrain_error(reason))
+                elif result is not None:
+                    record(task.prep, *result)
                 else:
                     error = f"worker process died twice (exit code {proc.exitcode})"
-                    record(prep, failed_record(prep, error, info={"attempts": 2}), [])
+                    record(task.prep, failed_record(task.prep, error, info={"attempts": 2}), [])
             time.sleep(0.05)
 
 

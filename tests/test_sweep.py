@@ -65,9 +65,14 @@ class ToyMean(Method):
         cached = ctx.cache_dir / "stats.json"
         if not cached.exists():
             _mark("pretrain")
+            time.sleep(float(os.environ.get("TOY_PRETRAIN_SLEEP", "0")))
+            if os.environ.get("TOY_PRETRAIN_FAIL"):
+                raise RuntimeError("toy pretraining failure")
             cached.write_text(json.dumps({"n": len(unlabeled)}))
+            _mark("pretrained")
 
     def fit(self, labeled, ctx):
+        _mark(f"fit_{self.name}")
         time.sleep(self.config.sleep)
         x, y = labeled.images()[:, 0], labeled.labels()
         self.means = torch.tensor(
@@ -76,6 +81,22 @@ class ToyMean(Method):
 
     def predict(self, images):
         return (images - self.means.view(1, -1, 1, 1)).abs().argmin(1)
+
+
+class ToyPlain(ToyMean):
+    name = "toy-plain"
+    uses_pretraining = False
+
+
+class ToyPretrainCrash(ToyMean):
+    name = "toy-pcrash"
+
+    def pretrain_key(self, seed):
+        return {"toy": "pcrash"}
+
+    def pretrain(self, unlabeled, ctx):
+        _mark("pcrash")
+        os._exit(3)
 
 
 class ToyFail(ToyMean):
@@ -109,6 +130,8 @@ def toy(tmp_path, monkeypatch):
         textwrap.dedent("""
         [labelbench.methods]
         toy-mean = toy_methods:ToyMean
+        toy-plain = toy_methods:ToyPlain
+        toy-pcrash = toy_methods:ToyPretrainCrash
         toy-fail = toy_methods:ToyFail
         toy-crash = toy_methods:ToyCrash
         """)
@@ -155,6 +178,64 @@ def test_local_sweep_runs_the_grid_pretrains_once_and_skips_what_is_done(tmp_pat
     assert "2 completed, 0 unfit, 4 already done, 0 failed" in again.output
     assert marks(toy, "pretrain") == 1
     assert len(completed(results)) == 6
+
+
+def first_mtime(folder, name: str) -> float:
+    return min(p.stat().st_mtime for p in folder.glob(f"{name}-*"))
+
+
+def test_parallel_runs_wait_only_for_their_own_pretraining(tmp_path, toy, monkeypatch):
+    """With jobs, a run that needs no pretraining starts while another's is still going."""
+    monkeypatch.setenv("TOY_PRETRAIN_SLEEP", "6")
+    results = tmp_path / "runs"
+    r = sweep(
+        results,
+        "--methods",
+        "toy-mean,toy-plain",
+        "--budgets",
+        "4slices",
+        "--seeds",
+        "0",
+        "-j",
+        "2",
+    )
+    assert r.exit_code == 0, r.output
+    assert completed(results) == [("toy-mean", "4slices", 0), ("toy-plain", "4slices", 0)]
+    pretrained = first_mtime(toy, "pretrained")
+    assert first_mtime(toy, "fit_toy-plain") < pretrained, "the plain run did not wait"
+    assert first_mtime(toy, "fit_toy-mean") >= pretrained, "a run started before its pretraining"
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_failed_pretraining_fails_the_runs_that_need_it_only(tmp_path, toy, monkeypatch, jobs):
+    monkeypatch.setenv("TOY_PRETRAIN_FAIL", "1")
+    results = tmp_path / "runs"
+    r = sweep(
+        results, "--methods", "toy-mean,toy-plain", "--budgets", "4slices", "--seeds", "0,1",
+        "-j", jobs,
+    )  # fmt: skip
+    assert r.exit_code == 2, r.output
+    failed = ResultsStore(results).runs(status="failed")
+    assert sorted(failed.method) == ["toy-mean", "toy-mean"]
+    assert set(failed.error) == {"pretraining failed: RuntimeError: toy pretraining failure"}
+    assert marks(toy, "pretrain") == 1 and marks(toy, "fit_toy-mean") == 0
+    assert completed(results)[-2:] == [("toy-plain", "4slices", 0), ("toy-plain", "4slices", 1)]
+
+
+def test_a_dead_pretraining_worker_is_retried_once_then_fails_its_runs(tmp_path, toy):
+    results = tmp_path / "runs"
+    r = sweep(
+        results, "--methods", "toy-pcrash,toy-plain", "--budgets", "4slices", "--seeds", "0",
+        "-j", "2",
+    )  # fmt: skip
+    assert r.exit_code == 1, r.output
+    assert marks(toy, "pcrash") == 2, "one retry, then its runs are recorded as failed"
+    failed = ResultsStore(results).runs(status="failed")
+    assert list(failed.method) == ["toy-pcrash"]
+    assert failed.error.iloc[0] == (
+        "pretraining failed: its worker process died twice (exit code 3)"
+    )
+    assert ResultsStore(results).runs(status="completed").method.tolist() == ["toy-plain"]
 
 
 def test_variants_add_one_run_per_setting_and_share_the_pretraining(tmp_path, toy):
