@@ -1,6 +1,9 @@
 """Batch augmentations for 2D CT slices, run on the training device.
 
 No left-right flips: they would swap left and right organs (kidneys, adrenals).
+Each draws its random numbers on the CPU from a `torch.Generator` (the same numbers on every
+device), or takes them already drawn (`uniforms`, on the device): a training loop can draw a
+whole run's numbers up front and copy them once, instead of once per step.
 """
 
 from __future__ import annotations
@@ -10,21 +13,42 @@ import math
 import torch
 import torch.nn.functional as F
 
+AFFINE_DRAWS = 4
+"""Uniform numbers `random_affine` takes per image."""
+INTENSITY_DRAWS = 2
+"""Uniform numbers `random_intensity` takes per image."""
+
+
+def _uniforms(
+    n: int, k: int, generator: torch.Generator | None, given: torch.Tensor | None, device
+) -> torch.Tensor:
+    """(n, k) uniform numbers in [0, 1) on `device`: `given`, or drawn from `generator`."""
+    if given is not None:
+        if tuple(given.shape) != (n, k):
+            raise ValueError(f"expected ({n}, {k}) uniform draws, got {tuple(given.shape)}")
+        return given
+    if generator is None:
+        raise ValueError("pass a generator or the uniform draws")
+    return torch.rand(n, k, generator=generator).to(device)
+
 
 def random_affine(
     images: torch.Tensor,
     labels: torch.Tensor | None,
-    generator: torch.Generator,
+    generator: torch.Generator | None,
     max_rotate_deg: float = 10.0,
     scale: tuple[float, float] = (0.9, 1.1),
     max_shift: float = 0.05,
+    uniforms: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Same random rotation, scale and shift for each image (N, C, H, W) and its labels (N, H, W).
 
-    Shift is a fraction of the image size. Labels are resampled by nearest neighbour.
+    Shift is a fraction of the image size. Labels are resampled by nearest neighbour. The
+    random numbers: `uniforms` (N, `AFFINE_DRAWS`) on the images' device, or drawn from
+    `generator` (the same numbers: `torch.rand(N, AFFINE_DRAWS, generator=generator)`).
     """
     n = images.shape[0]
-    rnd = torch.rand(n, 4, generator=generator).to(images.device)
+    rnd = _uniforms(n, AFFINE_DRAWS, generator, uniforms, images.device)
     angle = (rnd[:, 0] * 2 - 1) * math.radians(max_rotate_deg)
     s = scale[0] + rnd[:, 1] * (scale[1] - scale[0])
     shift = (rnd[:, 2:] * 2 - 1) * max_shift * 2  # grid coordinates span [-1, 1]
@@ -44,13 +68,17 @@ def random_affine(
 
 def random_intensity(
     images: torch.Tensor,
-    generator: torch.Generator,
+    generator: torch.Generator | None,
     contrast: float = 0.1,
     brightness: float = 0.05,
+    uniforms: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Random per-image contrast (×(1 ± contrast)) and brightness (± brightness) in [0, 1] units."""
+    """Random per-image contrast (×(1 ± contrast)) and brightness (± brightness) in [0, 1] units.
+
+    The random numbers: `uniforms` (N, `INTENSITY_DRAWS`), or drawn from `generator`.
+    """
     n = images.shape[0]
-    rnd = torch.rand(n, 2, generator=generator).to(images.device)
+    rnd = _uniforms(n, INTENSITY_DRAWS, generator, uniforms, images.device)
     c = 1 + (rnd[:, 0] * 2 - 1) * contrast
     b = (rnd[:, 1] * 2 - 1) * brightness
     return images * c.view(n, 1, 1, 1) + b.view(n, 1, 1, 1)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from monai.losses import DiceCELoss
 
-from benchmark.augment import random_affine, random_intensity
+from benchmark.augment import AFFINE_DRAWS, INTENSITY_DRAWS, random_affine, random_intensity
 from benchmark.config import non_negative, positive
 from benchmark.method import Method, RunContext, SliceSet
 from benchmark.progress import Task
@@ -47,6 +47,11 @@ class SupervisedConfig:
     """Slices per forward pass at prediction."""
 
 
+LOSS_READ_EVERY = 50
+"""Steps between reads of the training loss to the host (and at every validation and the
+end): reading it every step would make the host wait for the device every step."""
+
+
 def optimize(
     step_loss: Callable[[], torch.Tensor],
     opt: torch.optim.Optimizer,
@@ -60,19 +65,27 @@ def optimize(
     Shared by supervised fine-tuning, the linear head and SimCLR / MAE pretraining (DDPM
     pretraining keeps its own loop for EMA, checkpoints and DDP). With a `selection`, the
     model is validated as the protocol asks and its best weights are restored at the end
-    (the caller records `selection.finish`).
+    (the caller records `selection.finish`). The losses stay on the device and are read in
+    one transfer every `LOSS_READ_EVERY` steps, before each validation and at the end.
     """
     losses: list[float] = []
-    for _ in range(steps):
+    unread: list[torch.Tensor] = []
+    for step in range(1, steps + 1):
         loss = step_loss()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(loss.item())
-        task.advance(loss=losses[-1])
-        if selection is not None:
-            selection.step(losses[-1])
+        unread.append(loss.detach())
+        due = selection is not None and selection.due(step)
+        if due or step % LOSS_READ_EVERY == 0 or step == steps:
+            read = torch.stack(unread).tolist()
+            unread.clear()
+            losses.extend(read)
+            task.advance(len(read), loss=read[-1])
+            if selection is not None:
+                for value in read:  # in step order: only the last step can be a validation
+                    selection.step(value)
     task.close()
     return losses
 
@@ -128,15 +141,18 @@ def train_supervised(
     images, labels = labeled.images().to(device), labeled.labels().to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
-    gen = torch.Generator().manual_seed(ctx.seed)
-    batches = labeled.batches(config.batch_size, np.random.default_rng(ctx.seed))
+    batch_idx, affine, intensity = draw_streams(
+        labeled, config.batch_size, steps, ctx.seed, config.augment, device
+    )
+    step_of = iter(range(steps))
 
     def step_loss() -> torch.Tensor:
-        idx = torch.from_numpy(next(batches)).to(device)
+        i = next(step_of)
+        idx = batch_idx[i]
         x, y = images[idx], labels[idx]
         if config.augment:
-            x, y = random_affine(x, y, gen)
-            x = random_intensity(x, gen)
+            x, y = random_affine(x, y, None, uniforms=affine[i])
+            x = random_intensity(x, None, uniforms=intensity[i])
         return loss_fn(model(x), y[:, None])
 
     def score() -> float:
@@ -148,6 +164,36 @@ def train_supervised(
     losses = fine_tune(ctx, model, params, step_loss, score, config, config.lr, steps, "fit")
     model.eval()
     return losses
+
+
+def draw_streams(
+    labeled: SliceSet, batch_size: int, steps: int, seed: int, augment: bool, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A whole fit's random numbers, drawn up front and copied to `device` once: the batches'
+    slice indices (steps, batch) and the uniforms of `random_affine` and `random_intensity`
+    (steps, batch, k; empty without `augment`).
+
+    The same numbers, in the same order, as drawing them step by step: the batches from
+    `labeled.batches` with `np.random.default_rng(seed)`, then per step the affine and the
+    intensity draws from `torch.Generator().manual_seed(seed)`. So a fit is the same on every
+    device, and a step needs no host-to-device copy.
+    """
+    batches = labeled.batches(batch_size, np.random.default_rng(seed))
+    idx = torch.from_numpy(np.stack([next(batches) for _ in range(steps)]))
+    gen = torch.Generator().manual_seed(seed)
+    affine, intensity = [], []
+    for _ in range(steps if augment else 0):
+        affine.append(torch.rand(batch_size, AFFINE_DRAWS, generator=gen))
+        intensity.append(torch.rand(batch_size, INTENSITY_DRAWS, generator=gen))
+
+    def stacked(draws: list[torch.Tensor], k: int) -> torch.Tensor:
+        return torch.stack(draws) if draws else torch.empty(0, batch_size, k)
+
+    return (
+        idx.to(device),
+        stacked(affine, AFFINE_DRAWS).to(device),
+        stacked(intensity, INTENSITY_DRAWS).to(device),
+    )
 
 
 @torch.no_grad()

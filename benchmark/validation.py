@@ -175,10 +175,14 @@ class Selection:
         every = max(1, round(ctx.training.validate_every / batch_size))
         return cls(model, score, batch_size, steps, every, ctx.training.select, ctx.curve)
 
+    def due(self, step: int) -> bool:
+        """Whether step `step` (counted from 1) ends with a validation."""
+        return step % self.every == 0 or step == self.steps
+
     def step(self, loss: float) -> None:
         self._step += 1
         self._losses.append(loss)
-        if self._step % self.every == 0 or self._step == self.steps:
+        if self.due(self._step):
             self._validate()
 
     def _validate(self) -> None:

@@ -12,6 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from baselines.unet_scratch import UNetScratch
+from benchmark.augment import random_affine, random_intensity
 from benchmark.cli import app
 from benchmark.compute import configure, settle, steps_for
 from benchmark.data.context import load_data
@@ -21,6 +22,7 @@ from benchmark.metrics.segmentation import SliceOrder, score_case
 from benchmark.progress import Progress
 from benchmark.protocol import load_protocol
 from benchmark.store import SCHEMA_VERSION, ResultsStore
+from benchmark.supervised import draw_streams, optimize
 from benchmark.validation import CurvePoint, Selection, Validator, may_be_undertrained, sanity_dsc
 from methods.diffusion.linear import DiffusionLinear
 from tests.conftest import TINY_TRAINING, tiny_protocol_text
@@ -129,6 +131,62 @@ def test_selection_keeps_the_best_validated_weights(select):
         assert kept == 0.7 and model.w.item() == 4 and info["selection"]["kept_samples"] == 8
     else:
         assert kept == 0.6 and model.w.item() == 8
+
+
+@pytest.mark.parametrize("steps", [23, 100, 120])
+def test_optimize_validates_the_model_of_each_due_step_and_keeps_every_loss(steps):
+    """Losses are read in batches, yet each validation sees the weights of its own step and
+    the curve's losses are every step's, as if read one by one."""
+    model = Counter()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    curve: list[CurvePoint] = []
+    seen: list[float] = []
+
+    def score() -> float:
+        seen.append(model.w.item())
+        return 0.0
+
+    sel = Selection(model, score, batch_size=1, steps=steps, every=7, select=False,
+                    curve=curve)  # fmt: skip
+    step = iter(range(1, steps + 1))
+
+    def step_loss() -> torch.Tensor:
+        i = next(step)
+        with torch.no_grad():
+            model.w.fill_(i)
+        return model.w * 0 + i  # loss i at step i, with a gradient
+
+    losses = optimize(step_loss, opt, sched, steps, Progress(quiet=True).task("t", steps), sel)
+    assert losses == [float(i) for i in range(1, steps + 1)]
+    due = [i for i in range(1, steps + 1) if i % 7 == 0 or i == steps]
+    assert seen == [float(i) for i in due]
+    assert [p.samples for p in curve] == due
+    starts = [0, *due[:-1]]
+    assert [p.train_loss for p in curve] == [
+        np.mean(range(a + 1, b + 1)) for a, b in zip(starts, due, strict=True)
+    ]
+
+
+def test_a_fits_random_streams_drawn_up_front_are_the_step_by_step_ones(tiny_data):
+    _, rows = tiny_data.budget_rows(tiny_data.protocol.budget("1pct"), 0)
+    labeled = SliceSet(tiny_data.store, rows, labeled=True)
+    idx, affine, intensity = draw_streams(labeled, 4, 12, 3, True, torch.device("cpu"))
+    batches = labeled.batches(4, np.random.default_rng(3))
+    gen = torch.Generator().manual_seed(3)
+    x, y = torch.rand(4, 1, 16, 16), torch.randint(0, 3, (4, 16, 16))
+    for i in range(12):
+        assert np.array_equal(idx[i].numpy(), next(batches))
+        stepwise = random_affine(x, y, gen)
+        upfront = random_affine(x, y, None, uniforms=affine[i])
+        assert torch.equal(stepwise[0], upfront[0]) and torch.equal(stepwise[1], upfront[1])
+        assert torch.equal(
+            random_intensity(x, gen), random_intensity(x, None, uniforms=intensity[i])
+        )
+    none = draw_streams(labeled, 4, 12, 3, False, torch.device("cpu"))
+    assert torch.equal(none[0], idx) and none[1].numel() == 0 and none[2].numel() == 0
+    with pytest.raises(ValueError, match="uniform draws"):
+        random_affine(x, y, None, uniforms=affine[0][:2])
 
 
 @pytest.mark.parametrize(
