@@ -76,12 +76,16 @@ class SweepRequest:
     cpus_per_run: int = 1
     """CPUs each Ray task declares (and the torch threads it uses)."""
     force: bool = False
+    stop_after: float | None = None
+    """Seconds after the sweep starts from which the local executor starts no new job (for a
+    machine held for a fixed time): running jobs finish, the rest are left for a later
+    sweep."""
 
 
 @dataclass
 class Finished:
     """One run of the grid as it ended: completed, unfit (failed the sanity gate), skipped
-    (already in the store) or failed."""
+    (already in the store), failed, or left (not started before `stop_after`)."""
 
     method: str
     budget: str
@@ -126,6 +130,8 @@ def plan(
         raise ConfigError("--jobs and --cpus-per-run must be at least 1")
     if not (req.methods and req.budgets and req.seeds):
         raise ConfigError("a sweep needs at least one method, one budget and one seed")
+    if req.stop_after is not None and (req.stop_after <= 0 or req.executor != "local"):
+        raise ConfigError("--stop-after takes positive seconds, with the local executor")
     resolve_device(req.device)
     protocol = load_protocol(req.protocol)
     items = req.overrides + [item for variant in req.variants for item in variant]
@@ -236,6 +242,7 @@ Report = Callable[[Finished], None]
 def run_sweep(req: SweepRequest, progress: Progress, report: Report | None = None) -> SweepResult:
     """Run the grid; `report` is called once per run as it finishes (skipped ones first)."""
     report = report or (lambda f: None)
+    started = time.monotonic()
     data, pending, done = plan(req, progress)
     ensure_ceiling(req.results, data, progress)
     for f in done:
@@ -263,7 +270,12 @@ def run_sweep(req: SweepRequest, progress: Progress, report: Report | None = Non
     if req.executor == "ray":
         _run_ray(req, pending, record)
     else:
-        _run_local(req, pending, record, progress)
+        stop = None if req.stop_after is None else started + req.stop_after
+        left = _run_local(req, pending, record, progress, stop)
+        for prep in left:
+            f = Finished(prep.request.method, prep.budget.name, prep.request.seed, "", "left")
+            finished.append(f)
+            report(f)
     task.close()
     return SweepResult(finished)
 
@@ -276,21 +288,31 @@ def _run_local(
     pending: list[Prepared],
     record: Callable[[Prepared, RunRecord, list[MetricRow]], None],
     progress: Progress,
-) -> None:
+    stop: float | None = None,
+) -> list[Prepared]:
+    """Run `pending`; returns the runs left unstarted because `stop` (a `time.monotonic()`
+    instant after which no job starts) had passed."""
+
+    def stopped() -> bool:
+        return stop is not None and time.monotonic() >= stop
+
     groups = pretraining_groups(pending)
     if req.jobs > 1:
-        _run_processes(req, pending, groups, record)
-        return
+        return _run_processes(req, pending, groups, record, stopped)
     todo = list(pending)
     for group in groups.values():
+        if stopped():
+            return todo
         try:
             _pretrain(group[0], progress)
         except Exception as exc:  # every run that needs it fails with the reason, once
             for prep in group:
                 record(prep, failed_record(prep, _pretrain_error(exc)), [])
                 todo.remove(prep)
-    for prep in todo:
+    while todo and not stopped():
+        prep = todo.pop(0)
         record(prep, *perform(prep, progress))
+    return todo
 
 
 def _pretrain_error(exc: BaseException | str) -> str:
@@ -334,8 +356,10 @@ def _run_processes(
     pending: list[Prepared],
     groups: dict[str, list[Prepared]],
     record: Callable[[Prepared, RunRecord, list[MetricRow]], None],
-) -> None:
+    stopped: Callable[[], bool] = lambda: False,
+) -> list[Prepared]:
     """`req.jobs` jobs at a time, each in a spawned process; a dead one is retried once.
+    Once `stopped()`, no job starts; returns the runs left unstarted.
 
     The pretrainings are jobs too, queued first: a run waits only for its own pretraining,
     and runs that need none start at once, so no slot idles while pretraining goes on. A
@@ -358,9 +382,9 @@ def _run_processes(
             record(task.prep, failed_record(task.prep, error), [])
 
     with tempfile.TemporaryDirectory(prefix="labelbench-sweep-") as tmp:
-        while queue or running:
+        while (queue and not stopped()) or running:
             for task in [t for t in queue if t.needs is None or t.needs in done]:
-                if len(running) >= req.jobs:
+                if len(running) >= req.jobs or stopped():
                     break
                 queue.remove(task)
                 kind = "pretrain" if task.group else "run"
@@ -396,6 +420,7 @@ def _run_processes(
                     error = f"worker process died twice (exit code {proc.exitcode})"
                     record(task.prep, failed_record(task.prep, error, info={"attempts": 2}), [])
             time.sleep(0.05)
+    return [t.prep for t in queue if t.group is None]
 
 
 # --------------------------------------------------------------------------- ray

@@ -238,6 +238,22 @@ def test_a_dead_pretraining_worker_is_retried_once_then_fails_its_runs(tmp_path,
     assert ResultsStore(results).runs(status="completed").method.tolist() == ["toy-plain"]
 
 
+@pytest.mark.parametrize(("jobs", "started"), [("1", 1), ("2", 2)])
+def test_stop_after_starts_no_run_once_time_is_up(tmp_path, toy, jobs, started):
+    """Runs under way finish; the rest are left out of the store for a later sweep."""
+    results = tmp_path / "runs"
+    r = sweep(
+        results, "--methods", "toy-plain", "--budgets", "4slices", "--seeds", "0,1,2,3",
+        "--set", "toy-plain:sleep=8", "--stop-after", "5", "-j", jobs,
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert f"{started} completed" in r.output and f"{4 - started} not started" in r.output
+    assert r.output.count("not started (--stop-after)") == 4 - started
+    assert completed(results) == [("toy-plain", "4slices", s) for s in range(started)]
+    bad = sweep(results, "--methods", "toy-plain", "--budgets", "4slices", "--stop-after", "0")
+    assert bad.exit_code == 2 and "--stop-after takes positive seconds" in bad.output
+
+
 def test_variants_add_one_run_per_setting_and_share_the_pretraining(tmp_path, toy):
     results = tmp_path / "runs"
     request = SweepRequest(

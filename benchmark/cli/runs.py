@@ -208,6 +208,14 @@ def sweep(
     set_: SweepSetOpt = None,
     data: DataOpt = None,
     force: SweepForceOpt = False,
+    stop_after: Annotated[
+        float | None,
+        typer.Option(
+            "--stop-after",
+            help="Start no new run after this many seconds (local executor); running ones "
+            "finish, the rest wait for the next sweep.",
+        ),
+    ] = None,
     verify: VerifyOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -228,6 +236,8 @@ def sweep(
         label = f"{f.method} · {f.budget} · seed {f.seed}"
         if f.status == "skipped":
             out.print(f"{label}: already completed as run {f.run_id}", highlight=False)
+        elif f.status == "left":
+            out.print(f"{label}: not started (--stop-after)", highlight=False)
         elif f.status == "failed":
             err.print(f"[red]{label}: run {f.run_id} failed:[/red] {f.error}", highlight=False)
         else:
@@ -243,7 +253,9 @@ def sweep(
     failed = result.count("failed")
     out.print(
         f"sweep: {result.count('completed')} completed, {result.count('unfit')} unfit, "
-        f"{result.count('skipped')} already done, {failed} failed; results in {results}",
+        f"{result.count('skipped')} already done, {failed} failed"
+        + (f", {result.count('left')} not started" if result.count("left") else "")
+        + f"; results in {results}",
         highlight=False,
     )
     if failed:
