@@ -188,17 +188,8 @@ def test_parallel_runs_wait_only_for_their_own_pretraining(tmp_path, toy, monkey
     """With jobs, a run that needs no pretraining starts while another's is still going."""
     monkeypatch.setenv("TOY_PRETRAIN_SLEEP", "6")
     results = tmp_path / "runs"
-    r = sweep(
-        results,
-        "--methods",
-        "toy-mean,toy-plain",
-        "--budgets",
-        "4slices",
-        "--seeds",
-        "0",
-        "-j",
-        "2",
-    )
+    grid = ["--methods", "toy-mean,toy-plain", "--budgets", "4slices", "--seeds", "0", "-j", "2"]
+    r = sweep(results, *grid)
     assert r.exit_code == 0, r.output
     assert completed(results) == [("toy-mean", "4slices", 0), ("toy-plain", "4slices", 0)]
     pretrained = first_mtime(toy, "pretrained")
