@@ -124,8 +124,9 @@ def by_resolution(feats: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 class FeatureBank:
-    """Tapped features of a slice set, computed once: float32 in RAM up to `memory_mb`, else a
-    float16 memory map on disk.
+    """Tapped features of a slice set, computed once: float32 in memory up to `memory_mb` (on
+    the run's device: RAM on the CPU, the GPU's memory on a GPU, so a training step or a
+    validation copies nothing between host and device), else a float16 memory map on disk.
 
     Features stay at each block's own resolution, grouped by resolution (`by_resolution`);
     heads upsample per batch. They are stored channels-last (N, h, w, C) and handed out as
@@ -157,8 +158,10 @@ class FeatureBank:
                 )
                 for i, s in enumerate(shapes)
             ]
-        else:  # float32 in RAM: no conversion per training step
-            self.arrays = [np.empty((len(slices), *s), np.float32) for s in shapes]
+        else:  # float32 in memory on the device: no copy or conversion per training step
+            self.arrays = [
+                torch.empty((len(slices), *s), dtype=torch.float32, device=device) for s in shapes
+            ]
         self.on_disk = self._tmp is not None
         self.megabytes = total_mb
         starts = range(0, len(slices), batch_size)
@@ -166,7 +169,11 @@ class FeatureBank:
             idx = np.arange(start, min(start + batch_size, len(slices)))
             feats = by_resolution(taps(slices.images(idx).to(device)))
             for arr, f in zip(self.arrays, feats, strict=True):
-                arr[idx] = f.permute(0, 2, 3, 1).cpu().numpy().astype(arr.dtype)
+                rows = f.permute(0, 2, 3, 1)
+                if isinstance(arr, torch.Tensor):
+                    arr[idx[0] : idx[-1] + 1] = rows
+                else:
+                    arr[idx] = rows.cpu().numpy().astype(arr.dtype)
 
     def __len__(self) -> int:
         return len(self.arrays[0])
@@ -174,7 +181,12 @@ class FeatureBank:
     def get(self, idx: np.ndarray, device: torch.device) -> list[torch.Tensor]:
         """Features of slices `idx` (sorted), one float32 tensor (N, C, h, w) per resolution
         group, in channels-last memory."""
-        return [
-            torch.from_numpy(np.asarray(a[np.sort(idx)])).to(device).float().permute(0, 3, 1, 2)
-            for a in self.arrays
-        ]
+        order = np.sort(idx)
+        out = []
+        for a in self.arrays:
+            if isinstance(a, torch.Tensor):
+                rows = a.index_select(0, torch.from_numpy(order).to(a.device)).to(device)
+            else:
+                rows = torch.from_numpy(np.asarray(a[order])).to(device).float()
+            out.append(rows.permute(0, 3, 1, 2))
+        return out

@@ -73,7 +73,8 @@ class DiffusionLinearConfig(DDPMConfig):
     weight_decay: float = non_negative(1e-4)
     """AdamW weight decay of the head."""
     feature_memory_mb: int = non_negative(2048)
-    """Cached labeled features above this size go to a disk memory map instead of RAM."""
+    """Cached features above this size go to a float16 disk memory map instead of memory
+    (RAM on the CPU, the GPU's memory on a GPU)."""
     predict_batch_size: int = positive(32)
     """Slices per forward pass when extracting features."""
 
