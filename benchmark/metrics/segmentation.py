@@ -213,6 +213,16 @@ def _checked(pred: np.ndarray, gt: np.ndarray, organs: Mapping[int, str]) -> tup
     return ndimage.find_objects(pred, max_label=top), ndimage.find_objects(gt, max_label=top)
 
 
+def _zrange(first: int, last: int, order: SliceOrder) -> tuple[int, int]:
+    """[lo, hi) along the slice axis that the z-range rule keeps of a ground truth on
+    canonical slices first..last: its last slice in the file's own order is left out."""
+    if last == first:  # one slice: the official script fails (0/0); score that slice
+        return first, first + 1
+    if order.reversed:  # the file's last index is the canonical first
+        return first + 1, last + 1
+    return first, last
+
+
 def _organ_masks(
     pred: np.ndarray,
     gt: np.ndarray,
@@ -240,13 +250,7 @@ def _organ_masks(
         hi = [max(a.stop, b.stop) for a, b in zip(box_gt, box_pred, strict=True)]
         if label in zrange_labels:
             axis = order.axis
-            first, last = box_gt[axis].start, box_gt[axis].stop - 1
-            if last == first:  # one slice: the official script fails (0/0); score that slice
-                lo[axis], hi[axis] = first, first + 1
-            elif order.reversed:  # the file's last index is the canonical first
-                lo[axis], hi[axis] = first + 1, last + 1
-            else:
-                lo[axis], hi[axis] = first, last
+            lo[axis], hi[axis] = _zrange(box_gt[axis].start, box_gt[axis].stop - 1, order)
         box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
         yield label, (pred[box] == label, gt[box] == label)
 
@@ -286,13 +290,7 @@ def dice_from_confusion(
         lo, hi = 0, len(g)
         present = np.flatnonzero(g)
         if label in zrange_labels and len(present) and p.any():
-            first, last = int(present[0]), int(present[-1])
-            if last == first:  # one slice: scored on it (see `_organ_masks`)
-                lo, hi = first, first + 1
-            elif order.reversed:  # the file's last index is the canonical first
-                lo, hi = first + 1, last + 1
-            else:
-                lo, hi = first, last
+            lo, hi = _zrange(int(present[0]), int(present[-1]), order)
         total = int(p[lo:hi].sum() + g[lo:hi].sum())
         scores[label] = 1.0 if total == 0 else float(2 * both[lo:hi].sum() / total)
     return scores

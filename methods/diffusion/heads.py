@@ -42,6 +42,14 @@ class Standardise(nn.Module):
     def stats(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return getattr(self, f"mean{i}"), getattr(self, f"std{i}")
 
+    def fold(self, i: int, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A linear map `w` (C_i, out) on group i's standardised features as one on the raw
+        features: ((f − μ)/σ)·W = f·(W/σ) − μ·(W/σ); returns (W/σ, −μ·(W/σ)), so no pass
+        over the (large) feature maps beyond the map itself."""
+        mean, std = self.stats(i)
+        folded = w / std.flatten()[:, None]
+        return folded, -(mean.flatten() @ folded)
+
 
 class LinearHead(nn.Module):
     """A 1×1 convolution over the standardised, upsampled, concatenated tapped features
@@ -68,16 +76,12 @@ class LinearHead(nn.Module):
         """(N, K, S, S) logits."""
         out = self.bias.view(1, -1, 1, 1)
         for i, (conv, f) in enumerate(zip(self.convs, feats, strict=True)):
-            # W·((f − μ)/σ) = (W/σ)·f − (W/σ)·μ: the standardisation folded into the weights,
-            # so no pass over the (large) feature maps beyond the convolution itself.
-            mean, std = self.norm.stats(i)
-            w = conv.weight.flatten(1) / std.flatten()
-            b = -(w @ mean.flatten())
+            w, b = self.norm.fold(i, conv.weight.flatten(1).t())  # (C, K), (K,)
             # A 1×1 convolution as one matrix product (N, HW, C) @ (C, K): faster than the
             # CPU convolution kernels, forward and backward; the rows are a view of a
             # channels-last map (`FeatureBank`'s), a copy otherwise.
             n, c, h, wd = f.shape
-            z = torch.addmm(b, f.permute(0, 2, 3, 1).reshape(-1, c), w.t())  # (N·HW, K)
+            z = torch.addmm(b, f.permute(0, 2, 3, 1).reshape(-1, c), w)  # (N·HW, K)
             z = z.view(n, h, wd, -1).permute(0, 3, 1, 2)  # (N, K, h, w), channels-last
             out = out + _upsample(z, self.size)
         return out
@@ -188,13 +192,11 @@ class MLPEnsemble(nn.Module):
             raise RuntimeError("member_logits predicts: call it in eval mode")
         n_all, s = len(feats[0]), self.size
         out = feats[0].new_empty(self.members, n_all, s, s, self.num_classes)
-        # The standardisation folded into the first layer: ((f − μ)/σ)·W = f·(W/σ) − μ·(W/σ).
-        weights, bias = [], self.b_in
+        weights, bias = [], self.b_in  # the standardisation folded into the first layer
         for i, w in enumerate(self.w_in):
-            mean, std = self.norm.stats(i)
-            folded = w / std.flatten()[:, None]
+            folded, shift = self.norm.fold(i, w)
             weights.append(folded)
-            bias = bias - mean.flatten() @ folded
+            bias = bias + shift
         for start in range(0, n_all, self.chunk):
             z = None
             for i, (w, f) in enumerate(zip(weights, feats, strict=True)):
