@@ -22,6 +22,21 @@ TINY_TRAINING = (
 """Fine-tuning samples, pretraining samples, samples between validations of `tiny`."""
 
 
+def perf_script(name: str):
+    """The speed or study script `perf/<name>.py`, imported as module `name`."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(
+        name, PROTOCOLS.parents[1] / "perf" / f"{name}.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
 def tiny_protocol_text(source: str = "phantom") -> str:
     """The text of `tiny` (source "phantom") or `tinypath` (source "path"), to derive from."""
     return (PROTOCOLS / ("tinypath.toml" if source == "path" else "tiny.toml")).read_text()

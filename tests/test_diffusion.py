@@ -25,6 +25,7 @@ from methods.diffusion.features import DecoderTaps, by_resolution
 from methods.diffusion.heads import LinearHead, MLPEnsemble
 from methods.diffusion.model import DDPMConfig, build_scheduler
 from methods.diffusion.pretrain import CHECKPOINT, MODEL, load_pretrained, pretrain_ddpm
+from tests.conftest import perf_script
 
 TINY = DDPMConfig(
     resolution=16,
@@ -345,19 +346,8 @@ def test_ddp_pretraining_on_two_gloo_processes_takes_the_same_steps_as_one(tmp_p
         torch.testing.assert_close(models[2][key], value, rtol=1e-4, atol=1e-5, msg=key)
 
 
-def _script(name: str):
-    import importlib.util
-
-    path = Path(__file__).parents[1] / "perf" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_ablation_runs_tiny_resumes_and_refuses_bad_grids(tmp_path, capsys):
-    ablation = _script("ablation_diffusion")
+    ablation = perf_script("ablation_diffusion")
     out = tmp_path / "ablation"
     tiny = [a for s in [*TINY_SET, "members=2", "hidden=8,4", "pixels=16"] for a in ("--set", s)]
     common = ["--protocol", "tiny", "--budgets", "4slices", "--resolutions", "16,32"]
@@ -418,7 +408,7 @@ def test_long_pretraining_protocol_differs_from_phantom_only_in_pretraining_samp
 def test_head_prediction_speed_script_agrees_with_ddpm_segs_order():
     """`perf/bench_diffusion.py --predict-slices`: the default ensemble's prediction on the
     default taps' feature shapes equals DDPM-Seg's upsample-then-MLP order."""
-    ours, theirs, diff = _script("bench_diffusion").head_predict_s(
+    ours, theirs, diff = perf_script("bench_diffusion").head_predict_s(
         64, 128, 1, 14, torch.device("cpu")
     )
     assert ours > 0 and theirs > 0 and diff < 1e-5
@@ -432,7 +422,7 @@ def test_gpu_benchmark_runs_tiny_on_the_cpu(capsys):
     args = ["--preset", "cpu", "--device", "cpu", "--train-steps", "1", "--warmup-steps", "1"]
     args += ["--sample-n", "2", "--sample-batch", "2", "--ddim-steps", "2", "--skip-ddpm"]
     args += ["--head-steps", "1", "--head-slices", "4", *(a for s in tiny for a in ("--set", s))]
-    _script("bench_gpu_diffusion").main(args)
+    perf_script("bench_gpu_diffusion").main(args)
     out = capsys.readouterr().out
     assert "training images/s" in out and "sampling DDIM 2 steps" in out
     assert "mlp-ensemble head on 16×16 features (2 MLPs (128, 32), majority vote" in out

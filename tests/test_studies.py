@@ -4,29 +4,20 @@ checked on small frames and on the committed tuning store."""
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from tests.conftest import perf_script
+
 ROOT = Path(__file__).parents[1]
 STUDIES = ROOT / "reports" / "phantom" / "studies"
 
 
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "perf" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-tune = _script("tune_lr")
-convergence = _script("convergence")
+tune = perf_script("tune_lr")
+convergence = perf_script("convergence")
 
 
 def test_sets_are_scoped_per_method_or_shared():
@@ -121,7 +112,7 @@ def _grid(dsc: dict[tuple[str, str], list[float]], organs: tuple[str, ...] = ("l
 
 
 def test_reference_checks_apply_each_rule():
-    checks = _script("reference_checks")
+    checks = perf_script("reference_checks")
     grid = {
         ("unet-scratch", "4slices"): [0.30, 0.32, 0.31],
         ("unet-scratch", "1pct"): [0.40, 0.41, 0.39],

@@ -25,7 +25,7 @@ from benchmark.store import SCHEMA_VERSION, ResultsStore
 from benchmark.supervised import draw_streams, optimize
 from benchmark.validation import CurvePoint, Selection, Validator, may_be_undertrained, sanity_dsc
 from methods.diffusion.linear import DiffusionLinear
-from tests.conftest import TINY_TRAINING, tiny_protocol_text
+from tests.conftest import TINY_TRAINING, perf_script, tiny_protocol_text
 
 runner = CliRunner()
 
@@ -262,17 +262,10 @@ def test_validator_scores_as_the_runners_scorer(tiny_data, order, monkeypatch):
 
 def test_validation_speed_script_runs_and_agrees(capsys, monkeypatch):
     """`perf/bench_validation.py` on `tiny`: its three scoring paths give one mean DSC."""
-    import importlib.util
-    from pathlib import Path
-
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the script sets it; restored after the test
     threads = torch.get_num_threads()
-    path = Path(__file__).parents[1] / "perf" / "bench_validation.py"
-    spec = importlib.util.spec_from_file_location("bench_validation", path)
-    assert spec is not None and spec.loader is not None
-    script = importlib.util.module_from_spec(spec)
     try:
-        spec.loader.exec_module(script)
+        script = perf_script("bench_validation")
         script.main(["--protocol", "tiny", "--repeats", "1", "--noise", "0.1"])
     finally:
         torch.set_num_threads(threads)
