@@ -175,8 +175,8 @@ def draw_streams(
 
     The same numbers, in the same order, as drawing them step by step: the batches from
     `labeled.batches` with `np.random.default_rng(seed)`, then per step the affine and the
-    intensity draws from `torch.Generator().manual_seed(seed)`. So a fit is the same on every
-    device, and a step needs no host-to-device copy.
+    intensity draws from `torch.Generator().manual_seed(seed)`. So every device sees the same
+    random numbers, and a step needs no host-to-device copy.
     """
     batches = labeled.batches(batch_size, np.random.default_rng(seed))
     idx = torch.from_numpy(np.stack([next(batches) for _ in range(steps)]))

@@ -315,9 +315,8 @@ def _run_local(
     return todo
 
 
-def _pretrain_error(exc: BaseException | str) -> str:
-    reason = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
-    return f"pretraining failed: {reason}"
+def _pretrain_error(exc: BaseException) -> str:
+    return f"pretraining failed: {type(exc).__name__}: {exc}"
 
 
 def _child(request: RunRequest, env: dict[str, str], threads: int, out: str) -> None:
@@ -328,7 +327,7 @@ def _pretrain_child(request: RunRequest, env: dict[str, str], threads: int, out:
     try:
         result: dict[str, str] = {"key": pretrain_point(request, env, threads)}
     except Exception as exc:  # the driver fails every run that needs it, with the reason
-        result = {"error": f"{type(exc).__name__}: {exc}"}
+        result = {"error": _pretrain_error(exc)}
     _dump(result, out)
 
 
@@ -408,12 +407,13 @@ def _run_processes(
                     if result is not None and "key" in result:
                         done.add(task.group)
                     else:
-                        reason = (
+                        error = (
                             result["error"]
                             if result is not None
-                            else f"its worker process died twice (exit code {proc.exitcode})"
+                            else "pretraining failed: its worker process died twice "
+                            f"(exit code {proc.exitcode})"
                         )
-                        fail_group(task.group, _pretrain_error(reason))
+                        fail_group(task.group, error)
                 elif result is not None:
                     record(task.prep, *result)
                 else:
