@@ -155,7 +155,8 @@ def plan(
                     run = RunRequest(
                         method=method,
                         budget=budget,
-                        protocol=protocol.name,
+                        # the file itself: a worker finds it whatever its folder or name
+                        protocol=str(protocol.path.resolve()),
                         seed=seed,
                         device=req.device,
                         results=req.results,

@@ -25,6 +25,7 @@ from benchmark.errors import ConfigError
 from benchmark.progress import Progress
 from benchmark.store import ResultsStore
 from benchmark.sweep import SweepRequest, method_overrides, run_sweep
+from tests.conftest import tiny_protocol_text
 
 TOY = '''
 import json
@@ -178,6 +179,22 @@ def test_local_sweep_runs_the_grid_pretrains_once_and_skips_what_is_done(tmp_pat
     assert "2 completed, 0 unfit, 4 already done, 0 failed" in again.output
     assert marks(toy, "pretrain") == 1
     assert len(completed(results)) == 6
+
+
+def test_a_protocol_given_as_a_file_reaches_the_worker_processes(tmp_path, toy, monkeypatch):
+    """Workers load the protocol file the driver loaded, not a name only the driver can find."""
+    elsewhere = tmp_path / "mine" / "study.toml"
+    elsewhere.parent.mkdir()
+    elsewhere.write_text(tiny_protocol_text().replace('name = "tiny"', 'name = "study"'))
+    monkeypatch.chdir(tmp_path)
+    results = tmp_path / "runs"
+    args = ["sweep", "-p", "mine/study.toml", "--results", str(results), "-q", "--device", "cpu"]
+    r = CliRunner().invoke(
+        app, [*args, "--methods", "toy-plain", "--budgets", "4slices", "--seeds", "0,1", "-j", "2"]
+    )
+    assert r.exit_code == 0, r.output
+    assert completed(results) == [("toy-plain", "4slices", 0), ("toy-plain", "4slices", 1)]
+    assert set(ResultsStore(results).runs().protocol) == {"study"}
 
 
 def first_mtime(folder, name: str) -> float:
