@@ -381,46 +381,56 @@ def _run_processes(
             queue.remove(task)
             record(task.prep, failed_record(task.prep, error), [])
 
-    with tempfile.TemporaryDirectory(prefix="labelbench-sweep-") as tmp:
-        while (queue and not stopped()) or running:
-            for task in [t for t in queue if t.needs is None or t.needs in done]:
-                if len(running) >= req.jobs or stopped():
-                    break
-                queue.remove(task)
-                kind = "pretrain" if task.group else "run"
-                out = Path(tmp) / f"{kind}-{task.prep.run_key}-{task.attempt}.pkl"
-                target = _pretrain_child if task.group else _child
-                proc = ctx.Process(
-                    target=target, args=(task.prep.request, env, threads, str(out)), daemon=True
+    def finish(proc: Any) -> None:
+        """Record what a worker that has ended left, or queue its one retry."""
+        task, out = running.pop(proc)
+        proc.join()
+        result = None
+        if out.exists():
+            with out.open("rb") as f:
+                result = pickle.load(f)
+        if result is None and task.attempt == 0:
+            queue.insert(0, _Task(task.prep, task.group, task.needs, attempt=1))
+        elif task.group is not None:
+            if result is not None and "key" in result:
+                done.add(task.group)
+            else:
+                error = (
+                    result["error"]
+                    if result is not None
+                    else "pretraining failed: its worker process died twice "
+                    f"(exit code {proc.exitcode})"
                 )
-                proc.start()
-                running[proc] = (task, out)
-            for proc in [p for p in running if not p.is_alive()]:
-                task, out = running.pop(proc)
+                fail_group(task.group, error)
+        elif result is not None:
+            record(task.prep, *result)
+        else:
+            error = f"worker process died twice (exit code {proc.exitcode})"
+            record(task.prep, failed_record(task.prep, error, info={"attempts": 2}), [])
+
+    with tempfile.TemporaryDirectory(prefix="labelbench-sweep-") as tmp:
+        try:
+            while (queue and not stopped()) or running:
+                for task in [t for t in queue if t.needs is None or t.needs in done]:
+                    if len(running) >= req.jobs or stopped():
+                        break
+                    queue.remove(task)
+                    kind = "pretrain" if task.group else "run"
+                    out = Path(tmp) / f"{kind}-{task.prep.run_key}-{task.attempt}.pkl"
+                    target = _pretrain_child if task.group else _child
+                    # Not a daemon: a method may start processes of its own (nnU-Net does).
+                    proc = ctx.Process(
+                        target=target, args=(task.prep.request, env, threads, str(out))
+                    )
+                    proc.start()
+                    running[proc] = (task, out)
+                for proc in [p for p in running if not p.is_alive()]:
+                    finish(proc)
+                time.sleep(0.05)
+        finally:  # the driver leaving early (an interrupt) takes its workers with it
+            for proc in running:
+                proc.terminate()
                 proc.join()
-                result = None
-                if out.exists():
-                    with out.open("rb") as f:
-                        result = pickle.load(f)
-                if result is None and task.attempt == 0:
-                    queue.insert(0, _Task(task.prep, task.group, task.needs, attempt=1))
-                elif task.group is not None:
-                    if result is not None and "key" in result:
-                        done.add(task.group)
-                    else:
-                        error = (
-                            result["error"]
-                            if result is not None
-                            else "pretraining failed: its worker process died twice "
-                            f"(exit code {proc.exitcode})"
-                        )
-                        fail_group(task.group, error)
-                elif result is not None:
-                    record(task.prep, *result)
-                else:
-                    error = f"worker process died twice (exit code {proc.exitcode})"
-                    record(task.prep, failed_record(task.prep, error, info={"attempts": 2}), [])
-            time.sleep(0.05)
     return [t.prep for t in queue if t.group is None]
 
 

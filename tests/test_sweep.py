@@ -89,6 +89,24 @@ class ToyPlain(ToyMean):
     uses_pretraining = False
 
 
+def _child_mark():
+    _mark("grandchild")
+
+
+class ToyKids(ToyPlain):
+    """Starts a process of its own in `fit`, as nnU-Net does for its preprocessing."""
+
+    name = "toy-kids"
+
+    def fit(self, labeled, ctx):
+        import multiprocessing
+
+        child = multiprocessing.get_context("spawn").Process(target=_child_mark)
+        child.start()
+        child.join()
+        super().fit(labeled, ctx)
+
+
 class ToyPretrainCrash(ToyMean):
     name = "toy-pcrash"
 
@@ -132,6 +150,7 @@ def toy(tmp_path, monkeypatch):
         [labelbench.methods]
         toy-mean = toy_methods:ToyMean
         toy-plain = toy_methods:ToyPlain
+        toy-kids = toy_methods:ToyKids
         toy-pcrash = toy_methods:ToyPretrainCrash
         toy-fail = toy_methods:ToyFail
         toy-crash = toy_methods:ToyCrash
@@ -195,6 +214,15 @@ def test_a_protocol_given_as_a_file_reaches_the_worker_processes(tmp_path, toy, 
     assert r.exit_code == 0, r.output
     assert completed(results) == [("toy-plain", "4slices", 0), ("toy-plain", "4slices", 1)]
     assert set(ResultsStore(results).runs().protocol) == {"study"}
+
+
+def test_a_method_may_start_processes_of_its_own_in_a_parallel_sweep(tmp_path, toy):
+    """Workers are not daemons: a method's own process pool (nnU-Net's) is allowed."""
+    results = tmp_path / "runs"
+    r = sweep(results, "--methods", "toy-kids", "--budgets", "4slices", "--seeds", "0,1", "-j", "2")
+    assert r.exit_code == 0, r.output
+    assert completed(results) == [("toy-kids", "4slices", 0), ("toy-kids", "4slices", 1)]
+    assert marks(toy, "grandchild") == 2
 
 
 def first_mtime(folder, name: str) -> float:
