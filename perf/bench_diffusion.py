@@ -105,11 +105,12 @@ def head_step_s(
         ).to(device)
         net.set_stats(bank.get(np.arange(len(labeled)), device))
         opt = torch.optim.AdamW(net.parameters(), lr=cfg.head_lr)
-        gen = torch.Generator().manual_seed(0)
+        points = net.draw_points(steps, cfg.batch_size, torch.Generator().manual_seed(0))
         t0 = time.perf_counter()
-        for _ in range(steps):
+        for i in range(steps):
             idx = np.sort(rng.integers(0, len(labeled), cfg.batch_size))
-            loss = net.loss(get_feats(idx), labels[torch.from_numpy(idx)], gen)
+            at = None if points is None else points[i]
+            loss = net.loss(get_feats(idx), labels[torch.from_numpy(idx)], at)
             opt.zero_grad()
             loss.backward()
             opt.step()

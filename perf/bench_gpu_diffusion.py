@@ -104,7 +104,8 @@ def bench_heads(
                           cfg.vote, cfg.pixels).to(device)  # fmt: skip
         head.set_stats(bank.get(np.arange(min(n, 16)), device))
         opt = torch.optim.AdamW(head.parameters(), lr=cfg.head_lr)
-        gen = torch.Generator().manual_seed(0)
+        points = head.draw_points(steps + 1, cfg.batch_size, torch.Generator().manual_seed(0))
+        points = None if points is None else points.to(device)
 
         t = time.perf_counter()
         for i in range(steps + 1):
@@ -115,7 +116,7 @@ def bench_heads(
                 t = time.perf_counter()
             idx = np.sort(rng.integers(0, n, cfg.batch_size))
             target = labels[torch.from_numpy(idx).to(device)]
-            loss = head.loss(bank.get(idx, device), target, gen)
+            loss = head.loss(bank.get(idx, device), target, None if points is None else points[i])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -160,6 +160,10 @@ def test_feature_bank_returns_the_taps_features_channels_last_in_ram_and_on_disk
         for g, e in zip(got, expected, strict=True):
             assert g.shape == e.shape and g.is_contiguous(memory_format=torch.channels_last)
             torch.testing.assert_close(g, e, rtol=tol, atol=tol * max(1.0, float(e.abs().max())))
+        # a sorted index tensor (what a fit pre-draws) gives the same rows
+        by_tensor = bank.get(torch.from_numpy(np.sort(idx)), torch.device("cpu"))
+        for g, t in zip(got, by_tensor, strict=True):
+            assert torch.equal(g, t)
 
 
 def test_linear_head_equals_conv_of_concatenated_upsampled_features():
@@ -228,9 +232,24 @@ def test_mlp_ensemble_on_sampled_pixels_equals_it_on_upsampled_slices():
     with pytest.raises(RuntimeError, match="eval mode"):  # batch statistics are not a model
         head.member_logits(feats)
     labels = torch.randint(0, 4, (2, 16, 16))
-    loss = head.loss(feats, labels, torch.Generator().manual_seed(0))
+    loss = head.loss(feats, labels, head.draw_points(1, 2, torch.Generator().manual_seed(0))[0])
     loss.backward()
     assert torch.isfinite(loss) and all(p.grad is not None for p in head.parameters())
+
+
+def test_ensemble_draws_a_fits_pixels_up_front_as_it_would_step_by_step():
+    """The pre-drawn pixels are the step-by-step draws of one generator, so a fit that moves
+    them to the device once trains on the same pixels as one that draws per step."""
+    head = MLPEnsemble([3], 4, 16, members=2, hidden=(8,), pixels=20)
+    points = head.draw_points(5, 3, torch.Generator().manual_seed(7))
+    assert points.shape == (5, 3, 20) and points.dtype == torch.int32
+    gen = torch.Generator().manual_seed(7)
+    for step in points:
+        assert torch.equal(step.long(), torch.randint(0, 256, (3, 20), generator=gen))
+    assert head.draw_points(0, 3, gen).shape == (0, 3, 20)
+    assert LinearHead([3], 4, 16).draw_points(5, 3, gen) is None  # whole slices, no draws
+    with pytest.raises(ValueError, match="points"):
+        head.loss([torch.zeros(3, 3, 4, 4)], torch.zeros(3, 16, 16, dtype=torch.long))
 
 
 def test_ensemble_votes():

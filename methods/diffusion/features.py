@@ -178,14 +178,19 @@ class FeatureBank:
     def __len__(self) -> int:
         return len(self.arrays[0])
 
-    def get(self, idx: np.ndarray, device: torch.device) -> list[torch.Tensor]:
+    def get(self, idx: np.ndarray | torch.Tensor, device: torch.device) -> list[torch.Tensor]:
         """Features of slices `idx` (sorted), one float32 tensor (N, C, h, w) per resolution
-        group, in channels-last memory."""
-        order = np.sort(idx)
+        group, in channels-last memory. A tensor `idx` must be sorted already; on the bank's
+        device it needs no host-to-device copy."""
+        if isinstance(idx, torch.Tensor):
+            order, rows_at = idx.cpu().numpy() if self.on_disk else None, idx
+        else:
+            order = np.sort(idx)
+            rows_at = torch.from_numpy(order)
         out = []
         for a in self.arrays:
             if isinstance(a, torch.Tensor):
-                rows = a.index_select(0, torch.from_numpy(order).to(a.device)).to(device)
+                rows = a.index_select(0, rows_at.to(a.device)).to(device)
             else:
                 rows = torch.from_numpy(np.asarray(a[order])).to(device).float()
             out.append(rows.permute(0, 3, 1, 2))

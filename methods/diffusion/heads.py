@@ -5,7 +5,8 @@ Both take the features of a batch of slices as `FeatureBank.get` returns them: o
 (N, C_g, h_g, w_g) per block resolution g, at the block's own resolution. Both standardise
 each channel with statistics of the labeled features, and both see the features bilinearly
 upsampled to the slice size (S × S), as DDPM-Seg does. A head answers two questions:
-`loss(feats, labels, gen)` on a training batch and `labels(feats)` (N, S, S) for prediction.
+`loss(feats, labels, points)` on a training batch and `labels(feats)` (N, S, S) for
+prediction; `draw_points` draws a whole fit's random pixels (`points`) up front.
 """
 
 from __future__ import annotations
@@ -86,10 +87,14 @@ class LinearHead(nn.Module):
             out = out + _upsample(z, self.size)
         return out
 
+    def draw_points(self, steps: int, n: int, gen: torch.Generator) -> None:
+        """None: the linear head trains on whole slices, it draws no pixels."""
+        return None
+
     def loss(
-        self, feats: list[torch.Tensor], labels: torch.Tensor, gen: torch.Generator
+        self, feats: list[torch.Tensor], labels: torch.Tensor, points: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Batch Dice + CE of (N, S, S) label maps."""
+        """Batch Dice + CE of (N, S, S) label maps (`points` unused)."""
         return self._loss(self(feats), labels[:, None])
 
     def labels(self, feats: list[torch.Tensor]) -> torch.Tensor:
@@ -175,12 +180,22 @@ class MLPEnsemble(nn.Module):
         assert z is not None
         return self._tail(z)
 
-    def loss(
-        self, feats: list[torch.Tensor], labels: torch.Tensor, gen: torch.Generator
-    ) -> torch.Tensor:
-        n, s = labels.shape[0], self.size
+    def draw_points(self, steps: int, n: int, gen: torch.Generator) -> torch.Tensor:
+        """The pixels every step of a fit trains on, (steps, n, p) flat indices into the S × S
+        slice (int32), drawn from `gen` step by step: the same numbers on every device, and
+        moved to the device once instead of once per step."""
+        s = self.size
         pixels = min(self.pixels, s * s)
-        points = torch.randint(0, s * s, (n, pixels), generator=gen).to(labels.device)
+        draws = [torch.randint(0, s * s, (n, pixels), generator=gen) for _ in range(steps)]
+        return torch.stack(draws).int() if draws else torch.empty(0, n, pixels, dtype=torch.int)
+
+    def loss(
+        self, feats: list[torch.Tensor], labels: torch.Tensor, points: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Mean over members of Dice + CE at `points` (N, p), one step of `draw_points`."""
+        if points is None:
+            raise ValueError("the MLP ensemble trains on sampled pixels: pass `points`")
+        points = points.long()
         target = labels.flatten(1).gather(1, points).reshape(1, 1, -1)
         logits = self.pixel_logits(feats, points).transpose(1, 2)  # (M, K, N·p)
         return self._loss(logits, target.expand(self.members, 1, -1))

@@ -172,12 +172,20 @@ def train_head(
     stats_idx = np.arange(min(len(labeled), 64))
     head.set_stats(bank.get(stats_idx, ctx.device))
     labels = labeled.labels().to(ctx.device)
+    # The whole fit's random numbers up front, copied to the device once (as the supervised
+    # recipe's `draw_streams`): each step's slices, sorted, and the MLP ensemble's pixels.
     batches = labeled.batches(cfg.batch_size, np.random.default_rng(ctx.seed))
-    gen = torch.Generator().manual_seed(ctx.seed)
+    batch_idx = torch.from_numpy(np.stack([np.sort(next(batches)) for _ in range(steps)]))
+    batch_idx = batch_idx.to(ctx.device)
+    points = head.draw_points(steps, cfg.batch_size, torch.Generator().manual_seed(ctx.seed))
+    points = None if points is None else points.to(ctx.device)
+    step_of = iter(range(steps))
 
     def step_loss() -> torch.Tensor:
-        idx = np.sort(next(batches))
-        return head.loss(bank.get(idx, ctx.device), labels[torch.from_numpy(idx)], gen)
+        i = next(step_of)
+        idx = batch_idx[i]
+        feats = bank.get(idx, ctx.device)
+        return head.loss(feats, labels.index_select(0, idx), None if points is None else points[i])
 
     def val_score() -> float:
         assert val_bank is not None and ctx.validator is not None
