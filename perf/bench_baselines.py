@@ -11,7 +11,11 @@ the load average, which says whether other work shared the cores. All figures co
 run of the command.
 
     python perf/bench_baselines.py [--method nnunet] [--budget 4slices] [--cores 2]
-        [--threads N] [--fresh-cache] [-- extra bench run arguments, e.g. --set epochs=5]
+        [--threads N] [--device cpu] [--fresh-cache] [-- extra bench run arguments, e.g.
+        --set epochs=5]
+
+With `--device cuda` it times the GPU path (the CPU cores still pinned: nnU-Net's data
+augmentation runs on them).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ def main() -> None:
         help="torch / OpenMP threads (default: one per core; use fewer when other jobs share "
         "the cores, as OpenMP threads that wait on each other slow down many times)",
     )
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--fresh-cache", action="store_true", help="start from an empty cache")
     parser.add_argument("extra", nargs="*", help="more `bench run` arguments")
     args = parser.parse_args()
@@ -53,7 +58,12 @@ def main() -> None:
             env["LABELBENCH_CACHE"] = str(Path(tmp) / "cache")
         results = Path(tmp) / "runs"
         cmd = bench_run_command(
-            args.method, args.budget, results, args.extra, protocol=args.protocol, device="cpu"
+            args.method,
+            args.budget,
+            results,
+            args.extra,
+            protocol=args.protocol,
+            device=args.device,
         )
         load_before = os.getloadavg()[0]
         cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -74,7 +84,7 @@ def main() -> None:
     info = json.loads(info)
     print(
         f"command: bench run --method {args.method} --budget {args.budget} "
-        f"--protocol {args.protocol} --device cpu {' '.join(args.extra)}".rstrip()
+        f"--protocol {args.protocol} --device {args.device} {' '.join(args.extra)}".rstrip()
     )
     print(
         f"wall time: {wall:.1f}s on {device}, pinned to {len(cores)} cores {cores}, "
