@@ -148,12 +148,10 @@ def plan(
     data = load_data(protocol, req.data, progress)
     store = ResultsStore(req.results)
     pending, done = [], []
-    # Seed before budget: a method's runs that share a pretraining (one per seed) are queued
-    # together, so a sweep stopped part-way (`--stop-after`) splits at most one such group.
     for overrides in settings:
         for method in req.methods:
-            for seed in req.seeds:
-                for budget in req.budgets:
+            for budget in req.budgets:
+                for seed in req.seeds:
                     run = RunRequest(
                         method=method,
                         budget=budget,

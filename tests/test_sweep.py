@@ -225,16 +225,6 @@ def test_a_method_may_start_processes_of_its_own_in_a_parallel_sweep(tmp_path, t
     assert marks(toy, "grandchild") == 2
 
 
-def test_a_methods_runs_that_share_a_pretraining_are_queued_together(tmp_path, toy):
-    """Seed before budget, so a sweep stopped part-way splits at most one seed's runs."""
-    results = tmp_path / "runs"
-    r = sweep(results, "--methods", "toy-plain", "--budgets", "4slices,1pct", "--seeds", "0,1")
-    assert r.exit_code == 0, r.output
-    with sqlite3.connect(results / "labelbench.sqlite") as conn:
-        order = conn.execute("SELECT seed, budget FROM runs ORDER BY rowid").fetchall()
-    assert order == [(0, "4slices"), (0, "1pct"), (1, "4slices"), (1, "1pct")]
-
-
 def first_mtime(folder, name: str) -> float:
     return min(p.stat().st_mtime for p in folder.glob(f"{name}-*"))
 
