@@ -106,6 +106,7 @@ def head_step_s(
         net.set_stats(bank.get(np.arange(len(labeled)), device))
         opt = torch.optim.AdamW(net.parameters(), lr=cfg.head_lr)
         points = net.draw_points(steps, cfg.batch_size, torch.Generator().manual_seed(0))
+        points = None if points is None else points.to(device)
         t0 = time.perf_counter()
         for i in range(steps):
             idx = np.sort(rng.integers(0, len(labeled), cfg.batch_size))
