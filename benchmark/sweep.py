@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import sys
 import tempfile
 import time
@@ -34,7 +35,7 @@ from benchmark.data.source import cache_root
 from benchmark.errors import ConfigError
 from benchmark.method import RunContext
 from benchmark.progress import Progress
-from benchmark.protocol import load_protocol, stable_hash
+from benchmark.protocol import Protocol, available_protocols, load_protocol, stable_hash
 from benchmark.provenance import resolve_device
 from benchmark.registry import get_method
 from benchmark.runner import (
@@ -155,8 +156,7 @@ def plan(
                     run = RunRequest(
                         method=method,
                         budget=budget,
-                        # the file itself: a worker finds it whatever its folder or name
-                        protocol=str(protocol.path.resolve()),
+                        protocol=_locator(protocol),
                         seed=seed,
                         device=req.device,
                         results=req.results,
@@ -170,6 +170,16 @@ def plan(
                     else:
                         pending.append(prep)
     return data, pending, done
+
+
+def _locator(protocol: Protocol) -> str:
+    """How a worker finds the protocol: by name where the name finds this same file (a Ray
+    worker on another machine has the installed protocols, not this machine's paths), else
+    by the file's absolute path (a protocol given as a path, or named in a folder of its own)."""
+    known = available_protocols().get(protocol.name)
+    if known is not None and known.resolve() == protocol.path.resolve():
+        return protocol.name
+    return str(protocol.path.resolve())
 
 
 def pretraining_groups(pending: list[Prepared]) -> dict[str, list[Prepared]]:
@@ -321,15 +331,29 @@ def _pretrain_error(exc: BaseException) -> str:
 
 
 def _child(request: RunRequest, env: dict[str, str], threads: int, out: str) -> None:
+    os.setpgrp()  # a group of its own: `_stop` ends it with every process it starts
     _dump(run_point(request, env, threads), out)
 
 
 def _pretrain_child(request: RunRequest, env: dict[str, str], threads: int, out: str) -> None:
+    os.setpgrp()
     try:
         result: dict[str, str] = {"key": pretrain_point(request, env, threads)}
     except Exception as exc:  # the driver fails every run that needs it, with the reason
         result = {"error": _pretrain_error(exc)}
     _dump(result, out)
+
+
+def _stop(proc: Any, grace: float = 10.0) -> None:
+    """End a worker and the processes it started (its process group, `_child`'s): SIGTERM,
+    then SIGKILL to what is left after `grace` seconds."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:  # the group is gone, or the worker has not made it yet
+            if proc.is_alive():
+                proc.kill() if sig == signal.SIGKILL else proc.terminate()
+        proc.join(grace if sig == signal.SIGTERM else None)
 
 
 def _dump(result: Any, out: str) -> None:
@@ -429,8 +453,7 @@ def _run_processes(
                 time.sleep(0.05)
         finally:  # the driver leaving early (an interrupt) takes its workers with it
             for proc in running:
-                proc.terminate()
-                proc.join()
+                _stop(proc)
     return [t.prep for t in queue if t.group is None]
 
 

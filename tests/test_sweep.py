@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -31,6 +32,7 @@ TOY = '''
 import json
 import os
 import time
+from pathlib import Path
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +77,11 @@ class ToyMean(Method):
     def fit(self, labeled, ctx):
         _mark(f"fit_{self.name}")
         time.sleep(self.config.sleep)
+        waits_for = os.environ.get("TOY_WAIT_FOR")  # a mark another run leaves
+        for _ in range(600 if waits_for else 0):
+            if any(Path(os.environ["TOY_MARKS"]).glob(f"{waits_for}*")):
+                break
+            time.sleep(0.1)
         x, y = labeled.images()[:, 0], labeled.labels()
         self.means = torch.tensor(
             [x[y == k].mean() if (y == k).any() else 10.0 for k in range(ctx.num_classes)]
@@ -105,6 +112,24 @@ class ToyKids(ToyPlain):
         child.start()
         child.join()
         super().fit(labeled, ctx)
+
+
+def _sleeper():
+    _mark(f"sleeper_{os.getpid()}")
+    time.sleep(120)
+
+
+class ToyStuck(ToyPlain):
+    """A fit that starts a process of its own, then hangs: what an interrupted driver stops."""
+
+    name = "toy-stuck"
+
+    def fit(self, labeled, ctx):
+        import multiprocessing
+
+        multiprocessing.get_context("spawn").Process(target=_sleeper).start()
+        _mark(f"stuck_{os.getpid()}")
+        time.sleep(120)
 
 
 class ToyPretrainCrash(ToyMean):
@@ -151,6 +176,7 @@ def toy(tmp_path, monkeypatch):
         toy-mean = toy_methods:ToyMean
         toy-plain = toy_methods:ToyPlain
         toy-kids = toy_methods:ToyKids
+        toy-stuck = toy_methods:ToyStuck
         toy-pcrash = toy_methods:ToyPretrainCrash
         toy-fail = toy_methods:ToyFail
         toy-crash = toy_methods:ToyCrash
@@ -223,6 +249,34 @@ def test_a_method_may_start_processes_of_its_own_in_a_parallel_sweep(tmp_path, t
     assert r.exit_code == 0, r.output
     assert completed(results) == [("toy-kids", "4slices", 0), ("toy-kids", "4slices", 1)]
     assert marks(toy, "grandchild") == 2
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def test_an_interrupted_sweep_stops_its_workers_and_what_they_started(tmp_path, toy, monkeypatch):
+    """The driver leaving early (here: its report raising, as Ctrl-C would) ends every running
+    worker's process group, so no run, and no process of a run's, is left behind."""
+    request = SweepRequest(
+        methods=["toy-plain", "toy-stuck"], budgets=["4slices"], seeds=[0],
+        protocol="tiny", device="cpu", results=tmp_path / "runs", jobs=2,
+    )  # fmt: skip
+    monkeypatch.setenv("TOY_WAIT_FOR", "sleeper_")  # toy-plain ends once the stuck run's own
+    # process has started
+
+    def interrupt(finished) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(request, Progress(quiet=True), interrupt)  # when toy-plain finishes
+    pids = [int(p.name.split("-")[0].split("_")[1]) for p in toy.glob("s*_*")]
+    assert len(pids) == 2, "the stuck fit and its own process both started"
+    time.sleep(0.5)
+    assert not any(_alive(pid) for pid in pids)
 
 
 def first_mtime(folder, name: str) -> float:
