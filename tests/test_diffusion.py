@@ -22,7 +22,7 @@ from benchmark.data.slicestore import Preprocessing, build_slice_store
 from benchmark.method import SliceSet
 from benchmark.progress import Progress
 from methods.diffusion.features import DecoderTaps, by_resolution
-from methods.diffusion.heads import LinearHead, MLPEnsemble
+from methods.diffusion.heads import LinearHead, MLPEnsemble, build_head
 from methods.diffusion.model import DDPMConfig, build_scheduler
 from methods.diffusion.pretrain import CHECKPOINT, MODEL, load_pretrained, pretrain_ddpm
 from tests.conftest import perf_script
@@ -250,6 +250,51 @@ def test_ensemble_draws_a_fits_pixels_up_front_as_it_would_step_by_step():
     assert LinearHead([3], 4, 16).draw_points(5, 3, gen) is None  # whole slices, no draws
     with pytest.raises(ValueError, match="points"):
         head.loss([torch.zeros(3, 3, 4, 4)], torch.zeros(3, 16, 16, dtype=torch.long))
+
+
+@pytest.mark.parametrize("head", ["mlp-ensemble", "linear"])
+def test_a_head_fit_with_its_draws_made_up_front_is_bitwise_the_step_by_step_fit(
+    unlabeled, tmp_path, head
+):
+    """`train_head` pre-draws its slices and pixels; the weights equal those of the loop that
+    draws them step by step (slices from `labeled.batches`, pixels from one generator), with
+    the features in RAM and on disk."""
+    from benchmark.config import apply_overrides
+    from benchmark.method import RunContext
+    from benchmark.supervised import fine_tune, fine_tuning_steps
+    from methods.diffusion.features import FeatureBank
+    from methods.diffusion.linear import DiffusionLinearConfig, train_head
+    from methods.diffusion.model import build_unet
+
+    options = ["members=2", "hidden=8,4", "pixels=16", "iterations=8", "batch_size=3"]
+    cfg = apply_overrides(DiffusionLinearConfig, [*TINY_SET, f"head={head}", *options])
+    labeled = SliceSet(unlabeled.store, unlabeled.rows[:5], labeled=True)
+    torch.manual_seed(0)
+    taps = DecoderTaps(build_unet(TINY), build_scheduler(TINY), 16, (0, 1), (50, 150))
+    cpu = torch.device("cpu")
+    for memory_mb in (2048, 0):
+        bank = FeatureBank(taps, labeled, 2, memory_mb, cpu)
+        ctx = RunContext(cpu, 3, 14, Path(tmp_path), QUIET)
+        fitted = train_head(bank, labeled, cfg, ctx, taps.group_channels)
+
+        torch.manual_seed(3)  # the reference: train_head as it drew step by step
+        ref = build_head(head, taps.group_channels, 14, 32, 2, (8, 4), cfg.vote, 16)
+        ref.set_stats(bank.get(np.arange(len(labeled)), cpu))
+        batches = labeled.batches(3, np.random.default_rng(3))
+        gen, labels = torch.Generator().manual_seed(3), labeled.labels()
+
+        def step_loss(ref=ref, batches=batches, gen=gen, labels=labels, bank=bank):
+            idx = np.sort(next(batches))
+            points = torch.randint(0, 32 * 32, (3, 16), generator=gen)
+            return ref.loss(bank.get(idx, cpu), labels[torch.from_numpy(idx)], points)
+
+        ref.train()
+        steps = fine_tuning_steps(cfg.iterations)
+        fine_tune(ctx, ref, ref.parameters(), step_loss, lambda: 0.0, cfg, cfg.head_lr, steps, "")
+        for (name, a), b in zip(
+            fitted.state_dict().items(), ref.state_dict().values(), strict=True
+        ):
+            assert torch.equal(a, b), (memory_mb, name)
 
 
 def test_ensemble_votes():

@@ -185,9 +185,10 @@ class MLPEnsemble(nn.Module):
         slice (int32), drawn from `gen` step by step: the same numbers on every device, and
         moved to the device once instead of once per step."""
         s = self.size
-        pixels = min(self.pixels, s * s)
-        draws = [torch.randint(0, s * s, (n, pixels), generator=gen) for _ in range(steps)]
-        return torch.stack(draws).int() if draws else torch.empty(0, n, pixels, dtype=torch.int)
+        points = torch.empty(steps, n, min(self.pixels, s * s), dtype=torch.int32)
+        for step in points:  # filled in place: no int64 copy of the whole fit's draws
+            step.copy_(torch.randint(0, s * s, step.shape, generator=gen))
+        return points
 
     def loss(
         self, feats: list[torch.Tensor], labels: torch.Tensor, points: torch.Tensor | None = None
