@@ -175,8 +175,8 @@ def train_head(
     # The whole fit's random numbers up front, copied to the device once (as the supervised
     # recipe's `draw_streams`): each step's slices, sorted, and the MLP ensemble's pixels.
     batches = labeled.batches(cfg.batch_size, np.random.default_rng(ctx.seed))
-    batch_idx = torch.from_numpy(np.stack([np.sort(next(batches)) for _ in range(steps)]))
-    batch_idx = batch_idx.to(ctx.device)
+    host_idx = np.stack([np.sort(next(batches)) for _ in range(steps)])
+    batch_idx = torch.from_numpy(host_idx).to(ctx.device)
     points = head.draw_points(steps, cfg.batch_size, torch.Generator().manual_seed(ctx.seed))
     points = None if points is None else points.to(ctx.device)
     step_of = iter(range(steps))
@@ -184,7 +184,7 @@ def train_head(
     def step_loss() -> torch.Tensor:
         i = next(step_of)
         idx = batch_idx[i]
-        feats = bank.get(idx, ctx.device)
+        feats = bank.get(host_idx[i] if bank.on_disk else idx, ctx.device)  # no read-back
         return head.loss(feats, labels.index_select(0, idx), None if points is None else points[i])
 
     def val_score() -> float:
