@@ -166,6 +166,13 @@ def train_supervised(
     return losses
 
 
+def draw_batches(labeled: SliceSet, batch_size: int, steps: int, seed: int) -> np.ndarray:
+    """A fit's batches of slice indices, (steps, batch_size): `labeled.batches` with
+    `np.random.default_rng(seed)`, drawn up front."""
+    batches = labeled.batches(batch_size, np.random.default_rng(seed))
+    return np.stack([next(batches) for _ in range(steps)])
+
+
 def draw_streams(
     labeled: SliceSet, batch_size: int, steps: int, seed: int, augment: bool, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -178,8 +185,7 @@ def draw_streams(
     intensity draws from `torch.Generator().manual_seed(seed)`. So every device sees the same
     random numbers, and a step needs no host-to-device copy.
     """
-    batches = labeled.batches(batch_size, np.random.default_rng(seed))
-    idx = torch.from_numpy(np.stack([next(batches) for _ in range(steps)]))
+    idx = torch.from_numpy(draw_batches(labeled, batch_size, steps, seed))
     gen = torch.Generator().manual_seed(seed)
     affine, intensity = [], []
     for _ in range(steps if augment else 0):

@@ -11,7 +11,7 @@ import torch
 
 from benchmark.config import non_negative, positive
 from benchmark.method import RunContext, SliceSet
-from benchmark.supervised import fine_tune, fine_tuning_steps, predict_in_batches
+from benchmark.supervised import draw_batches, fine_tune, fine_tuning_steps, predict_in_batches
 from methods.diffusion.backbone import DiffusionTransfer
 from methods.diffusion.features import DEFAULT_TIMESTEPS, DecoderTaps, FeatureBank, by_resolution
 from methods.diffusion.heads import HEADS, VOTES, LinearHead, MLPEnsemble, build_head
@@ -174,8 +174,7 @@ def train_head(
     labels = labeled.labels().to(ctx.device)
     # The whole fit's random numbers up front, copied to the device once (as the supervised
     # recipe's `draw_streams`): each step's slices, sorted, and the MLP ensemble's pixels.
-    batches = labeled.batches(cfg.batch_size, np.random.default_rng(ctx.seed))
-    host_idx = np.stack([np.sort(next(batches)) for _ in range(steps)])
+    host_idx = np.sort(draw_batches(labeled, cfg.batch_size, steps, ctx.seed), axis=1)
     batch_idx = torch.from_numpy(host_idx).to(ctx.device)
     points = head.draw_points(steps, cfg.batch_size, torch.Generator().manual_seed(ctx.seed))
     points = None if points is None else points.to(ctx.device)
