@@ -25,7 +25,7 @@ from torch import nn
 
 from baselines.unet_scratch import UNetConfig, build_unet
 from benchmark.checkpoint import load_verified, save_verified, sha256_file
-from benchmark.config import non_negative, positive
+from benchmark.config import identity_dict, non_negative, positive
 from benchmark.method import PRETRAIN_AND_FINETUNE, RunContext, SliceSet
 from benchmark.progress import Progress
 from benchmark.supervised import SupervisedConfig, SupervisedMethod, optimize
@@ -59,7 +59,7 @@ class SSLConfig(UNetConfig):
 def pretrain_fields(config: UNetConfig) -> dict[str, Any]:
     """The fields that define the pretrained encoder: all but the fine-tuning recipe's."""
     recipe = {f.name for f in dataclasses.fields(SupervisedConfig)} | {"preset"}
-    fields = dataclasses.asdict(config)
+    fields = identity_dict(config)
     # JSON round trip: tuples become lists, as in the cache's side file.
     return json.loads(json.dumps({k: v for k, v in fields.items() if k not in recipe}))
 

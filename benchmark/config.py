@@ -3,6 +3,15 @@
 Every numeric field declares its range next to it, in the field's metadata, with one of the
 helpers below (`iterations: int = positive(300)`); `apply_overrides` rejects a value outside
 it before any work, so a config that could never run is never recorded as a failed run.
+
+A field that changes how a run is executed but not what it computes (worker processes, a
+prediction batch size, how often a checkpoint is written, whether scratch files are kept) is
+declared with `execution=True` (`processes: int = positive(2, execution=True)`, or
+`execution_only(False)` for a field without a range). It is recorded with the run like every
+field, but it is left out of the run's identity (`identity_dict`): the run key and the
+pretraining cache keys. So a run made with 4 augmentation workers on a GPU is the same run as
+one made in-process on a CPU, as a run made on another device is: equal in what it computes,
+not necessarily in its last bits or in the order of its random draws.
 """
 
 from __future__ import annotations
@@ -31,33 +40,48 @@ RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
 item; None (in an optional field) is always accepted."""
 
 
-def _ranged(kind: str, default: T) -> T:
-    return dataclasses.field(default=default, metadata={"range": kind})
+def _field(default: T, kind: str | None, execution: bool) -> T:
+    metadata: dict[str, Any] = {}
+    if kind is not None:
+        metadata["range"] = kind
+    if execution:
+        metadata["execution"] = True
+    return dataclasses.field(default=default, metadata=metadata)
 
 
-def positive(default: T) -> T:
+def positive(default: T, *, execution: bool = False) -> T:
     """A field whose value is > 0 (counts, sizes, learning rates)."""
-    return _ranged("positive", default)
+    return _field(default, "positive", execution)
 
 
-def non_negative(default: T) -> T:
+def non_negative(default: T, *, execution: bool = False) -> T:
     """A field whose value is >= 0 (seeds, weight decay, sizes where 0 means "default")."""
-    return _ranged("non_negative", default)
+    return _field(default, "non_negative", execution)
 
 
-def unit_interval(default: T) -> T:
+def unit_interval(default: T, *, execution: bool = False) -> T:
     """A field in [0, 1] (EMA decay)."""
-    return _ranged("unit_interval", default)
+    return _field(default, "unit_interval", execution)
 
 
-def open_unit_interval(default: T) -> T:
+def open_unit_interval(default: T, *, execution: bool = False) -> T:
     """A field in (0, 1) (mask ratio, a held-out share)."""
-    return _ranged("open_unit_interval", default)
+    return _field(default, "open_unit_interval", execution)
 
 
-def fraction(default: T) -> T:
+def fraction(default: T, *, execution: bool = False) -> T:
     """A field in (0, 1] (a share that may be all)."""
-    return _ranged("fraction", default)
+    return _field(default, "fraction", execution)
+
+
+def execution_only(default: T) -> T:
+    """A field without a range that changes how a run is executed, not what it computes."""
+    return _field(default, None, True)
+
+
+def is_execution(field: dataclasses.Field) -> bool:
+    """Whether `field` was declared execution-only (left out of the run's identity)."""
+    return bool(field.metadata.get("execution"))
 
 
 def range_error(field: dataclasses.Field, value: Any) -> str | None:
@@ -150,14 +174,21 @@ def apply_overrides(config_cls: type, overrides: Sequence[str]) -> Any:
 
 
 def config_dict(config: Any) -> dict[str, Any]:
-    """A config as a JSON-ready dict."""
+    """A config as a JSON-ready dict: every field, as the run's record holds it."""
     return dataclasses.asdict(config)
 
 
-def describe_fields(config_cls: type) -> list[tuple[str, str, Any]]:
-    """(name, type, default) for each field, for `bench methods --verbose`."""
+def identity_dict(config: Any) -> dict[str, Any]:
+    """The fields of a config that define what a run computes: all but the execution-only
+    ones. This, not `config_dict`, goes into the run key and the pretraining cache keys."""
+    execution = {f.name for f in dataclasses.fields(config) if is_execution(f)}
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in execution}
+
+
+def describe_fields(config_cls: type) -> list[tuple[str, str, Any, bool]]:
+    """(name, type, default, execution-only) for each field, for `bench methods --verbose`."""
     hints = typing.get_type_hints(config_cls)
     return [
-        (f.name, getattr(hints[f.name], "__name__", str(hints[f.name])), f.default)
+        (f.name, getattr(hints[f.name], "__name__", str(hints[f.name])), f.default, is_execution(f))
         for f in dataclasses.fields(config_cls)
     ]

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.compute import configure
-from benchmark.config import config_dict
+from benchmark.config import config_dict, identity_dict
 from benchmark.data.context import DataContext, load_data
 from benchmark.errors import ConfigError, ProtocolError
 from benchmark.method import SliceSet
@@ -227,7 +227,8 @@ def evaluate_fidelity(prep: PreparedFidelity, progress: Progress) -> FidelityOut
         "extractor": req.extractor,
     }
     data_keys = {"dataset": data.store.key, "split": data.split.hash}
-    key = stable_hash({"protocol": protocol.hash, **data_keys, **made, "weights": weights})
+    identity = {**made, "config": identity_dict(prep.config)}  # execution-only fields left out
+    key = stable_hash({"protocol": protocol.hash, **data_keys, **identity, "weights": weights})
     wall_s = sum(prep.phases.values()) + time.perf_counter() - t_run
     record = GenerativeRecord(
         **vars(build_provenance(data, describe_device(device), phases, wall_s, started)),

@@ -8,7 +8,6 @@ preprocessing, evaluation); a method owns only learning.
 from __future__ import annotations
 
 import abc
-import dataclasses
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
+from benchmark.config import identity_dict
 from benchmark.data.slicestore import SliceStore
 from benchmark.errors import ConfigError
 from benchmark.progress import Progress
@@ -147,7 +147,7 @@ class Method(abc.ABC):
         and a method whose pretraining has its own seed field leaves the run seed out, so
         one pretraining serves every budget and fine-tuning seed.
         """
-        return {"method": self.name, "config": dataclasses.asdict(self.config), "seed": seed}
+        return {"method": self.name, "config": identity_dict(self.config), "seed": seed}
 
     def pretrain(self, unlabeled: SliceSet, ctx: RunContext) -> None:  # noqa: B027
         """Label-free pretraining on the protocol's unlabeled slices; `ctx.cache_dir` is its own.

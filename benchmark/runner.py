@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from benchmark.compute import Compute, configure, settle
-from benchmark.config import config_dict
+from benchmark.config import config_dict, identity_dict
 from benchmark.data.context import DataContext, load_data
 from benchmark.data.reader import DatasetIndex
 from benchmark.data.slicestore import Preprocessing, SliceStore, build_slice_store
@@ -111,7 +111,7 @@ def prepare(request: RunRequest, progress: Progress, data: DataContext | None = 
             "dataset": data.store.key,
             "split": data.split.hash,
             "method": request.method,
-            "config": config_dict(config),
+            "config": identity_dict(config),  # execution-only fields are not the run's identity
             "budget": budget.name,
             "seed": request.seed,
             "code": code,

@@ -43,8 +43,8 @@ class SupervisedConfig:
     """AdamW weight decay."""
     augment: bool = True
     """Random rotation (±10°), scale (0.9-1.1), shift (±5%) and intensity jitter."""
-    predict_batch_size: int = positive(32)
-    """Slices per forward pass at prediction."""
+    predict_batch_size: int = positive(32, execution=True)
+    """Slices per forward pass at prediction (execution only)."""
 
 
 LOSS_READ_EVERY = 50

@@ -8,7 +8,16 @@ from dataclasses import dataclass
 import pytest
 
 from baselines.unet_scratch import UNetConfig
-from benchmark.config import apply_overrides, positive, range_error, unit_interval
+from benchmark.config import (
+    apply_overrides,
+    config_dict,
+    describe_fields,
+    execution_only,
+    identity_dict,
+    positive,
+    range_error,
+    unit_interval,
+)
 from benchmark.errors import ConfigError
 from benchmark.registry import installed_methods
 
@@ -102,3 +111,60 @@ def test_every_numeric_method_config_field_declares_a_range_its_default_is_in():
             if _numeric(hints[f.name]):
                 assert "range" in f.metadata, f"{name}: {f.name} declares no range"
                 assert range_error(f, f.default) is None, f"{name}: default of {f.name}"
+
+
+@dataclass(frozen=True)
+class Run:
+    lr: float = positive(0.1)
+    workers: int = positive(2, execution=True)
+    keep: bool = execution_only(False)
+
+
+def test_execution_only_fields_are_recorded_but_are_not_the_runs_identity():
+    cfg = apply_overrides(Run, ["workers=8", "keep=true"])
+    assert config_dict(cfg) == {"lr": 0.1, "workers": 8, "keep": True}
+    assert identity_dict(cfg) == identity_dict(Run()) == {"lr": 0.1}
+    assert identity_dict(apply_overrides(Run, ["lr=0.2"])) == {"lr": 0.2}
+    assert [x for *_, x in describe_fields(Run)] == [False, True, True]
+    with pytest.raises(ConfigError, match="workers must be > 0"):
+        apply_overrides(Run, ["workers=0"])  # the range still holds
+
+
+EXECUTION_ONLY = {
+    "unet-scratch": {"predict_batch_size"},
+    "simclr": {"predict_batch_size"},
+    "mae": {"predict_batch_size"},
+    "diffusion-linear": {"predict_batch_size", "checkpoint_every"},
+    "diffusion-decoder": {"predict_batch_size", "checkpoint_every"},
+    "nnunet": {"processes", "augmentation_processes", "keep_files"},
+}
+
+
+def test_the_built_in_methods_declare_only_settings_that_change_no_number_execution_only():
+    """What may differ between two runs that count as one. A field that changes what is
+    computed (a learning rate, a length, float16 feature storage, bf16) must never be here."""
+    found = {}
+    for name, entry in installed_methods().items():
+        if name in EXECUTION_ONLY:
+            config = entry.load().Config
+            found[name] = {n for n, *_, x in describe_fields(config) if x}
+    assert found == EXECUTION_ONLY
+
+
+EXECUTION_SET = {
+    "diffusion-linear": "checkpoint_every=7",
+    "simclr": "predict_batch_size=3",
+    "mae": "predict_batch_size=3",
+}
+
+
+def test_execution_only_fields_leave_the_pretraining_keys_alone():
+    """One pretrained model serves runs that differ only in how they are executed."""
+    for name in EXECUTION_SET:
+        method = installed_methods()[name].load()
+        assert method(method.Config()).pretrain_key(0) == method(
+            apply_overrides(method.Config, [EXECUTION_SET[name]])
+        ).pretrain_key(0)
+        assert method(method.Config()).pretrain_key(0) != method(
+            apply_overrides(method.Config, ["pretrain_seed=1"])
+        ).pretrain_key(0)

@@ -39,12 +39,14 @@ from pathlib import Path
 
 import torch
 
+from benchmark.config import positive
 from benchmark.method import Method
 
 
 @dataclass(frozen=True)
 class Config:
     sleep: float = 0.0
+    workers: int = positive(1, execution=True)  # changes nothing the run computes
 
 
 def _mark(name):
@@ -224,6 +226,19 @@ def test_local_sweep_runs_the_grid_pretrains_once_and_skips_what_is_done(tmp_pat
     assert "2 completed, 0 unfit, 4 already done, 0 failed" in again.output
     assert marks(toy, "pretrain") == 1
     assert len(completed(results)) == 6
+
+
+def test_an_execution_only_setting_reuses_the_finished_run_and_a_real_one_does_not(tmp_path, toy):
+    """`workers` is declared execution-only: the run it would make is the finished one."""
+    results = tmp_path / "runs"
+    grid = ["--methods", "toy-plain", "--budgets", "4slices", "--seeds", "0"]
+    assert "1 completed" in sweep(results, *grid).output
+    same = sweep(results, *grid, "--set", "toy-plain:workers=4")
+    assert same.exit_code == 0 and "0 completed, 0 unfit, 1 already done" in same.output
+    other = sweep(results, *grid, "--set", "toy-plain:sleep=0.01")
+    assert other.exit_code == 0 and "1 completed, 0 unfit, 0 already done" in other.output
+    configs = sorted(json.dumps(json.loads(c)) for c in ResultsStore(results).runs().config)
+    assert configs == ['{"sleep": 0.0, "workers": 1}', '{"sleep": 0.01, "workers": 1}']
 
 
 def test_a_protocol_given_as_a_file_reaches_the_worker_processes(tmp_path, toy, monkeypatch):

@@ -8,7 +8,13 @@ import os
 from dataclasses import dataclass
 
 from baselines.nnunet.environment import quiet
-from benchmark.config import fraction, non_negative, open_unit_interval, positive
+from benchmark.config import (
+    execution_only,
+    fraction,
+    non_negative,
+    open_unit_interval,
+    positive,
+)
 from benchmark.errors import did_you_mean
 
 DATASET_ID = 501
@@ -57,12 +63,16 @@ class NNUNetConfig:
     """Run nnU-Net's final validation after training, as `nnUNetv2_train` does."""
     tile_step_size: float = fraction(0.5)
     """Sliding-window step as a fraction of the patch size at prediction."""
-    processes: int = positive(2)
-    """Worker processes for fingerprinting, preprocessing and export (nnUNet_def_n_proc)."""
-    augmentation_processes: int = non_negative(0)
-    """Data augmentation workers (nnUNet_n_proc_DA); 0 = in the training process."""
-    keep_files: bool = False
-    """Keep the run's nnUNet_raw / _preprocessed / _results folder (its path is in the record)."""
+    processes: int = positive(2, execution=True)
+    """Worker processes for fingerprinting, preprocessing and export (nnUNet_def_n_proc;
+    execution only)."""
+    augmentation_processes: int = non_negative(0, execution=True)
+    """Data augmentation workers (nnUNet_n_proc_DA); 0 = in the training process. Execution
+    only: the same augmentation and sampling, drawn in other processes (so in another order;
+    nnU-Net's own default is 12 workers)."""
+    keep_files: bool = execution_only(False)
+    """Keep the run's nnUNet_raw / _preprocessed / _results folder (its path is in the record;
+    execution only)."""
 
     def __post_init__(self) -> None:
         if self.fold not in ("all", "0"):

@@ -52,7 +52,10 @@ def methods(
             summary = cls.summary
             if verbose:
                 fields = describe_fields(cls.Config)
-                summary += "\n" + "\n".join(f"  {n}: {t} = {d!r}" for n, t, d in fields)
+                summary += "\n" + "\n".join(
+                    f"  {n}: {t} = {d!r}" + ("  (execution only)" if x else "")
+                    for n, t, d, x in fields
+                )
         except Exception as exc:  # a broken plugin must not hide the others
             summary = f"[red]cannot load: {exc}[/red]"
         table.add_row(name, summary, entry.distribution)

@@ -75,8 +75,8 @@ class DiffusionLinearConfig(DDPMConfig):
     feature_memory_mb: int = non_negative(2048)
     """Cached features above this size go to a float16 disk memory map instead of memory
     (RAM on the CPU, the GPU's memory on a GPU)."""
-    predict_batch_size: int = positive(32)
-    """Slices per forward pass when extracting features."""
+    predict_batch_size: int = positive(32, execution=True)
+    """Slices per forward pass when extracting features (execution only)."""
 
     def __post_init__(self) -> None:
         if self.head not in HEADS:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from monai.networks.nets import DiffusionModelUNet
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
-from benchmark.config import non_negative, positive, unit_interval
+from benchmark.config import is_execution, non_negative, positive, unit_interval
 
 
 @dataclass(frozen=True)
@@ -70,8 +70,9 @@ class DDPMConfig:
     the run off-protocol."""
     ema_decay: float = unit_interval(0.99)
     """Exponential moving average of the weights; the EMA model is the one transferred."""
-    checkpoint_every: int = positive(100)
-    """Steps between resumable checkpoints."""
+    checkpoint_every: int = positive(100, execution=True)
+    """Steps between resumable checkpoints (execution only: a resumed pretraining continues
+    exactly, so this is not part of the pretrained model's key)."""
     mixed_precision: bool = True
     """bf16 autocast on CUDA (ignored on CPU)."""
     pretrain_seed: int = non_negative(0)
@@ -81,7 +82,10 @@ class DDPMConfig:
 
     def pretrain_fields(self) -> dict[str, Any]:
         """The fields that define the pretrained model (and so its cache key)."""
-        names = {f.name for f in dataclasses.fields(DDPMConfig)} - {"preset", "tap_blocks"}
+        names = {f.name for f in dataclasses.fields(DDPMConfig) if not is_execution(f)} - {
+            "preset",
+            "tap_blocks",
+        }
         return {k: v for k, v in dataclasses.asdict(self).items() if k in names}
 
 
