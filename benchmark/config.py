@@ -11,7 +11,7 @@ declared with `execution=True` (`processes: int = positive(2, execution=True)`, 
 field, but it is left out of the run's identity (`identity_dict`): the run key and the
 pretraining cache keys. So a run made with 4 augmentation workers on a GPU is the same run as
 one made in-process on a CPU, as a run made on another device is: equal in what it computes,
-not necessarily in its last bits or in the order of its random draws.
+not necessarily in its last bits or in its random draws (nnU-Net's workers draw unseeded).
 """
 
 from __future__ import annotations

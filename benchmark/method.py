@@ -132,6 +132,12 @@ class Method(abc.ABC):
     `ctx.training` and reports them in `ctx.finetune_steps` (`benchmark.compute.settle`).
     None: the method's compute is its own and not matched to the protocol, so its runs are
     off-protocol (shown, never ranked)."""
+    pretrain_code: ClassVar[str | None] = None
+    """The module whose source makes this method's pretraining, with what it imports from its
+    own package (`benchmark.fingerprint.method_digest`); None: the method's own module. Its
+    code fingerprint is part of the pretraining's cache key, so a pretraining made by other
+    code, or under other package versions, is never reused. Methods that share one
+    pretraining (a linear head and a decoder on one diffusion backbone) name one module."""
     selection_rule: ClassVar[str] = BEST_VALIDATED
     """How the fitted model is chosen. A method with its own canonical rule (nnU-Net keeps
     its final checkpoint) says so; the runner still records its validation score."""
@@ -153,8 +159,8 @@ class Method(abc.ABC):
         """Label-free pretraining on the protocol's unlabeled slices; `ctx.cache_dir` is its own.
 
         Called only when `uses_pretraining` is true; the cache folder is keyed by
-        `pretrain_key(seed)` and the unlabeled pool, so a method can skip work it finds
-        there.
+        `pretrain_key(seed)`, the unlabeled pool and the code fingerprint of `pretrain_code`,
+        so a method can skip work it finds there.
         """
 
     @abc.abstractmethod

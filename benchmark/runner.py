@@ -26,9 +26,9 @@ import torch
 
 from benchmark.compute import Compute, configure, settle
 from benchmark.config import config_dict, identity_dict
-from benchmark.data.context import DataContext, load_data
+from benchmark.data.context import DataContext, load_data, preprocessing
 from benchmark.data.reader import DatasetIndex
-from benchmark.data.slicestore import Preprocessing, SliceStore, build_slice_store
+from benchmark.data.slicestore import SliceStore, build_slice_store
 from benchmark.data.source import cache_root, resolve_dataset
 from benchmark.distributed import rank_zero_first
 from benchmark.errors import DatasetError
@@ -105,8 +105,11 @@ def prepare(request: RunRequest, progress: Progress, data: DataContext | None = 
     ids, rows = data.budget_rows(budget, request.seed)
     # A finished run is reused only by the same code: its fingerprint is part of the key.
     code = code_fingerprint(method_cls.__module__)
+    # A method that pretrains is also keyed by its unlabeled pool: another pool, another run.
+    pool = {"pool": data.pool_key()} if method_cls.uses_pretraining else {}
     key = stable_hash(
         {
+            **pool,
             "protocol": protocol.hash,
             "dataset": data.store.key,
             "split": data.split.hash,
@@ -137,8 +140,10 @@ def run_pretraining(
 ) -> None:
     """Preprocess the unlabeled pool and call `method.pretrain` with its cache folder.
 
-    The folder is keyed by `method.pretrain_key(seed)` and the pool's content hash, so every
-    run (and every method) with the same key shares one pretraining.
+    The folder is keyed by `method.pretrain_key(seed)`, the pool's content hash and the code
+    fingerprint of the pretraining's code (`Method.pretrain_code`), so every run (and every
+    method) with the same key and code shares one pretraining, and none reuses one made by
+    other code or package versions.
     """
     if not index.unlabeled:
         raise DatasetError(
@@ -149,17 +154,20 @@ def run_pretraining(
     def build() -> SliceStore:
         return build_slice_store(
             index.unlabeled,
-            Preprocessing(protocol.window_hu, protocol.slice_size, protocol.nonfinite),
+            preprocessing(protocol),
             cache_root(),
             progress=progress.callback("preprocess unlabeled"),
         )
 
     store = rank_zero_first(build)
     unlabeled = SliceSet(store, np.arange(len(store)), labeled=False)
-    key = stable_hash({"pretrain": method.pretrain_key(ctx.seed), "pool": store.key})
+    code = code_fingerprint(method.pretrain_code or type(method).__module__)
+    key = stable_hash({"pretrain": method.pretrain_key(ctx.seed), "pool": store.key, "code": code})
     ctx.cache_dir = cache_root() / "pretrain" / key
     ctx.cache_dir.mkdir(parents=True, exist_ok=True)
     ctx.info["pretrain_cache"] = key
+    ctx.info["pretrain_code"] = code
+    ctx.info["pool"] = store.key
     method.pretrain(unlabeled, ctx)
 
 

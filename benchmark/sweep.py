@@ -149,6 +149,7 @@ def plan(
     data = load_data(protocol, req.data, progress)
     store = ResultsStore(req.results)
     pending, done = [], []
+    planned: set[str] = set()
     for overrides in settings:
         for method in req.methods:
             for budget in req.budgets:
@@ -165,6 +166,9 @@ def plan(
                         force=req.force,
                     )
                     prep = prepare(run, progress, data)
+                    if prep.run_key in planned:  # variants apart only in execution-only fields
+                        continue
+                    planned.add(prep.run_key)
                     if not req.force and (run_id := store.completed_run(prep.run_key)):
                         done.append(Finished(method, budget, seed, run_id, "skipped"))
                     else:

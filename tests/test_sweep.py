@@ -240,6 +240,44 @@ def test_an_execution_only_setting_reuses_the_finished_run_and_a_real_one_does_n
     configs = sorted(json.dumps(json.loads(c)) for c in ResultsStore(results).runs().config)
     assert configs == ['{"sleep": 0.0, "workers": 1}', '{"sleep": 0.01, "workers": 1}']
 
+    variants = [["toy-plain:workers=2"], ["toy-plain:workers=3"]]  # one run, planned once
+    request = SweepRequest(
+        ["toy-plain"], ["4slices"], [1], "tiny", "cpu", results, variants=variants
+    )
+    assert run_sweep(request, Progress(quiet=True)).count("completed") == 1
+    assert len(ResultsStore(results).runs()) == 3
+
+
+def test_a_new_unlabeled_pool_is_a_new_run_and_new_code_a_new_pretraining(
+    tmp_path, toy, tiny_dataset, monkeypatch
+):
+    """A finished run is reused only on the pool it pretrained on; a cached pretraining only
+    by the code (and package versions) that made it."""
+    from tests.conftest import write_case
+
+    results = tmp_path / "runs"
+    monkeypatch.setenv("TINY_DATA", str(tiny_dataset))
+    args = ["sweep", "-p", "tinypath", "--results", str(results), "-q", "--device", "cpu"]
+    args += ["--methods", "toy-mean,toy-plain", "--budgets", "4slices", "--seeds", "0"]
+    first = CliRunner().invoke(app, args)
+    assert "2 completed, 0 unfit, 0 already done" in first.output, first.output
+    assert marks(toy, "pretrain") == 1
+
+    write_case(tiny_dataset / "imagesUnlabeled", "u_002", seed=102, with_label=False)
+    pool = CliRunner().invoke(app, args)
+    assert "1 completed, 0 unfit, 1 already done" in pool.output, pool.output  # toy-plain's
+    assert marks(toy, "pretrain") == 2
+    again = CliRunner().invoke(app, args)
+    assert "0 completed, 0 unfit, 2 already done" in again.output, again.output
+
+    monkeypatch.setattr("benchmark.runner.code_fingerprint", lambda module: f"edited-{module}")
+    edited = CliRunner().invoke(app, args)
+    assert "2 completed, 0 unfit, 0 already done" in edited.output, edited.output
+    assert marks(toy, "pretrain") == 3, "a pretraining made by other code was reused"
+    infos = [json.loads(i) for i in ResultsStore(results).runs()["info"] if "pretrain_code" in i]
+    assert sorted(i["pretrain_code"] for i in infos)[-1] == "edited-toy_methods"
+    assert len({i["pool"] for i in infos}) == 2
+
 
 def test_a_protocol_given_as_a_file_reaches_the_worker_processes(tmp_path, toy, monkeypatch):
     """Workers load the protocol file the driver loaded, not a name only the driver can find."""

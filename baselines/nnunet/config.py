@@ -67,9 +67,10 @@ class NNUNetConfig:
     """Worker processes for fingerprinting, preprocessing and export (nnUNet_def_n_proc;
     execution only)."""
     augmentation_processes: int = non_negative(0, execution=True)
-    """Data augmentation workers (nnUNet_n_proc_DA); 0 = in the training process. Execution
-    only: the same augmentation and sampling, drawn in other processes (so in another order;
-    nnU-Net's own default is 12 workers)."""
+    """Data augmentation workers (nnUNet_n_proc_DA); 0 = in the training process, seeded by
+    the run's seed. Execution only: the same sampling and augmentation, but nnU-Net's workers
+    draw unseeded (its NonDetMultiThreadedAugmenter with seeds=None), so such a run cannot be
+    repeated bit for bit (nnU-Net's own default is 12 workers)."""
     keep_files: bool = execution_only(False)
     """Keep the run's nnUNet_raw / _preprocessed / _results folder (its path is in the record;
     execution only)."""

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmark.data.cache import verify_requested
+from benchmark.data.digests import DigestMemo
 from benchmark.data.reader import DatasetIndex
-from benchmark.data.slicestore import Preprocessing, SliceStore, build_slice_store
+from benchmark.data.slicestore import Preprocessing, SliceStore, build_slice_store, store_key
 from benchmark.data.source import cache_root, resolve_dataset
 from benchmark.progress import Progress
 from benchmark.protocol import Budget, Protocol, Split, draw_budget, split_cases
@@ -47,18 +49,34 @@ class DataContext:
             rows[sid] = row
         return ids, cases, rows
 
+    def pool_key(self) -> str:
+        """The unlabeled pool's content hash, as its slice store is keyed (the digest memo
+        spares reading files it knows): part of the run key of a method that pretrains, so a
+        changed pool is a new run. "" when the data set has no unlabeled folder."""
+        if not self.index.unlabeled:
+            return ""
+        with DigestMemo.in_cache(cache_root()) as memo:
+            return store_key(
+                self.index.unlabeled, preprocessing(self.protocol), memo=memo,
+                fresh=verify_requested(),
+            )  # fmt: skip
+
     def budget_rows(self, budget: Budget, seed: int) -> tuple[list[str], np.ndarray]:
         ids, cases, rows = self.train_candidates()
         drawn = draw_budget(budget, ids, cases, seed)
         return drawn, np.array([rows[s] for s in drawn], dtype=np.int64)
 
 
+def preprocessing(protocol: Protocol) -> Preprocessing:
+    """The protocol's preprocessing, for its labeled cases and its unlabeled pool alike."""
+    return Preprocessing(protocol.window_hu, protocol.slice_size, protocol.nonfinite)
+
+
 def load_data(protocol: Protocol, data: Path | None, progress: Progress) -> DataContext:
     index = resolve_dataset(protocol, data, progress)
-    prep = Preprocessing(protocol.window_hu, protocol.slice_size, protocol.nonfinite)
     store = build_slice_store(
         index.labeled,
-        prep,
+        preprocessing(protocol),
         cache_root(),
         known_labels=list(protocol.labels),
         progress=progress.callback("preprocess"),
