@@ -162,6 +162,13 @@ def plugin_files(module: str) -> dict[str, Path]:
     return files
 
 
+@cache
+def source_digest(*modules: str) -> str:
+    """Digest of the source files of `modules` (a package: every `.py` file in it), for a
+    cache keyed by the code that builds it (the phantom, the slice store)."""
+    return _digest({rel: path for name in modules for rel, path in _module_files(name).items()})
+
+
 def core_files() -> dict[str, Path]:
     """Relative path → file of every core module that can change a score (`CORE`)."""
     return {rel: path for name in CORE for rel, path in _module_files(name).items()}

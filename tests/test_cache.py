@@ -222,3 +222,38 @@ def test_phantom_is_generated_again_when_damaged(isolated, caplog):
     )
     assert f"labelsTr/{label.name} does not match" in warnings[0]
     assert label.read_bytes() == good  # generated again, byte for byte
+
+
+def test_the_phantom_and_the_slice_store_are_keyed_by_their_settings_and_code(
+    tiny_dataset, isolated, monkeypatch, tmp_path
+):
+    """A default written out is the same phantom, a changed one or a changed generator is
+    not; a changed reader or preprocessing builds the store again (no version to bump)."""
+    import dataclasses
+
+    from benchmark.data import slicestore, source
+    from benchmark.data.phantom import PhantomSettings
+    from benchmark.protocol import load_protocol
+
+    text = (Path(__file__).parent / "protocols" / "tiny.toml").read_text()
+    table = "[dataset.phantom]"
+    assert table in text
+
+    def folder(extra: str) -> Path:
+        path = tmp_path / f"p{abs(hash(extra))}.toml"
+        path.write_text(text.replace(table, f"{table}\n{extra}"))
+        return source.phantom_dir(load_protocol(str(path)))
+
+    default = {f.name: f.default for f in dataclasses.fields(PhantomSettings)}["deform_mm"]
+    plain = folder("")
+    assert folder(f"deform_mm = {default}") == plain
+    assert folder(f"deform_mm = {default + 1}") != plain
+    monkeypatch.setattr(source, "source_digest", lambda *modules: "edited generator")
+    assert folder("") != plain
+
+    cases = discover(tiny_dataset).labeled
+    memo = DigestMemo.in_cache(isolated)
+    key = store_key(cases, PREP, range(1, 14), memo)
+    assert slicestore.STORE_CODE == ("benchmark.data.slicestore", "benchmark.data.reader")
+    monkeypatch.setattr(slicestore, "source_digest", lambda *modules: "edited reader")
+    assert store_key(cases, PREP, range(1, 14), memo) != key

@@ -49,8 +49,13 @@ from benchmark.data.reader import (
     slice_order,
 )
 from benchmark.errors import DatasetError
+from benchmark.fingerprint import source_digest
 from benchmark.metrics.segmentation import SliceOrder
 from benchmark.protocol import stable_hash
+
+STORE_CODE = ("benchmark.data.slicestore", "benchmark.data.reader")
+"""The modules that read, check and preprocess a store's cases: their source is part of the
+store's key, so an edit to them builds the store again (no version to remember to bump)."""
 
 STORE_VERSION = 4
 """Bump when the store's content or layout changes, so old caches are not reused. 2: the
@@ -106,6 +111,7 @@ def store_key(
     return stable_hash(
         {
             "version": STORE_VERSION,
+            "code": source_digest(*STORE_CODE),
             "window": prep.window_hu,
             "size": prep.slice_size,
             "nonfinite": prep.nonfinite,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 from benchmark.data.cache import check_folder, full_check_due, verify_requested
@@ -15,6 +16,7 @@ from benchmark.data.digests import DigestMemo
 from benchmark.data.leakage import check_leakage
 from benchmark.data.reader import DatasetIndex, discover
 from benchmark.errors import DatasetError
+from benchmark.fingerprint import source_digest
 from benchmark.progress import Progress
 from benchmark.protocol import Protocol, stable_hash
 
@@ -28,7 +30,13 @@ def cache_root() -> Path:
 
 
 def phantom_dir(protocol: Protocol) -> Path:
-    return cache_root() / "phantom" / stable_hash(protocol.dataset.phantom)
+    """The phantom's folder, keyed by every generator setting (defaults included, so a
+    changed default is a new phantom) and by the generator's source."""
+    from benchmark.data.phantom import PhantomSettings
+
+    settings = asdict(PhantomSettings(**protocol.dataset.phantom))
+    code = source_digest("benchmark.data.phantom")
+    return cache_root() / "phantom" / stable_hash({"settings": settings, "code": code})
 
 
 def _damaged(phantom: Path) -> bool:
