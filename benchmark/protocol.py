@@ -162,6 +162,15 @@ def load_protocol(name_or_path: str) -> Protocol:
         raise ProtocolError(f"{path}: invalid protocol ({type(exc).__name__}: {exc})") from None
 
 
+def _whole(table: dict[str, Any], key: str, where: str, minimum: int) -> int:
+    """`table[key]`, an integer of at least `minimum` (a float, a bool or a smaller number is
+    refused: `test_cases = -1` would otherwise put every test case into the train pool)."""
+    value = table[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{where}.{key} must be an integer >= {minimum}, not {value!r}")
+    return value
+
+
 def _parse(raw: dict[str, Any], path: Path) -> Protocol:
     ds = raw["dataset"]
     source = ds["source"]
@@ -181,6 +190,10 @@ def _parse(raw: dict[str, Any], path: Path) -> Protocol:
     if nonfinite not in ("error", "window_min"):
         raise ValueError(f"preprocess.nonfinite must be 'error' or 'window_min', not {nonfinite!r}")
     split = raw["split"]
+    slice_size = _whole(prep, "slice_size", "preprocess", 16)
+    split_seed = _whole(split, "seed", "split", 0)
+    n_test = _whole(split, "test_cases", "split", 1)
+    n_val = _whole(split, "val_cases", "split", 0) if "val_cases" in split else 0
     budgets: dict[str, Budget] = {}
     for bname, b in raw["budgets"].items():
         unit = b.get("unit", "slices")
@@ -202,7 +215,6 @@ def _parse(raw: dict[str, Any], path: Path) -> Protocol:
     draw_from = raw.get("budget_draw", {}).get("from", "foreground")
     if draw_from not in ("foreground", "all"):
         raise ValueError("budget_draw.from must be 'foreground' or 'all'")
-    n_val = int(split.get("val_cases", 0))
     training = _parse_training(raw.get("training"), n_val)
     return Protocol(
         name=raw.get("name", path.stem),
@@ -211,9 +223,9 @@ def _parse(raw: dict[str, Any], path: Path) -> Protocol:
         dataset=dataset,
         labels=labels,
         window_hu=(lo, hi),
-        slice_size=int(prep["slice_size"]),
-        split_seed=int(split["seed"]),
-        n_test=int(split["test_cases"]),
+        slice_size=slice_size,
+        split_seed=split_seed,
+        n_test=n_test,
         n_val=n_val,
         budgets=budgets,
         draw_from=draw_from,
@@ -269,6 +281,9 @@ class Split:
 def split_cases(case_ids: Sequence[str], n_test: int, n_val: int, seed: int) -> Split:
     """Seeded case-level split; the same ids and seed give the same split on any machine."""
     ids = sorted(case_ids)
+    if n_test < 1 or n_val < 0:
+        raise ProtocolError(f"a split needs at least 1 test case and no negative count, not "
+                            f"{n_test} test and {n_val} validation cases")  # fmt: skip
     if n_test + n_val >= len(ids):
         raise BudgetError(
             f"the split needs {n_test} test and {n_val} validation cases but the data set has "

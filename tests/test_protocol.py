@@ -115,6 +115,31 @@ def test_bad_training_table_is_one_error_naming_the_file(tmp_path, edit, message
     assert str(path) in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (("test_cases = 8", "test_cases = -1"), "split.test_cases must be an integer >= 1, not -1"),
+        (("test_cases = 8", "test_cases = 0"), "split.test_cases must be an integer >= 1, not 0"),
+        (("test_cases = 8", "test_cases = 2.5"), "split.test_cases must be an integer >= 1"),
+        (("val_cases = 5", "val_cases = -2"), "split.val_cases must be an integer >= 0"),
+        (("seed = 0\ntest_cases", "seed = -3\ntest_cases"), "split.seed must be an integer >= 0"),
+        (("slice_size = 128", "slice_size = 0"), "preprocess.slice_size must be an integer >= 16"),
+        (("slice_size = 128", "slice_size = true"), "preprocess.slice_size must be an integer"),
+    ],
+)
+def test_split_counts_and_slice_size_are_checked_before_any_data(tmp_path, edit, message):
+    """A negative test count drew every test case into the train pool, and was scored."""
+    path = tmp_path / "bad.toml"
+    text = PHANTOM.replace(*edit)
+    assert text != PHANTOM
+    path.write_text(text)
+    with pytest.raises(ProtocolError, match=message) as info:
+        load_protocol(str(path))
+    assert str(path) in str(info.value)
+    with pytest.raises(ProtocolError, match="at least 1 test case"):
+        split_cases([f"c{i}" for i in range(9)], -1, 0, seed=0)
+
+
 def test_selection_off_allows_no_validation_cases(tmp_path):
     path = tmp_path / "noval.toml"
     path.write_text(
