@@ -31,7 +31,7 @@ import pandas as pd
 
 from benchmark.errors import StoreError
 from benchmark.provenance import Provenance
-from benchmark.store_schema import SCHEMA, SCHEMA_VERSION, migrate
+from benchmark.store_schema import SCHEMA, SCHEMA_VERSION, migrate, not_a_store
 
 DEFAULT_RESULTS = Path("runs")
 DB_NAME = "labelbench.sqlite"
@@ -208,6 +208,8 @@ class ResultsStore:
         with self._errors():
             conn = sqlite3.connect(self.path, timeout=60)
             try:
+                if reason := not_a_store(conn):
+                    raise StoreError(f"{self.path}: {reason}")
                 _use_wal(conn)
                 migrate(conn)
                 if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:

@@ -215,6 +215,25 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+def not_a_store(conn: sqlite3.Connection) -> str | None:
+    """Why an SQLite file is not a results store this version can open, or None: it is one
+    (of this or an older version), or it is empty (a new store). Read before anything is
+    written, so a foreign database is never given our tables, migrated or switched to WAL."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        return (
+            f"made by a newer labelbench (store version {version}; this one reads up to "
+            f"{SCHEMA_VERSION}): upgrade labelbench to use it"
+        )
+    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    if not tables or ("runs" in tables and "run_key" in _columns(conn, "runs")):
+        return None
+    return (
+        f"an SQLite database but not a labelbench results store (its tables: "
+        f"{', '.join(sorted(tables)[:5])}); give --results another folder"
+    )
+
+
 def migrate(conn: sqlite3.Connection) -> None:
     """Bring an older store to `SCHEMA_VERSION` in one transaction, keeping every row: the
     steps of `MIGRATIONS` from its version on, in order. A new store (no `runs` table yet)

@@ -2,11 +2,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from contextlib import closing
 from dataclasses import replace
 
 import pytest
+from typer.testing import CliRunner
 
 from benchmark import store_schema
+from benchmark.cli import app
 from benchmark.errors import StoreError
 from benchmark.store import SCHEMA_VERSION, ResultsStore, RunRecord, check_results_dir
 
@@ -99,6 +102,28 @@ def test_a_damaged_store_is_a_store_error_at_open_and_on_queries(tmp_path):
     store.path.write_bytes(b"not sqlite at all" * 100)
     with pytest.raises(StoreError, match="file is not a database.*move it away"):
         store.completed_run("k1")
+
+
+@pytest.mark.parametrize(
+    ("ddl", "version", "message"),
+    [
+        ("CREATE TABLE foo (x INTEGER);", 0, r"not a labelbench results store \(its tables: foo\)"),
+        ("CREATE TABLE runs (id INTEGER);", 0, r"not a labelbench results store \(its tables: ru"),
+        ("", SCHEMA_VERSION + 1, "made by a newer labelbench"),
+    ],
+)
+def test_another_programs_database_is_refused_and_left_as_it_was(tmp_path, ddl, version, message):
+    """Before, our tables were added to it (or its own `runs` table crashed a migration)."""
+    path = tmp_path / "labelbench.sqlite"
+    with closing(sqlite3.connect(path)) as conn:
+        conn.executescript(f"{ddl} PRAGMA user_version = {version};")
+    before = path.read_bytes()
+    for action in (lambda: check_results_dir(tmp_path), ResultsStore(tmp_path).runs):
+        with pytest.raises(StoreError, match=message):
+            action()
+    assert path.read_bytes() == before and not (tmp_path / "labelbench.sqlite-wal").exists()
+    r = CliRunner().invoke(app, ["report", "--results", str(tmp_path), "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "Traceback" not in r.output and "labelbench.sqlite" in r.output
 
 
 def test_results_dir_is_checked_without_creating_it(tmp_path):
