@@ -60,7 +60,7 @@ class Progress:
 
     def __init__(self, quiet: bool = False, console: Console | None = None):
         self.quiet = quiet
-        self.console = console or Console(stderr=True)
+        self.console = console or Console(stderr=True, emoji=False)
         self.rich: RichProgress | None = None
         if not quiet and self.console.is_terminal:
             self.rich = RichProgress(

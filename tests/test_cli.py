@@ -123,6 +123,8 @@ def test_listing_commands():
             "expected a value of type int",
         ),
         (["-m", "unet-scratch", "-b", "1pct", "--device", "tpu"], "--device tpu"),
+        (["-m", "unet-scratch", "-b", "1pct", "--device", "cuda:x"], "--device cuda:x: expected"),
+        (["-m", "unet-scratch", "-b", "1pct", "--seed", "-1"], "--seed -1: a seed is an integer"),
     ],
 )
 def test_bad_names_and_options(tmp_path, args, message):
@@ -132,6 +134,22 @@ def test_bad_names_and_options(tmp_path, args, message):
     r = bench("run", *args, "--results", str(results))
     assert r.exit_code == 2
     assert message in error_line(r)
+    assert not results.exists()
+
+
+def test_a_cuda_device_this_machine_lacks_is_one_line_before_any_work(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    results = tmp_path / "runs"
+    for command in (
+        ["run", "-m", "unet-scratch", "-b", "4slices"],
+        ["sweep", "--methods", "unet-scratch", "--budgets", "4slices"],
+    ):
+        r = bench(*command, "-p", "tiny", "--device", "cuda", "--results", str(results))
+        assert r.exit_code == 2 and "sees no CUDA device on this machine" in error_line(r)
+    bad = bench("sweep", "--methods", "unet-scratch", "--budgets", "4slices", "--seeds", "0,-1")
+    assert bad.exit_code == 2 and "--seeds: -1 is not a seed" in error_line(bad)
     assert not results.exists()
 
 

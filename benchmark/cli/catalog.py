@@ -9,7 +9,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from benchmark.cli.options import DataOpt, DrawSeedOpt, ProtocolOpt, QuietOpt, ResultsOpt
+from benchmark.cli.options import (
+    DataOpt,
+    DrawSeedOpt,
+    ProtocolOpt,
+    QuietOpt,
+    ResultsOpt,
+    check_seeds,
+)
 from benchmark.cli.output import err, out, user_errors
 
 
@@ -89,6 +96,7 @@ def protocol_show(
     from benchmark.progress import Progress
     from benchmark.protocol import load_protocol
 
+    check_seeds(seed)
     protocol = load_protocol(name)
     progress = Progress(quiet=quiet, console=err)
     try:

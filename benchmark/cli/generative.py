@@ -24,6 +24,7 @@ from benchmark.cli.options import (
     SetOpt,
     StepsOpt,
     check_device,
+    check_seeds,
     request,
 )
 from benchmark.cli.output import err, out, user_errors
@@ -57,6 +58,7 @@ def pretrain(
     from benchmark.runner import pretrained_method
 
     check_device(device)
+    check_seeds(seed)
     if nproc < 1:
         raise ConfigError("--nproc must be at least 1")
     if nproc > 1 and distributed.world_size() == 1:  # not under torchrun yet: relaunch under it
@@ -108,6 +110,7 @@ def sample(
     from benchmark.samples import SampleRequest, draw_samples
 
     check_device(device)
+    check_seeds(seed)
     sampler = get_generative(method).check_sampler(sampler)
     if n < 1 or (steps is not None and steps < 1):
         raise ConfigError("--n and --steps must be at least 1")
@@ -161,6 +164,7 @@ def fidelity(
     from benchmark.store import ResultsStore
 
     check_device(device)
+    check_seeds(seed)
     progress = Progress(quiet=quiet, console=err)
     try:
         prepared = prepare_fidelity(request(FidelityRequest, params), progress)

@@ -7,6 +7,7 @@ Options that one command alone has stay with that command.
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -77,10 +78,28 @@ StepsOpt = Annotated[
 ]
 
 
-def check_device(device: str) -> None:
-    """Refuse a `--device` that is none of auto, cpu, cuda, cuda:N."""
-    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+def check_device(device: str, here: bool = True) -> None:
+    """Refuse a `--device` that is none of auto, cpu, cuda, cuda:N, and (`here`: the device
+    is this machine's) a CUDA device this machine does not have, before any work."""
+    if device in ("auto", "cpu"):
+        return
+    match = re.fullmatch(r"cuda(?::(\d+))?", device)
+    if match is None:
         raise ConfigError(f"--device {device}: expected auto, cpu, cuda or cuda:N")
+    if not here:
+        return
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise ConfigError(
+            f"--device {device}: torch {torch.__version__} sees no CUDA device on this machine; "
+            f"use --device cpu (or auto)"
+        )
+    if match.group(1) is not None and int(match.group(1)) >= count:
+        raise ConfigError(
+            f"--device {device}: this machine has {count} CUDA device(s), 0 to {count - 1}"
+        )
 
 
 def names(text: str) -> list[str]:
@@ -96,7 +115,16 @@ def int_seeds(text: str) -> list[int]:
             seeds.append(int(item))
         except ValueError:
             raise ConfigError(f"--seeds: {item!r} is not an integer") from None
+        if seeds[-1] < 0:
+            raise ConfigError(f"--seeds: {item} is not a seed (an integer >= 0)")
     return seeds
+
+
+def check_seeds(*seeds: int) -> None:
+    """`--seed` values: seeds draw budgets and initialise models, integers >= 0."""
+    for seed in seeds:
+        if seed < 0:
+            raise ConfigError(f"--seed {seed}: a seed is an integer >= 0")
 
 
 def request(cls: type[R], params: dict[str, Any], **values: Any) -> R:

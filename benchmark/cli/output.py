@@ -13,8 +13,8 @@ from rich.markup import escape
 
 from benchmark.errors import LabelbenchError
 
-out = Console()
-err = Console(stderr=True)
+out = Console(emoji=False)  # ":x" in a path or value is text, never an emoji code
+err = Console(stderr=True, emoji=False)
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -27,6 +27,7 @@ from benchmark.cli.options import (
     SweepSetOpt,
     VerifyOpt,
     check_device,
+    check_seeds,
     int_seeds,
     names,
     request,
@@ -64,6 +65,7 @@ def run(
     from benchmark.store import check_results_dir
 
     check_device(device)
+    check_seeds(*(seed or []))
     check_results_dir(results)  # before any work: a bad results path fails in a second
     progress = Progress(quiet=quiet, console=err)
     failed = 0
@@ -226,7 +228,7 @@ def sweep(
     from benchmark.progress import Progress
     from benchmark.sweep import SweepRequest, run_sweep
 
-    check_device(device)
+    check_device(device, here=executor != "ray")  # a Ray cluster's GPUs are its workers'
     grid = request(
         SweepRequest, params, methods=names(methods), budgets=names(budgets), seeds=int_seeds(seeds)
     )
