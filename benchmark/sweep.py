@@ -23,8 +23,10 @@ import pickle
 import signal
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -336,7 +338,11 @@ def _pretrain_error(exc: BaseException) -> str:
 
 def _child(request: RunRequest, env: dict[str, str], threads: int, out: str) -> None:
     os.setpgrp()  # a group of its own: `_stop` ends it with every process it starts
-    _dump(run_point(request, env, threads), out)
+    try:
+        result: Any = run_point(request, env, threads)
+    except Exception as exc:  # raised outside the run's own try (its data, its device):
+        result = {"error": f"{type(exc).__name__}: {exc}"}  # recorded, not retried
+    _dump(result, out)
 
 
 def _pretrain_child(request: RunRequest, env: dict[str, str], threads: int, out: str) -> None:
@@ -358,6 +364,26 @@ def _stop(proc: Any, grace: float = 10.0) -> None:
             if proc.is_alive():
                 proc.kill() if sig == signal.SIGKILL else proc.terminate()
         proc.join(grace if sig == signal.SIGTERM else None)
+
+
+@contextmanager
+def _terminate_interrupts() -> Iterator[None]:
+    """SIGTERM and SIGHUP (a batch job's time limit, a closed terminal) end the driver as
+    Ctrl-C does: by an interrupt, so that it stops its workers on the way out instead of
+    leaving them running. Only in the main thread, where Python delivers signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    before = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 def _dump(result: Any, out: str) -> None:
@@ -430,13 +456,15 @@ def _run_processes(
                     f"(exit code {proc.exitcode})"
                 )
                 fail_group(task.group, error)
+        elif isinstance(result, dict):
+            record(task.prep, failed_record(task.prep, result["error"]), [])
         elif result is not None:
             record(task.prep, *result)
         else:
             error = f"worker process died twice (exit code {proc.exitcode})"
             record(task.prep, failed_record(task.prep, error, info={"attempts": 2}), [])
 
-    with tempfile.TemporaryDirectory(prefix="labelbench-sweep-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="labelbench-sweep-") as tmp, _terminate_interrupts():
         try:
             while (queue and not stopped()) or running:
                 for task in [t for t in queue if t.needs is None or t.needs in done]:
