@@ -34,11 +34,12 @@ from benchmark.data.reader import (
     read_header,
     read_label,
 )
-from benchmark.errors import DatasetError
+from benchmark.errors import ConfigError, DatasetError, StoreError
 from benchmark.metrics.registry import display_name
 from benchmark.progress import Progress
 from benchmark.protocol import load_protocol, stable_hash
 from benchmark.provenance import build_provenance, timestamp
+from benchmark.registry import installed_methods
 from benchmark.runner import ensure_ceiling, score_prediction
 from benchmark.store import MetricRow, ResultsStore, RunRecord, check_results_dir
 
@@ -157,6 +158,13 @@ def evaluate(request: EvaluateRequest, progress: Progress) -> Evaluation:
     name = request.name or Path(request.pred).resolve().name
     if not name or "/" in name or name.startswith("."):
         raise DatasetError(f"--name {name!r}: give a plain name for the submission")
+    if name in installed_methods():  # its runs would be taken for that method's newest code
+        raise ConfigError(
+            f"--name {name}: that is an installed method's name; give the submission its own"
+        )
+    csv_dir = Path(request.results) / "submissions"
+    if csv_dir.exists() and not csv_dir.is_dir():
+        raise StoreError(f"{csv_dir}: is a file, where the per-case tables go; move it away")
     data = load_data(protocol, request.data, progress)
     files = find_predictions(request.pred, data.split.test)
     rows = _score(data, files, progress)  # reads and checks every file before any write
@@ -187,7 +195,11 @@ def evaluate(request: EvaluateRequest, progress: Progress) -> Evaluation:
         info={SUBMISSION: digests},
         off_protocol=SUBMISSION_NOTE,
     )
+    try:  # the table first: no store row without its table (a table alone is rewritten)
+        csv_path = write_case_csv(rows, files, csv_dir / f"{name}.csv")
+    except OSError as exc:
+        where = csv_dir / f"{name}.csv"
+        raise StoreError(f"{where}: cannot be written ({exc.strerror or exc})") from None
     ResultsStore(request.results).write_run(record, rows)
     ensure_ceiling(request.results, data, progress)
-    csv_path = write_case_csv(rows, files, Path(request.results) / "submissions" / f"{name}.csv")
     return Evaluation(record, rows, csv_path)

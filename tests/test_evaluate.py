@@ -87,6 +87,18 @@ def test_evaluate_reproduces_the_run_and_rejects_bad_input(tmp_path):
     line = broken("corrupt", lambda d, f: f[1].write_bytes(f[1].read_bytes()[:-40]))
     assert f_name(files[1]) in line and ("corrupt" in line or "not a readable" in line)
 
+    n_before = len(ResultsStore(results).runs(status=None))
+    r = bench("evaluate", "--pred", str(preds), "-p", "tiny", "--results", str(results),
+              "--name", "unet-scratch")  # fmt: skip
+    assert r.exit_code == 2 and "installed method's name" in error_line(r)
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "submissions").parent.mkdir()
+    (elsewhere / "submissions").write_text("not a folder")
+    r = bench("evaluate", "--pred", str(preds), "-p", "tiny", "--results", str(elsewhere))
+    assert r.exit_code == 2 and "submissions: is a file" in error_line(r)
+    assert len(ResultsStore(results).runs(status=None)) == n_before
+    assert not (elsewhere / "labelbench.sqlite").exists()
+
 
 def f_name(path) -> str:
     return path.name
