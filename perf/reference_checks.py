@@ -28,11 +28,14 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from benchmark.errors import LabelbenchError
+from benchmark.evaluate import SUBMISSION
 from benchmark.protocol import load_protocol
 from benchmark.report.formatting import md_table
 from benchmark.report.frames import (
@@ -214,6 +217,19 @@ def checks(
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The checks as a table; a bad protocol, store or output path is one line, exit 2."""
+    try:
+        _main(argv)
+    except LabelbenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    except OSError as exc:
+        print(f"error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+    else:
+        return
+    raise SystemExit(2)
+
+
+def _main(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=Path, default=Path("reports/phantom/store"))
     parser.add_argument("--protocol", default="phantom")
@@ -226,6 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     if not store.path.exists():
         raise SystemExit(f"{store.path}: no results store here")
     runs = store.runs(protocol=name, status=FINISHED)
+    runs = runs[runs.budget != SUBMISSION]  # `bench evaluate`'s scores: not the grid's runs
     if runs.empty:
         raise SystemExit(f"{store.path}: no finished runs of protocol '{name}'")
     runs, left_out = newest_code(runs)

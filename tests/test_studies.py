@@ -182,3 +182,27 @@ def test_reference_checks_apply_each_rule():
     assert (
         found["no run is `unfit` (each failed run is left out of the ranking)"].verdict == "fails"
     )
+
+
+def test_reference_checks_leave_submissions_out_and_bad_input_is_one_line(tmp_path, capsys):
+    from dataclasses import replace
+
+    from benchmark.store import ResultsStore
+    from tests.test_store import ROWS, record
+
+    checks = perf_script("reference_checks")
+    store = ResultsStore(tmp_path)
+    for seed in range(3):
+        run = replace(record(f"r{seed}", f"k{seed}"), protocol="tiny", method="unet-scratch",
+                      budget="4slices", seed=seed)  # fmt: skip
+        store.write_run(run, ROWS)
+    preds = replace(record("sub", "ksub"), protocol="tiny", method="preds", budget="submission")
+    store.write_run(preds, ROWS)
+    checks.main(["--results", str(tmp_path), "--protocol", "tiny"])
+    text = capsys.readouterr().out
+    assert "3 finished runs" in text and "submission" not in text and "preds" not in text
+    for bad in (["--protocol", "tny"], ["--out", str(tmp_path / "no" / "such" / "CHECKS.md")]):
+        with pytest.raises(SystemExit) as exit_:
+            checks.main(["--results", str(tmp_path), "--protocol", "tiny", *bad])
+        assert exit_.value.code == 2
+        assert capsys.readouterr().err.startswith("error: ")
