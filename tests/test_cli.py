@@ -125,6 +125,7 @@ def test_listing_commands():
         (["-m", "unet-scratch", "-b", "1pct", "--device", "tpu"], "--device tpu"),
         (["-m", "unet-scratch", "-b", "1pct", "--device", "cuda:x"], "--device cuda:x: expected"),
         (["-m", "unet-scratch", "-b", "1pct", "--seed", "-1"], "--seed -1: a seed is an integer"),
+        (["-m", "unet-scratch", "-b", "1pct", "--save-predictions", "README.md/p"], "is a file"),
     ],
 )
 def test_bad_names_and_options(tmp_path, args, message):

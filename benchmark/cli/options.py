@@ -102,6 +102,18 @@ def check_device(device: str, here: bool = True) -> None:
         )
 
 
+def check_output_dir(folder: Path | None, option: str) -> None:
+    """Refuse, before any work, an output folder that is a file or lies under one (it would
+    otherwise fail once the run has trained)."""
+    if folder is None:
+        return
+    existing = Path(folder)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{option} {folder}: {existing} is a file; give a folder")
+
+
 def names(text: str) -> list[str]:
     """The names of a comma-separated option (`--methods a,b`), blanks dropped."""
     return [t.strip() for t in text.split(",") if t.strip()]

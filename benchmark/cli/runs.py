@@ -27,6 +27,7 @@ from benchmark.cli.options import (
     SweepSetOpt,
     VerifyOpt,
     check_device,
+    check_output_dir,
     check_seeds,
     int_seeds,
     names,
@@ -67,6 +68,7 @@ def run(
     check_device(device)
     check_seeds(*(seed or []))
     check_results_dir(results)  # before any work: a bad results path fails in a second
+    check_output_dir(save_predictions, "--save-predictions")
     progress = Progress(quiet=quiet, console=err)
     failed = 0
     with verifying(verify):
