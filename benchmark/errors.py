@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from pathlib import Path
 
 
 class LabelbenchError(Exception):
@@ -42,3 +43,12 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """Return ' (did you mean: a, b?)' for the closest names, or '' when none is close."""
     close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
     return f" (did you mean: {', '.join(close)}?)" if close else ""
+
+
+def nearest_existing(path: Path) -> Path:
+    """`path`, or its nearest parent that exists: where an output folder would be made. Not
+    a folder: a file stands in the way. Checked before any work, for one-line errors."""
+    existing = Path(path)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return existing

@@ -29,7 +29,7 @@ from typing import Any
 
 import pandas as pd
 
-from benchmark.errors import StoreError
+from benchmark.errors import StoreError, nearest_existing
 from benchmark.provenance import Provenance
 from benchmark.store_schema import SCHEMA, SCHEMA_VERSION, migrate, not_a_store
 
@@ -173,9 +173,7 @@ def check_results_dir(results_dir: Path) -> None:
         raise StoreError(
             f"{folder}: the results path is a file, not a folder; give --results a folder"
         )
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = nearest_existing(folder)
     if not existing.is_dir():
         raise StoreError(
             f"{folder}: cannot create the results folder, {existing} is a file; give --results "

@@ -424,3 +424,25 @@ def test_html_report_renders_in_a_headless_browser(tmp_path):
     images, loaded, tables = map(int, found.groups())
     assert images == loaded == 2
     assert tables == page.count("<table>") >= 5
+
+
+def test_bench_report_output_and_store_problems_are_one_line(tmp_path):
+    from dataclasses import replace
+
+    from typer.testing import CliRunner
+
+    from benchmark.cli import app
+    from benchmark.store import ResultsStore
+    from tests.test_store import ROWS, record
+
+    store = ResultsStore(tmp_path / "runs")
+    store.write_run(replace(record(), protocol="tiny"), [])  # a run without scores
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    args = ["report", "-p", "tiny", "--results", str(tmp_path / "runs")]
+    for out, message in ((tmp_path / "out", "no per-case scores"), (blocker / "r", "is a file")):
+        if message == "is a file":
+            store.write_run(replace(record("r2", "k2"), protocol="tiny"), ROWS)
+        r = CliRunner().invoke(app, [*args, "--out", str(out)])
+        assert r.exit_code == 2 and message in r.stderr and "Traceback" not in r.output
+        assert not (tmp_path / "out").exists()

@@ -13,7 +13,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from benchmark.errors import ConfigError
+from benchmark.errors import ConfigError, nearest_existing
 
 R = TypeVar("R")
 
@@ -105,12 +105,7 @@ def check_device(device: str, here: bool = True) -> None:
 def check_output_dir(folder: Path | None, option: str) -> None:
     """Refuse, before any work, an output folder that is a file or lies under one (it would
     otherwise fail once the run has trained)."""
-    if folder is None:
-        return
-    existing = Path(folder)
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
+    if folder is not None and not (existing := nearest_existing(folder)).is_dir():
         raise ConfigError(f"{option} {folder}: {existing} is a file; give a folder")
 
 

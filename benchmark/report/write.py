@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.errors import StoreError
+from benchmark.errors import StoreError, nearest_existing
 from benchmark.protocol import load_protocol
 from benchmark.report.files import (
     CURVES_NAME,
@@ -106,6 +106,16 @@ def report_from_store(
     if runs.empty and generative.empty:
         raise StoreError(f"{store.path}: no completed runs for protocol '{name}'")
     metrics = store.metrics(runs.run_id)
+    if not runs.empty and not metrics["run_id"].isin(runs["run_id"]).any() and generative.empty:
+        raise StoreError(f"{store.path}: no per-case scores for the runs of protocol '{name}'")
     curves = store.curves(runs.run_id)
-    target = out_dir or Path("reports") / name
-    return write_report(name, runs, metrics, target, generative, curves, store.ceilings(), mix_code)
+    target = Path(out_dir or Path("reports") / name)
+    if not (existing := nearest_existing(target)).is_dir():
+        raise StoreError(f"--out {target}: {existing} is a file; give a folder for the report")
+    try:
+        return write_report(
+            name, runs, metrics, target, generative, curves, store.ceilings(), mix_code
+        )
+    except OSError as exc:
+        where = exc.filename or target
+        raise StoreError(f"{where}: cannot write the report ({exc.strerror or exc})") from None
