@@ -159,6 +159,9 @@ def _use_wal(conn: sqlite3.Connection, patience_s: float = 60.0) -> None:
 # and for one that cannot be opened, read or written; other errors are bugs, not user input.
 _DAMAGED = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
 _UNUSABLE = {3, 8, 10, 13, 14}  # SQLITE_PERM, _READONLY, _IOERR, _FULL, _CANTOPEN
+_LOCKED = {5, 6}  # SQLITE_BUSY, SQLITE_LOCKED: another process held it past LOCK_WAIT_S
+LOCK_WAIT_S = 60.0
+"""How long a store operation waits for another process's write to end."""
 
 
 def check_results_dir(results_dir: Path) -> None:
@@ -204,11 +207,11 @@ class ResultsStore:
         except OSError as exc:
             raise StoreError(f"{self.path}: cannot open results store ({exc})") from None
         with self._errors():
-            conn = sqlite3.connect(self.path, timeout=60)
+            conn = sqlite3.connect(self.path, timeout=LOCK_WAIT_S)
             try:
                 if reason := not_a_store(conn):
                     raise StoreError(f"{self.path}: {reason}")
-                _use_wal(conn)
+                _use_wal(conn, LOCK_WAIT_S)
                 migrate(conn)
                 if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
                     # A new store: its tables and its version in one transaction, so that a
@@ -243,6 +246,11 @@ class ResultsStore:
                 ) from None
             if code in _UNUSABLE:
                 raise StoreError(f"{self.path}: cannot use the results store ({cause})") from None
+            if code in _LOCKED:
+                raise StoreError(
+                    f"{self.path}: another process kept the results store locked for "
+                    f"{LOCK_WAIT_S:.0f} s ({cause}); try again when it is done"
+                ) from None
             raise
 
     @contextmanager

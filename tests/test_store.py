@@ -275,3 +275,19 @@ def test_runs_and_generative_share_the_provenance_columns(tmp_path):
             info = conn.execute(f"PRAGMA table_info({table})").fetchall()
             found = {r[1]: f"{r[2]} NOT NULL" if r[3] else r[2] for r in info}
             assert {name: found[name] for name in declared} == declared
+
+
+def test_a_store_locked_past_the_wait_is_one_line(tmp_path, monkeypatch):
+    """Another process holding a write lock: a StoreError naming the file, not a traceback."""
+    from benchmark import store as store_module
+
+    store = ResultsStore(tmp_path)
+    store.write_run(record(), ROWS)
+    monkeypatch.setattr(store_module, "LOCK_WAIT_S", 0.2)
+    with closing(sqlite3.connect(store.path, isolation_level=None)) as holder:
+        holder.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(StoreError, match=r"labelbench.sqlite: another process kept .* locked"):
+            store.write_run(record("r2", "k2"), ROWS)
+        holder.execute("ROLLBACK")
+    store.write_run(record("r2", "k2"), ROWS)
+    assert len(store.runs()) == 2
