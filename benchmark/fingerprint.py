@@ -203,6 +203,18 @@ def packages_digest() -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:DIGITS]
 
 
+def scoring_code() -> str:
+    """The parts of every run's fingerprint that score a prediction, `core-packages`: what a
+    ceiling (the ground truth resized and scored as a prediction) is keyed by."""
+    return f"{core_digest()}-{packages_digest()}"
+
+
+def scoring_part(fingerprint: str) -> str:
+    """A run's `core-method-packages` fingerprint → its `core-packages` part."""
+    core, _, rest = fingerprint.partition("-")
+    return f"{core}-{rest.partition('-')[2]}"
+
+
 def code_fingerprint(module: str) -> str:
     """`core-method-packages` of the method defined in `module` (see the module docstring)."""
     return f"{core_digest()}-{method_digest(module)}-{packages_digest()}"

@@ -32,7 +32,7 @@ from benchmark.data.slicestore import SliceStore, build_slice_store
 from benchmark.data.source import cache_root, resolve_dataset
 from benchmark.distributed import rank_zero_first
 from benchmark.errors import DatasetError
-from benchmark.fingerprint import code_fingerprint
+from benchmark.fingerprint import code_fingerprint, scoring_code
 from benchmark.method import Method, RunContext, SliceSet
 from benchmark.metrics.segmentation import score_case
 from benchmark.progress import Progress
@@ -248,7 +248,7 @@ def ensure_ceiling(results: Path, data: DataContext, progress: Progress) -> None
     """Score the protocol's ceiling into the store once: each test case's ground truth
     resized to the slice size and back, exactly as a prediction is, then scored."""
     store = ResultsStore(results)
-    keys = (data.protocol.hash, data.store.key, data.split.hash)
+    keys = (data.protocol.hash, data.store.key, data.split.hash, scoring_code())
     if store.has_ceiling(*keys):
         return
     assert data.store.labels is not None

@@ -341,15 +341,16 @@ class ResultsStore:
                 f"SELECT * FROM {table} WHERE run_id IN ({marks}) ORDER BY rowid", conn, params=ids
             )
 
-    def has_ceiling(self, protocol_hash: str, dataset_key: str, split_hash: str) -> bool:
+    def has_ceiling(self, protocol_hash: str, dataset_key: str, split_hash: str, code: str) -> bool:
+        """Whether the ceiling of this protocol, data and split was scored by `code`."""
         if not self.path.exists():
             return False
         with self._connection() as conn:
             return (
                 conn.execute(
                     "SELECT 1 FROM ceilings WHERE protocol_hash = ? AND dataset_key = ? "
-                    "AND split_hash = ? LIMIT 1",
-                    (protocol_hash, dataset_key, split_hash),
+                    "AND split_hash = ? AND code = ? LIMIT 1",
+                    (protocol_hash, dataset_key, split_hash, code),
                 ).fetchone()
                 is not None
             )
@@ -359,19 +360,21 @@ class ResultsStore:
         protocol_hash: str,
         dataset_key: str,
         split_hash: str,
+        code: str,
         metrics: Iterable[MetricRow],
     ) -> None:
-        """The protocol's ceiling: (case_id, organ_id, organ, metric, value) rows, in one
-        transaction."""
-        keys = (protocol_hash, dataset_key, split_hash)
+        """The protocol's ceiling as `code` scores it: (case_id, organ_id, organ, metric,
+        value) rows, in one transaction. Ceilings scored by other code stay, for their runs."""
+        keys = (protocol_hash, dataset_key, split_hash, code)
+        columns = "protocol_hash, dataset_key, split_hash, code, case_id, organ_id, organ, metric"
         with self._connection() as conn, conn:
             conn.execute(
                 "DELETE FROM ceilings WHERE protocol_hash = ? AND dataset_key = ? "
-                "AND split_hash = ?",
+                "AND split_hash = ? AND code = ?",
                 keys,
             )
             conn.executemany(
-                "INSERT INTO ceilings VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO ceilings ({columns}, value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(*keys, *m) for m in metrics],
             )
 
@@ -379,7 +382,7 @@ class ResultsStore:
         """Every stored ceiling row, wide (one column per metric)."""
         with self._connection() as conn:
             rows = pd.read_sql_query("SELECT * FROM ceilings ORDER BY rowid", conn)
-        return wide(rows, ["protocol_hash", "dataset_key", "split_hash", *ROW_KEYS])
+        return wide(rows, ["protocol_hash", "dataset_key", "split_hash", "code", *ROW_KEYS])
 
     def write_generative(self, record: GenerativeRecord) -> None:
         """Insert a generative-quality row in one transaction, replacing one with the same key."""

@@ -85,12 +85,13 @@ CREATE TABLE IF NOT EXISTS ceilings (
     protocol_hash TEXT NOT NULL,
     dataset_key TEXT NOT NULL,
     split_hash TEXT NOT NULL,
+    code TEXT NOT NULL DEFAULT '',
     case_id TEXT NOT NULL,
     organ_id INTEGER NOT NULL,
     organ TEXT NOT NULL,
     metric TEXT NOT NULL,
     value REAL NOT NULL,
-    PRIMARY KEY (protocol_hash, dataset_key, split_hash, case_id, organ_id, metric)
+    PRIMARY KEY (protocol_hash, dataset_key, split_hash, code, case_id, organ_id, metric)
 );
 """
 
@@ -205,10 +206,23 @@ def _to_v3(conn: sqlite3.Connection) -> None:
         conn.execute(f"ALTER TABLE {table}_long RENAME TO {table}")
 
 
+def _to_v4_ceiling_code(conn: sqlite3.Connection) -> None:
+    """3 → 4, the ceiling keyed by the code that scored it (`benchmark.fingerprint.
+    scoring_code`); older rows get '' (code unknown: matched by no run, scored again)."""
+    if not _has_table(conn, "ceilings") or "code" in _columns(conn, "ceilings"):
+        return  # none yet, or made by step 2 → 3 with today's table
+    cols = ", ".join(_columns(conn, "ceilings"))
+    conn.execute(CEILINGS_TABLE.replace("ceilings (", "ceilings_v4 (", 1))
+    conn.execute(f"INSERT INTO ceilings_v4 ({cols}) SELECT {cols} FROM ceilings ORDER BY rowid")
+    conn.execute("DROP TABLE ceilings")
+    conn.execute("ALTER TABLE ceilings_v4 RENAME TO ceilings")
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _to_v1_trust,
     _to_v2_code,
     _to_v3,
+    _to_v4_ceiling_code,
 )
 """Step i brings a store of version i to version i + 1; append a step for a new version."""
 

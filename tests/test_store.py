@@ -5,6 +5,7 @@ import sqlite3
 from contextlib import closing
 from dataclasses import replace
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -232,7 +233,7 @@ def test_a_version_1_store_gets_the_code_column_keeping_every_row(tmp_path):
     v1_store.write_run(replace(record("v2run", "k-v2"), code="core-method-packages"), ROWS)
     assert v1_store.runs().set_index("run_id").loc["v2run", "code"] == "core-method-packages"
     with sqlite3.connect(old / "labelbench.sqlite") as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     ResultsStore(tmp_path / "new").runs()  # a new store, made from the current schema
     assert _columns(old / "labelbench.sqlite") == _columns(tmp_path / "new" / "labelbench.sqlite")
 
@@ -291,3 +292,40 @@ def test_a_store_locked_past_the_wait_is_one_line(tmp_path, monkeypatch):
         holder.execute("ROLLBACK")
     store.write_run(record("r2", "k2"), ROWS)
     assert len(store.runs()) == 2
+
+
+V3_CEILINGS = """
+CREATE TABLE ceilings (
+    protocol_hash TEXT NOT NULL, dataset_key TEXT NOT NULL, split_hash TEXT NOT NULL,
+    case_id TEXT NOT NULL, organ_id INTEGER NOT NULL, organ TEXT NOT NULL,
+    metric TEXT NOT NULL, value REAL NOT NULL,
+    PRIMARY KEY (protocol_hash, dataset_key, split_hash, case_id, organ_id, metric)
+);
+"""
+
+
+def test_a_version_3_ceiling_gets_a_code_and_each_code_keeps_its_own(tmp_path):
+    """Ceilings scored before they were keyed by code keep their rows under code '' (matched
+    by no run); a ceiling scored by new code does not replace the one of older runs."""
+    from benchmark.report.tables import ceiling_scores
+
+    path = tmp_path / "labelbench.sqlite"
+    today = store_schema.CEILINGS_TABLE
+    with closing(sqlite3.connect(path)) as conn, conn:
+        v3 = store_schema.SCHEMA.replace(today, V3_CEILINGS)
+        conn.executescript(v3 + "PRAGMA user_version = 3;")
+        conn.execute("INSERT INTO ceilings VALUES ('h', 'd', 's', 'c1', 1, 'liver', 'dsc', 0.9)")
+    store = ResultsStore(tmp_path)
+    old = store.ceilings()
+    assert old[["code", "dsc"]].to_numpy().tolist() == [["", 0.9]]
+    store.write_ceiling("h", "d", "s", "new-pk", [("c1", 1, "liver", "dsc", 0.7)])
+    store.write_ceiling("h", "d", "s", "old-pk", [("c1", 1, "liver", "dsc", 0.8)])
+    store.write_ceiling("h", "d", "s", "new-pk", [("c1", 1, "liver", "dsc", 0.6)])  # again
+    assert store.has_ceiling("h", "d", "s", "old-pk") and not store.has_ceiling("h", "d", "s", "x")
+    runs = pd.DataFrame(
+        {"protocol_hash": ["h", "h", "h"], "dataset_key": ["d"] * 3, "split_hash": ["s"] * 3,
+         "code": ["new-m1-pk", "new-m2-pk", None]}
+    )  # fmt: skip
+    assert ceiling_scores(runs, store.ceilings()) == {"dsc": 0.6}
+    assert ceiling_scores(runs.assign(code=["old-m-pk"] * 3), store.ceilings()) == {"dsc": 0.8}
+    assert ceiling_scores(runs.assign(code=["old-m-pk", "new-m-pk", None]), store.ceilings()) == {}

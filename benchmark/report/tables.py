@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from benchmark.fingerprint import scoring_part
 from benchmark.report.frames import budget_order, case_scores, metric_names, require_runs
 from benchmark.report.stats import N_BOOT, case_ci
 
@@ -92,13 +93,17 @@ def cost_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def ceiling_scores(runs: pd.DataFrame, ceilings: pd.DataFrame | None) -> dict[str, float]:
-    """Mean of every metric of the protocol's ceiling for these runs' protocol hash, data and
-    split (mean over test cases of the organ mean, as every score), or {} when not stored."""
-    if ceilings is None or ceilings.empty or runs.empty:
+    """Mean of every metric of the protocol's ceiling for these runs' protocol hash, data,
+    split and scoring code (mean over test cases of the organ mean, as every score), or {}
+    when not stored. Only runs with a code fingerprint count (not `bench evaluate`'s
+    submissions, nor runs recorded before fingerprints); when they were scored by more than
+    one code there is no single ceiling, as there is none for several data sets or splits."""
+    if ceilings is None or ceilings.empty or runs.empty or "code" not in runs:
         return {}
-    keys = ["protocol_hash", "dataset_key", "split_hash"]
-    triples = runs[keys].drop_duplicates()
-    if len(triples) != 1:  # runs on different data or splits have no single ceiling
+    keys = ["protocol_hash", "dataset_key", "split_hash", "code"]
+    scored = runs.dropna(subset=["code"]).assign(code=lambda r: r["code"].map(scoring_part))
+    triples = scored[keys].drop_duplicates()
+    if len(triples) != 1:
         return {}
     mine = ceilings.merge(triples, on=keys)
     if mine.empty:
