@@ -43,7 +43,9 @@ def random_affine(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Same random rotation, scale and shift for each image (N, C, H, W) and its labels (N, H, W).
 
-    Shift is a fraction of the image size. Labels are resampled by nearest neighbour. The
+    Shift is a fraction of the image size. Labels are resampled by nearest neighbour. What
+    comes in from outside the field of view is 0 in both: the window's low end (air) in the
+    image, background in the labels, so no organ intensity is smeared into background. The
     random numbers: `uniforms` (N, `AFFINE_DRAWS`) on the images' device, or drawn from
     `generator` (the same numbers: `torch.rand(N, AFFINE_DRAWS, generator=generator)`).
     """
@@ -57,7 +59,7 @@ def random_affine(
         [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
     )
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     if labels is None:
         return out, None
     lab = F.grid_sample(

@@ -26,7 +26,7 @@ from baselines.nnunet import (
 from baselines.pretrained_unet import pretrain_fields
 from baselines.simclr import SimCLR, SimCLRConfig, nt_xent, train_simclr, two_views
 from baselines.unet_scratch import UNetConfig, UNetScratch
-from benchmark.augment import ct_view, random_gaussian_blur, random_resized_crop
+from benchmark.augment import ct_view, random_affine, random_gaussian_blur, random_resized_crop
 from benchmark.cli import app
 from benchmark.config import apply_overrides
 from benchmark.data.reader import discover
@@ -205,6 +205,20 @@ def test_ct_augmentations():
     torch.testing.assert_close(random_gaussian_blur(flat, gen, p=1.0), flat)
     views = ct_view(x, gen, 24)
     assert views.shape == (4, 1, 24, 24) and not torch.equal(views, ct_view(x, gen, 24))
+
+
+def test_affine_augmentation_brings_in_air_and_background_alike():
+    """An organ at the edge of the field of view, zoomed out: the pixels that come in from
+    outside are 0 in the image (air) and background in the labels, never organ intensity
+    over a background label."""
+    x = torch.zeros(1, 1, 32, 32)
+    y = torch.zeros(1, 32, 32, dtype=torch.long)
+    x[..., :6] = 0.9
+    y[..., :6] = 1
+    draws = torch.tensor([[0.5, 0.0, 0.5, 0.5]])  # no rotation or shift; scale 0.9 (zoom out)
+    xo, yo = random_affine(x, y, None, uniforms=draws)
+    assert ((xo[:, 0] > 0.5) & (yo == 0)).sum() == 0
+    assert ((xo[:, 0] > 0.5) & (yo == 1)).sum() > 0
 
 
 # --- SimCLR ---------------------------------------------------------------------------------
