@@ -186,12 +186,17 @@ def checks(
         )
     )
     flagged = undertrained(ranked, curves) if not curves.empty else ranked.iloc[0:0]
+    has_curve = ranked["run_id"].isin(curves["run_id"] if not curves.empty else [])
+    blind = ranked[~has_curve].groupby("method").size()
     out.append(
         Check(
             'no ranked run "may be undertrained"',
-            ", ".join(f"{r.method} {r.budget} s{r.seed}" for r in flagged.itertuples())
-            or "none flagged",
-            _verdict(flagged.empty),
+            (
+                ", ".join(f"{r.method} {r.budget} s{r.seed}" for r in flagged.itertuples())
+                or "none flagged"
+            )
+            + "".join(f"; {m}: {n} runs without a curve, not checked" for m, n in blind.items()),
+            "fails" if not flagged.empty else "holds" if blind.empty else "not measured",
         )
     )
     unfit = unranked[unranked["status"] == "unfit"]

@@ -201,6 +201,17 @@ def test_multiple_protocol_hashes_are_flagged_and_split():
     )
     assert new_at < old_at  # newest first
 
+    # A metric added to the protocol (hd95) exists for the new hash only: each hash's section
+    # reports its own metrics, and the old one does not fail on the new column.
+    new_metrics["hd95"] = 5.0
+    md = render_markdown("tiny", runs, pd.concat([old_metrics, new_metrics], ignore_index=True))
+    new, old = (
+        md[md.index("## Protocol hash `bbbb2222`") :],
+        md[md.index("## Protocol hash `aaaa1111`") :],
+    )
+    new = new[: new.index("## Protocol hash `aaaa1111`")]
+    assert "HD95" in new and "HD95" not in old
+
 
 def test_empty_input_raises():
     runs, metrics = synthetic()
@@ -335,6 +346,18 @@ def test_the_case_is_the_unit_of_the_paired_test():
     assert "n = 8 test cases per comparison" in md and "2 / 2^8 = 0.0078" in md
     # DSC and NSD: 2 comparisons, so the smallest adjusted p is 0.016 and b is marked.
     assert "smallest adjusted p is 0.016" in md and "0.0156 ▼" in md
+
+
+def test_a_method_ranked_lower_but_better_on_the_shared_pairs_is_not_marked_worse():
+    """b has only seed 0 (its others failed); ranked by its mean it is below a, whose seeds
+    1 and 2 are higher, but on the pairs both have (seed 0) it is better: no ▼."""
+    seeds_a = np.array([[0.5] * 8, [0.7] * 8, [0.7] * 8])
+    runs, metrics = _seeded({"a": seeds_a, "b": np.array([[0.6] * 8])})
+    t = paired_tests(runs, metrics, ["dsc"]).set_index("method")
+    assert t.loc["b", "rank"] == 2 and t.loc["b", "diff"] > 0 and t.loc["b", "p_holm"] < 0.05
+    row = next(ln for ln in render_markdown("tiny", runs, metrics).splitlines() if "| b " in ln
+               and "+0.100" in ln)  # fmt: skip
+    assert "▼" not in row
 
 
 def test_holm_runs_over_every_budget_and_metric_and_says_when_nothing_can_pass():

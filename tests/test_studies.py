@@ -152,7 +152,18 @@ def test_reference_checks_apply_each_rule():
     assert verdicts["`diffusion-linear` ≥ `unet-scratch` at `4slices`"] == "holds"
     assert verdicts["`diffusion-linear` ≥ `unet-scratch` at `1pct`"] == "fails"
     assert verdicts["`diffusion-linear` rises at every step of 1pct < 10pct"] == "holds"
-    assert verdicts['no ranked run "may be undertrained"'] == "holds"
+    undertrained = 'no ranked run "may be undertrained"'
+    assert verdicts[undertrained] == "not measured"  # no curves at all
+    flat = pd.DataFrame(
+        [{"run_id": r, "samples": s, "train_loss": 0.5, "val_dsc": 0.5}
+         for r in runs.run_id for s in (100, 200, 1000)]
+    )  # fmt: skip
+    found = {c.claim: c for c in checks.checks(runs, metrics, flat)}
+    assert found[undertrained].verdict == "holds"
+    nnunet_blind = flat[~flat.run_id.str.startswith("nnunet")]  # its own schedule: no curve
+    found = {c.claim: c for c in checks.checks(runs, metrics, nnunet_blind)}
+    assert found[undertrained].verdict == "not measured"
+    assert "nnunet: 9 runs without a curve" in found[undertrained].measured
     one = "the runs that share a pretraining used the same weights"
     assert verdicts[one] == "not measured"  # no run here records a pretraining
 

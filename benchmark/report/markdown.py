@@ -230,9 +230,14 @@ def curves_section(
     if plot_name:
         out += [f"![Learning curves]({plot_name})", ""]
     flagged = undertrained(runs, curves)
+    without = runs[~runs["run_id"].isin(curves["run_id"])]
+    if not without.empty:
+        counts = without.groupby("method").size()
+        listed = ", ".join(f"{m} ({n})" for m, n in counts.items())
+        out += [f"Runs without a learning curve, so not checked for undertraining: {listed}.", ""]
     if flagged.empty:
-        out += ["No run is flagged: every best validation score came before the last 10 % of "
-                "training, or the curve had stopped rising.", ""]  # fmt: skip
+        out += ["No run with a curve is flagged: every best validation score came before the "
+                "last 10 % of training, or the curve had stopped rising.", ""]  # fmt: skip
     else:
         listed = ", ".join(f"{r.method} · {r.budget} · seed {r.seed}" for r in flagged.itertuples())
         out += [

@@ -84,7 +84,9 @@ def _ranking(
             return ["best", "—"]
         if pd.isna(r["p_holm"]):
             return ["no pairs", "—"]
-        mark = " ▼" if r["p_holm"] < ALPHA else ""
+        worse = r["diff"] < 0 if higher_is_better(r["metric"]) else r["diff"] > 0
+        # Worse on the pairs both have, not only by rank (which uses all of each one's runs).
+        mark = " ▼" if r["p_holm"] < ALPHA and worse else ""
         diff = f"{r['diff']:+.3f} [{r['diff_lo']:+.3f}, {r['diff_hi']:+.3f}]"
         return [diff, f"{r['p_holm']:.3g}{mark}"]
 
@@ -98,7 +100,8 @@ def _ranking(
         "seeds of a case share its volume), Holm-corrected over "
         f"{plural(int(tests['p'].notna().sum()), 'comparison')} of this table (every budget, "
         f"every metric); ▼ marks a method significantly worse than the best (adjusted p < "
-        f"{ALPHA}). Every other metric is compared with the method best in it. Cost: mean wall "
+        f"{ALPHA}, and worse on the pairs both were scored on). Every other metric is compared "
+        "with the method best in it. Cost: mean wall "
         "time per run, largest peak memory.",
         "",
         *_power_note(tests),
@@ -170,6 +173,9 @@ def results_section(
     """Markdown lines of the results of `runs` (one protocol hash), headings at `level`;
     `plot_name` (when given) embeds the DSC plot and the heatmap."""
     h = "#" * level
+    # This hash's own metrics: one that another hash declares is all NaN here.
+    metrics = metrics[metrics.run_id.isin(runs.run_id)]
+    metrics = metrics.drop(columns=[n for n in metric_names(metrics) if metrics[n].isna().all()])
     ceiling = ceiling_scores(runs, ceilings)
     summary = summarize(runs, metrics)
     budgets = budget_order(runs)
