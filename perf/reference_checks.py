@@ -41,6 +41,7 @@ from benchmark.report.formatting import md_table
 from benchmark.report.frames import (
     budget_order,
     case_scores,
+    config_variants,
     hash_order,
     newest_code,
     split_ranked,
@@ -251,6 +252,7 @@ def _main(argv: list[str] | None) -> None:
     if runs.empty:
         raise SystemExit(f"{store.path}: no finished runs of protocol '{name}'")
     runs, left_out = newest_code(runs)
+    runs = config_variants(runs)  # a trial config beside the defaults is its own "method"
     runs = runs[runs["protocol_hash"] == hash_order(runs)[0]]
     metrics = store.metrics(runs.run_id)
     curves = store.curves(runs.run_id)

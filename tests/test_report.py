@@ -11,6 +11,7 @@ import pytest
 from benchmark.report import (
     bootstrap_ci,
     case_bootstrap_ci,
+    config_variants,
     holm,
     paired_tests,
     per_organ,
@@ -469,3 +470,24 @@ def test_bench_report_output_and_store_problems_are_one_line(tmp_path):
         r = CliRunner().invoke(app, [*args, "--out", str(out)])
         assert r.exit_code == 2 and message in r.stderr and "Traceback" not in r.output
         assert not (tmp_path / "out").exists()
+
+
+def test_runs_of_one_method_with_other_configs_are_rows_of_their_own():
+    """An lr trial beside the defaults is not pooled into unet-scratch's row; a setting that
+    only changes how a run executed (predict_batch_size) does not split it."""
+    base = {"lr": 0.001, "iterations": None, "predict_batch_size": 32}
+    rng = np.random.default_rng(5)
+    runs, metrics = _seeded({"unet-scratch": rng.uniform(0.3, 0.5, (4, 8))})
+    configs = [
+        base,
+        {**base, "predict_batch_size": 8},
+        {**base, "lr": 0.003},
+        {**base, "lr": 0.003},
+    ]
+    runs["config"] = [json.dumps(c) for c in configs]
+    named = config_variants(runs)
+    assert list(named.method) == ["unet-scratch [lr=0.001]"] * 2 + ["unet-scratch [lr=0.003]"] * 2
+    md = render_markdown("tiny", runs, metrics)
+    assert "| unet-scratch [lr=0.001] " in md and "| unet-scratch [lr=0.003] " in md
+    same = runs.assign(config=[json.dumps(base)] * 4)
+    assert list(config_variants(same).method) == ["unet-scratch"] * 4

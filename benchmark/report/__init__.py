@@ -20,6 +20,7 @@ from benchmark.report.files import CURVES_NAME, HEATMAP_NAME, HTML_NAME, MD_NAME
 from benchmark.report.frames import (
     KEY_COLUMNS,
     UNKNOWN,
+    config_variants,
     metric_names,
     mixed_methods,
     newest_code,
@@ -59,6 +60,7 @@ __all__ = [
     "case_bootstrap_ci",
     "ceiling_scores",
     "code_note",
+    "config_variants",
     "curves_section",
     "holm",
     "metric_names",

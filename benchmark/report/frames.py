@@ -9,6 +9,8 @@ which runs a leaderboard pools, which it ranks, and in what order it shows them.
   before fingerprints) are left out and counted (`newest_code`). A method whose code changed
   is thus shown as it is now, and one that did not keeps its runs. `--mix-code` pools every
   fingerprint instead, with a warning in the report.
+- **Config**: runs of one method with different configs are separate rows, named by the
+  fields that differ (`config_variants`); execution-only fields do not count.
 - **Ranking**: a run is ranked only when it finished, passed the sanity gate (status
   `completed`) and ran on the protocol's compute (`off_protocol` empty); every other finished
   run is listed with its reason (`split_ranked`).
@@ -21,8 +23,13 @@ which runs a leaderboard pools, which it ranks, and in what order it shows them.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from typing import Any
+
 import pandas as pd
 
+from benchmark.config import is_execution
 from benchmark.validation import CurvePoint, may_be_undertrained
 
 KEY_COLUMNS = ("run_id", "case_id", "organ_id", "organ")
@@ -126,6 +133,43 @@ def newest_code(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     keys = pd.MultiIndex.from_frame(runs[["protocol_hash", "method"]])
     keep = codes.to_numpy() == newest.reindex(keys).to_numpy()
     return runs[keep], runs[~keep]
+
+
+def _identity(method: str, config: dict[str, Any]) -> dict[str, Any]:
+    """A run's config less the method's execution-only fields (all of it when the method is
+    not installed here)."""
+    from benchmark.errors import LabelbenchError
+    from benchmark.registry import get_method
+
+    try:
+        fields = dataclasses.fields(get_method(method).Config)
+    except (LabelbenchError, TypeError):
+        return config
+    execution = {f.name for f in fields if is_execution(f)}
+    return {k: v for k, v in config.items() if k not in execution}
+
+
+def config_variants(runs: pd.DataFrame) -> pd.DataFrame:
+    """Runs of one method under one protocol hash but with different configs (a `--set lr=…`
+    trial beside the defaults) are not pooled: each run's `method` becomes `name [key=value,
+    …]`, naming the fields in which that method's configs differ, so each config is its own
+    row everywhere (tables, ranking, tests, plots). Execution-only fields do not count."""
+    if runs.empty or "config" not in runs:
+        return runs
+    out = runs.copy()
+    for (_, method), group in runs.groupby(["protocol_hash", "method"], sort=False):
+        configs = [_identity(str(method), json.loads(c or "{}")) for c in group["config"]]
+        if len({json.dumps(c, sort_keys=True) for c in configs}) < 2:
+            continue
+        keys = sorted(
+            k
+            for k in set().union(*configs)
+            if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1
+        )
+        for index, config in zip(group.index, configs, strict=True):
+            setting = ", ".join(f"{k}={json.dumps(config.get(k))}" for k in keys)
+            out.at[index, "method"] = f"{method} [{setting}]"
+    return out
 
 
 def mixed_methods(runs: pd.DataFrame) -> dict[str, int]:

@@ -15,6 +15,7 @@ from benchmark.report.formatting import f3, md_table, plural
 from benchmark.report.frames import (
     UNKNOWN,
     check_metrics,
+    config_variants,
     hash_order,
     mixed_methods,
     newest_code,
@@ -52,6 +53,7 @@ def render_markdown(
     """
     finished = select_protocol(protocol, runs)
     finished, older = (finished, finished.iloc[0:0]) if mix_code else newest_code(finished)
+    finished = config_variants(finished)
     note = code_note(finished, older, mix_code)
     runs, unranked = split_ranked(finished)
     if runs.empty:

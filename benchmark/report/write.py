@@ -21,6 +21,7 @@ from benchmark.report.files import (
 )
 from benchmark.report.frames import (
     check_metrics,
+    config_variants,
     hash_order,
     newest_code,
     plot_hash,
@@ -67,7 +68,7 @@ def write_report(
                 out_dir / MD_NAME, lambda tmp: tmp.write_text(markdown + "\n", encoding="utf-8")
             )
     every = select_protocol(protocol, runs)
-    finished = every if mix_code else newest_code(every)[0]
+    finished = config_variants(every if mix_code else newest_code(every)[0])
     runs = split_ranked(finished)[0]
     curves_plot = None
     if curves is not None and not curves.empty:
