@@ -145,15 +145,13 @@ def prepare_fidelity(
     t0 = time.perf_counter()
     method_cls = get_generative(request.method)
     sampler = method_cls.check_sampler(request.sampler)
-    if request.steps is not None and request.steps < 1:
-        raise ConfigError(f"--steps {request.steps}: must be at least 1")
     if request.extractor not in EXTRACTORS:
         raise ConfigError(
             f"feature extractor {request.extractor}: expected one of {', '.join(EXTRACTORS)}"
         )
     protocol = data.protocol if data else load_protocol(request.protocol)
     config, _ = configure(method_cls, request.overrides, protocol.training)
-    steps = request.steps or method_cls.default_steps(config, sampler)
+    steps = method_cls.check_steps(config, sampler, request.steps)
     check_results_dir(request.results)
     weights = None
     if EXTRACTORS[request.extractor][1].needs_weights:

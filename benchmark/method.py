@@ -187,6 +187,14 @@ class GenerativeMethod(Method):
         """The sampling steps of `sampler` when none are asked for, under `config`."""
 
     @classmethod
+    def check_steps(cls, config: Any, sampler: str, steps: int | None) -> int:
+        """The steps to sample with: `steps`, or `default_steps` for None; ConfigError for a
+        count the sampler cannot take (a method refuses what it would sample wrongly)."""
+        if steps is not None and steps < 1:
+            raise ConfigError(f"--steps {steps}: must be at least 1")
+        return cls.default_steps(config, sampler) if steps is None else steps
+
+    @classmethod
     def check_sampler(cls, sampler: str | None) -> str:
         """`sampler`, or the default (first) one for None; ConfigError naming the samplers."""
         if sampler is None:

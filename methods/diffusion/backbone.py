@@ -7,10 +7,11 @@ from typing import Any
 import torch
 from monai.networks.nets import DiffusionModelUNet
 
+from benchmark.errors import ConfigError
 from benchmark.method import PRETRAIN_AND_FINETUNE, GenerativeMethod, RunContext, SliceSet
 from methods.diffusion.model import DDPMConfig, model_resolution
 from methods.diffusion.pretrain import pretrain_ddpm
-from methods.diffusion.sampling import SAMPLERS, default_steps, sample
+from methods.diffusion.sampling import SAMPLERS, default_steps, sample, steps_problem
 
 
 class DiffusionTransfer(GenerativeMethod):
@@ -41,6 +42,13 @@ class DiffusionTransfer(GenerativeMethod):
     @classmethod
     def default_steps(cls, config: DDPMConfig, sampler: str) -> int:
         return default_steps(config, sampler)
+
+    @classmethod
+    def check_steps(cls, config: DDPMConfig, sampler: str, steps: int | None) -> int:
+        steps = super().check_steps(config, sampler, steps)
+        if reason := steps_problem(config, sampler, steps):
+            raise ConfigError(f"--steps {steps}: {reason}")
+        return steps
 
     def sample(
         self, n: int, sampler: str, steps: int | None, seed: int, ctx: RunContext

@@ -20,6 +20,20 @@ def default_steps(cfg: DDPMConfig, sampler: str) -> int:
     return cfg.train_timesteps if sampler == "ddpm" else DDIM_STEPS
 
 
+def steps_problem(cfg: DDPMConfig, sampler: str, steps: int) -> str | None:
+    """Why `sampler` cannot sample in `steps` steps, or None. MONAI's DDPM update always steps
+    from t to t - 1 (it does not respace the schedule), so a DDPM chain of fewer than T steps
+    ends far too noisy: DDPM takes all T steps; DDIM takes any number up to T."""
+    if sampler == "ddpm" and steps != cfg.train_timesteps:
+        return (
+            f"the ddpm sampler takes all {cfg.train_timesteps} steps (MONAI's DDPM update does "
+            f"not respace the schedule); use --sampler ddim for fewer"
+        )
+    if steps > cfg.train_timesteps:
+        return f"more than the model's {cfg.train_timesteps} diffusion steps"
+    return None
+
+
 @torch.no_grad()
 def sample(
     model: DiffusionModelUNet,
@@ -43,6 +57,8 @@ def sample(
     model.eval()
     scheduler = build_scheduler(cfg, sampler)
     steps = steps or default_steps(cfg, sampler)
+    if reason := steps_problem(cfg, sampler, steps):
+        raise ValueError(f"{steps} steps: {reason}")
     scheduler.set_timesteps(steps, device=device)
     gen = torch.Generator(device=device).manual_seed(seed)
     amp = (
