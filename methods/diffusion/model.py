@@ -69,7 +69,8 @@ class DDPMConfig:
     pretrain_batch_size (rounded up), as for every pretraining method; another value makes
     the run off-protocol."""
     ema_decay: float = unit_interval(0.99)
-    """Exponential moving average of the weights; the EMA model is the one transferred."""
+    """Exponential moving average of the weights; the EMA model is the one transferred. Warmed
+    up: min(ema_decay, (1 + step) / (10 + step)) at each step (`pretrain.ema_decay_at`)."""
     checkpoint_every: int = positive(100, execution=True)
     """Steps between resumable checkpoints (execution only: a resumed pretraining continues
     exactly, so this is not part of the pretrained model's key)."""
