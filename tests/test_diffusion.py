@@ -491,3 +491,22 @@ def test_gpu_benchmark_runs_tiny_on_the_cpu(capsys):
     assert "training images/s" in out and "sampling DDIM 2 steps" in out
     assert "mlp-ensemble head on 16×16 features (2 MLPs (128, 32), majority vote" in out
     assert "linear head on 16×16 features" in out and "images/s" in out.splitlines()[-1]
+
+
+def test_the_ema_is_warmed_up_so_a_short_pretraining_transfers_trained_weights():
+    from methods.diffusion.pretrain import ema_decay_at
+
+    kept = 1.0  # the share of the random initial weights left in the EMA
+    for step in range(800):
+        kept *= ema_decay_at(step, 0.9999)
+    assert kept < 0.01  # without the warm-up: 0.9999 ** 800 = 0.92
+    assert ema_decay_at(0, 0.99) == 0.1 and ema_decay_at(10_000, 0.99) == 0.99
+
+
+def test_the_head_standardises_on_slices_spread_over_the_whole_budget():
+    from methods.diffusion.linear import stats_rows
+
+    assert stats_rows(10).tolist() == list(range(10))
+    spread = stats_rows(500)
+    assert len(spread) == 64 and spread[0] == 0 and spread[-1] == 499
+    assert (np.diff(spread) >= 7).all()  # not the first 64 slices (one case of a case budget)

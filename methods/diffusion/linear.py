@@ -138,6 +138,16 @@ class DiffusionLinear(DiffusionTransfer):
         )
 
 
+STATS_SLICES = 64
+"""Labeled slices the head's feature standardisation is estimated on."""
+
+
+def stats_rows(n: int, k: int = STATS_SLICES) -> np.ndarray:
+    """`k` of `n` labeled slices spread evenly over all of them (all when n <= k): slices are
+    ordered by case, so the first k could all come from one case of a case budget."""
+    return np.unique(np.linspace(0, n - 1, min(n, k)).round().astype(np.int64))
+
+
 def make_taps(backbone, cfg: DiffusionLinearConfig, slice_size: int) -> DecoderTaps:
     """The decoder taps a config asks for, on a pretrained backbone (already on its device)."""
     return DecoderTaps(
@@ -169,8 +179,7 @@ def train_head(
         cfg.head, channels, ctx.num_classes, labeled.slice_size, cfg.members, cfg.hidden,
         cfg.vote, cfg.pixels,
     ).to(ctx.device)  # fmt: skip
-    stats_idx = np.arange(min(len(labeled), 64))
-    head.set_stats(bank.get(stats_idx, ctx.device))
+    head.set_stats(bank.get(stats_rows(len(labeled)), ctx.device))
     labels = labeled.labels().to(ctx.device)
     # The whole fit's random numbers up front, copied to the device once (as the supervised
     # recipe's `draw_streams`): each step's slices, sorted, and the MLP ensemble's pixels.
