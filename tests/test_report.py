@@ -491,3 +491,13 @@ def test_runs_of_one_method_with_other_configs_are_rows_of_their_own():
     assert "| unet-scratch [lr=0.001] " in md and "| unet-scratch [lr=0.003] " in md
     same = runs.assign(config=[json.dumps(base)] * 4)
     assert list(config_variants(same).method) == ["unet-scratch"] * 4
+
+
+def test_the_power_note_bounds_every_comparison_by_the_largest_one():
+    """Most comparisons have 3 cases, one has 8: a significant result is still possible, so
+    the note must not say that none can be (it did, from the most common count)."""
+    from benchmark.report.sections import _power_note
+
+    text = _power_note(pd.DataFrame({"p": [0.1, 0.2, 0.3], "cases": [3, 3, 8]}))[0]
+    assert "n = 8 test cases in the largest comparison (3 in most)" in text
+    assert "No difference can be marked significant" not in text

@@ -146,11 +146,14 @@ def _power_note(tests: pd.DataFrame) -> list[str]:
     tested = tests[tests["p"].notna()]
     if tested.empty:
         return []
-    n = int(tested["cases"].mode().iloc[0])
+    counts = tested["cases"].astype(int)
+    n = int(counts.max())  # what the best-placed comparison allows: a bound for all of them
+    usual = int(counts.mode().iloc[0])
     m = len(tested)
     floor = min(1.0, m * smallest_p(n))
+    per = "per comparison" if usual == n else f"in the largest comparison ({usual} in most)"
     text = (
-        f"n = {plural(n, 'test case')} per comparison: the smallest two-sided p an exact "
+        f"n = {plural(n, 'test case')} {per}: the smallest two-sided p an exact "
         f"test can give is 2 / 2^{n} = {smallest_p(n):.2g}, and after Holm over {m} "
         f"comparison{'s' if m != 1 else ''} the smallest adjusted p is {floor:.2g}."
     )
