@@ -276,7 +276,9 @@ def generative_section(gen: pd.DataFrame) -> list[str]:
         "the held-out test cases, both at the model's resolution. FID and sFID: Fréchet "
         "distances of Inception-v3 pool features and of its Mixed_6d spatial features (first "
         "7 channels, 17 × 17, as in guided-diffusion); P / R / F1: precision, recall and their "
-        "F1 on the pool features (k = 3); KID: kernel inception distance; MS-SSIM: mean "
+        "F1 on the Inception pool features (k = 3; Kynkäänniemi et al. and torch-fidelity's "
+        "default use VGG-16 features, so these are not comparable with published P / R); "
+        "KID: kernel inception distance; MS-SSIM: mean "
         "pairwise MS-SSIM among the samples (lower = more diverse). Computed with "
         "torch-fidelity; N is the number of samples and of real slices.",
         "",
