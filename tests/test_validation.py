@@ -117,8 +117,8 @@ def test_selection_keeps_the_best_validated_weights(select):
     model = Counter()
     scores = iter([0.2, 0.7, 0.5, 0.6])
     curve: list[CurvePoint] = []
-    sel = Selection(model, lambda: next(scores), batch_size=2, steps=8, every=2, select=select,
-                    curve=curve)  # fmt: skip
+    sel = Selection(model, lambda: next(scores), batch_size=2, steps=8, every_samples=4,
+                    select=select, curve=curve)  # fmt: skip
     for step in range(1, 9):
         with torch.no_grad():
             model.w.fill_(step)
@@ -147,7 +147,7 @@ def test_optimize_validates_the_model_of_each_due_step_and_keeps_every_loss(step
         seen.append(model.w.item())
         return 0.0
 
-    sel = Selection(model, score, batch_size=1, steps=steps, every=7, select=False,
+    sel = Selection(model, score, batch_size=1, steps=steps, every_samples=7, select=False,
                     curve=curve)  # fmt: skip
     step = iter(range(1, steps + 1))
 
@@ -405,3 +405,14 @@ def test_an_old_store_is_migrated_in_place_keeping_every_row(tmp_path):
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
     # Opening again is a no-op
     assert len(ResultsStore(tmp_path).runs(status=None)) == 2
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 8, 12, 16])
+def test_every_batch_size_gets_the_protocols_validations(batch_size):
+    """38,400 samples, one validation every 1,920: 20 for every batch size, the last at the
+    last step (a step interval rounded from 1,920 / 7 = 274 gave batch 7 a 21st)."""
+    steps = -(-38_400 // batch_size)
+    sel = Selection(torch.nn.Linear(1, 1), lambda: 0.5, batch_size, steps, 1920, False, [])
+    due = [s for s in range(1, steps + 1) if sel.due(s)]
+    assert len(due) == 20 and due[-1] == steps
+    assert all(s * batch_size >= k * 1920 for k, s in enumerate(due, 1))
