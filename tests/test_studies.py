@@ -160,10 +160,14 @@ def test_reference_checks_apply_each_rule():
     )  # fmt: skip
     found = {c.claim: c for c in checks.checks(runs, metrics, flat)}
     assert found[undertrained].verdict == "holds"
-    nnunet_blind = flat[~flat.run_id.str.startswith("nnunet")]  # its own schedule: no curve
-    found = {c.claim: c for c in checks.checks(runs, metrics, nnunet_blind)}
+    nnunet_own = flat[~flat.run_id.str.startswith("nnunet")]  # its own rule: no curve
+    found = {c.claim: c for c in checks.checks(runs, metrics, nnunet_own)}
+    assert found[undertrained].verdict == "holds"
+    assert "nnunet: final checkpoint (nnU-Net's own rule), no curve" in found[undertrained].measured
+    blind = flat[~flat.run_id.str.startswith("unet-scratch")]  # should have had one
+    found = {c.claim: c for c in checks.checks(runs, metrics, blind)}
     assert found[undertrained].verdict == "not measured"
-    assert "nnunet: 9 runs without a curve" in found[undertrained].measured
+    assert "unet-scratch: 12 without a curve, not checked" in found[undertrained].measured
     one = "the runs that share a pretraining used the same weights"
     assert verdicts[one] == "not measured"  # no run here records a pretraining
 
