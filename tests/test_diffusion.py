@@ -406,8 +406,12 @@ def test_ddp_pretraining_on_two_gloo_processes_takes_the_same_steps_as_one(tmp_p
         assert meta["step"] == 4 and not (model.parent / CHECKPOINT).exists()
         models[nproc] = torch.load(model, weights_only=True)["ema"]
     assert models[1].keys() == models[2].keys()
+    # Adam divides each step by the gradient's own scale, so where a gradient is near zero
+    # (the zero-initialised last conv of a MONAI block) the two sums' rounding shows at the
+    # scale of lr × steps (1e-5 here); weights elsewhere are ~0.1. The warmed-up EMA follows
+    # the model from the first steps, so it no longer damps that away.
     for key, value in models[1].items():
-        torch.testing.assert_close(models[2][key], value, rtol=1e-4, atol=1e-5, msg=key)
+        torch.testing.assert_close(models[2][key], value, rtol=1e-4, atol=5e-5, msg=key)
 
 
 def test_ablation_runs_tiny_resumes_and_refuses_bad_grids(tmp_path, capsys):
