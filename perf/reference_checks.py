@@ -37,7 +37,6 @@ import pandas as pd
 from benchmark.errors import LabelbenchError
 from benchmark.evaluate import SUBMISSION
 from benchmark.protocol import load_protocol
-from benchmark.registry import get_method
 from benchmark.report.formatting import md_table
 from benchmark.report.frames import (
     budget_order,
@@ -45,11 +44,11 @@ from benchmark.report.frames import (
     config_variants,
     hash_order,
     newest_code,
+    own_selection_rule,
     split_ranked,
     undertrained,
 )
 from benchmark.store import FINISHED, ResultsStore
-from benchmark.validation import BEST_VALIDATED
 
 SCRATCH, NNUNET, DIFFUSION = "unet-scratch", "nnunet", "diffusion-linear"
 VANISHED = 0.005
@@ -190,7 +189,7 @@ def checks(
     )
     flagged = undertrained(ranked, curves) if not curves.empty else ranked.iloc[0:0]
     has_curve = ranked["run_id"].isin(curves["run_id"] if not curves.empty else [])
-    rules = {m: _own_rule(m) for m in ranked["method"].unique()}
+    rules = {m: own_selection_rule(m) for m in ranked["method"].unique()}
     without = ranked[~has_curve].groupby("method").size()
     own = {m: n for m, n in without.items() if rules[m]}  # no curve by design (nnU-Net)
     blind = {m: n for m, n in without.items() if not rules[m]}
@@ -225,16 +224,6 @@ def checks(
     out.append(at_least(cells, DIFFUSION, SCRATCH, "1pct"))
     out.append(rises(cells, DIFFUSION, ["1pct", "10pct"]))
     return out
-
-
-def _own_rule(method: str) -> str | None:
-    """The selection rule of a method that declares its own (nnU-Net: its final checkpoint,
-    with no validation curve by design), else None. `method` may carry a config suffix."""
-    try:
-        rule = get_method(method.split(" [")[0]).selection_rule
-    except LabelbenchError:
-        return None
-    return None if rule == BEST_VALIDATED else rule
 
 
 def main(argv: list[str] | None = None) -> None:

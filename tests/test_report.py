@@ -12,6 +12,7 @@ from benchmark.report import (
     bootstrap_ci,
     case_bootstrap_ci,
     config_variants,
+    curves_section,
     holm,
     paired_tests,
     per_organ,
@@ -501,3 +502,15 @@ def test_the_power_note_bounds_every_comparison_by_the_largest_one():
     text = _power_note(pd.DataFrame({"p": [0.1, 0.2, 0.3], "cases": [3, 3, 8]}))[0]
     assert "n = 8 test cases in the largest comparison (3 in most)" in text
     assert "No difference can be marked significant" not in text
+
+
+def test_the_curve_section_names_runs_without_a_curve_and_nnunets_own_rule():
+    runs = pd.DataFrame(
+        [run_row("a0", "unet-scratch", "1pct", 0, 8), run_row("n0", "nnunet", "1pct", 0, 8),
+         run_row("m0", "mae", "1pct", 0, 8)]
+    )  # fmt: skip
+    curves = pd.DataFrame(
+        [{"run_id": "a0", "samples": s, "train_loss": 0.5, "val_dsc": 0.5} for s in (1, 2, 9)]
+    )
+    text = "\n".join(curves_section(runs, curves, None))
+    assert "not checked for undertraining: mae (1), nnunet (1; final checkpoint" in text

@@ -149,6 +149,25 @@ def _identity(method: str, config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in execution}
 
 
+VARIANT = " ["
+"""What opens a config variant's suffix in a method's name (`unet-scratch [lr=0.003]`)."""
+
+
+def own_selection_rule(method: str) -> str | None:
+    """The selection rule of a method that declares its own (nnU-Net keeps its final
+    checkpoint, and records no validation curve by design), else None; `method` as a report
+    names it (a config variant's suffix allowed), None when it is not installed here."""
+    from benchmark.errors import LabelbenchError
+    from benchmark.registry import get_method
+    from benchmark.validation import BEST_VALIDATED
+
+    try:
+        rule = get_method(method.split(VARIANT)[0]).selection_rule
+    except LabelbenchError:
+        return None
+    return None if rule == BEST_VALIDATED else rule
+
+
 def config_variants(runs: pd.DataFrame) -> pd.DataFrame:
     """Runs of one method under one protocol hash but with different configs (a `--set lr=…`
     trial beside the defaults) are not pooled: each run's `method` becomes `name [key=value,
@@ -168,7 +187,7 @@ def config_variants(runs: pd.DataFrame) -> pd.DataFrame:
         )
         for index, config in zip(group.index, configs, strict=True):
             setting = ", ".join(f"{k}={json.dumps(config.get(k))}" for k in keys)
-            out.at[index, "method"] = f"{method} [{setting}]"
+            out.at[index, "method"] = f"{method}{VARIANT}{setting}]"
     return out
 
 

@@ -19,6 +19,7 @@ from benchmark.report.frames import (
     hash_order,
     mixed_methods,
     newest_code,
+    own_selection_rule,
     plot_hash,
     run_codes,
     select_protocol,
@@ -235,7 +236,10 @@ def curves_section(
     without = runs[~runs["run_id"].isin(curves["run_id"])]
     if not without.empty:
         counts = without.groupby("method").size()
-        listed = ", ".join(f"{m} ({n})" for m, n in counts.items())
+        listed = ", ".join(
+            f"{m} ({n}" + (f"; {rule}" if (rule := own_selection_rule(str(m))) else "") + ")"
+            for m, n in counts.items()
+        )
         out += [f"Runs without a learning curve, so not checked for undertraining: {listed}.", ""]
     if flagged.empty:
         out += ["No run with a curve is flagged: every best validation score came before the "
