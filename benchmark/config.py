@@ -178,10 +178,15 @@ def config_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+def execution_fields(config_cls: Any) -> set[str]:
+    """The names of a config class's (or config's) execution-only fields."""
+    return {f.name for f in dataclasses.fields(config_cls) if is_execution(f)}
+
+
 def identity_dict(config: Any) -> dict[str, Any]:
     """The fields of a config that define what a run computes: all but the execution-only
     ones. This, not `config_dict`, goes into the run key and the pretraining cache keys."""
-    execution = {f.name for f in dataclasses.fields(config) if is_execution(f)}
+    execution = execution_fields(config)
     return {k: v for k, v in dataclasses.asdict(config).items() if k not in execution}
 
 

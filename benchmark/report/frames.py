@@ -23,13 +23,12 @@ which runs a leaderboard pools, which it ranks, and in what order it shows them.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from typing import Any
 
 import pandas as pd
 
-from benchmark.config import is_execution
+from benchmark.config import execution_fields
 from benchmark.validation import CurvePoint, may_be_undertrained
 
 KEY_COLUMNS = ("run_id", "case_id", "organ_id", "organ")
@@ -142,10 +141,9 @@ def _identity(method: str, config: dict[str, Any]) -> dict[str, Any]:
     from benchmark.registry import get_method
 
     try:
-        fields = dataclasses.fields(get_method(method).Config)
+        execution = execution_fields(get_method(method).Config)
     except (LabelbenchError, TypeError):
         return config
-    execution = {f.name for f in fields if is_execution(f)}
     return {k: v for k, v in config.items() if k not in execution}
 
 

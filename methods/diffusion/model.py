@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from monai.networks.nets import DiffusionModelUNet
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
-from benchmark.config import is_execution, non_negative, positive, unit_interval
+from benchmark.config import identity_dict, non_negative, positive, unit_interval
 
 
 @dataclass(frozen=True)
@@ -83,11 +83,8 @@ class DDPMConfig:
 
     def pretrain_fields(self) -> dict[str, Any]:
         """The fields that define the pretrained model (and so its cache key)."""
-        names = {f.name for f in dataclasses.fields(DDPMConfig) if not is_execution(f)} - {
-            "preset",
-            "tap_blocks",
-        }
-        return {k: v for k, v in dataclasses.asdict(self).items() if k in names}
+        names = {f.name for f in dataclasses.fields(DDPMConfig)} - {"preset", "tap_blocks"}
+        return {k: v for k, v in identity_dict(self).items() if k in names}
 
 
 def build_unet(cfg: DDPMConfig, out_channels: int = 1) -> DiffusionModelUNet:
