@@ -45,6 +45,13 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     return f" (did you mean: {', '.join(close)}?)" if close else ""
 
 
+def check_output_dir(folder: Path | None, option: str) -> None:
+    """Refuse, before any work, an output folder (given as `option`) that is a file or lies
+    under one: it would otherwise fail only once the work is done."""
+    if folder is not None and not (existing := nearest_existing(folder)).is_dir():
+        raise ConfigError(f"{option} {folder}: {existing} is a file; give a folder")
+
+
 def nearest_existing(path: Path) -> Path:
     """`path`, or its nearest parent that exists: where an output folder would be made. Not
     a folder: a file stands in the way. Checked before any work, for one-line errors."""

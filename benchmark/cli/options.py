@@ -13,7 +13,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from benchmark.errors import ConfigError, nearest_existing
+from benchmark.errors import ConfigError
 
 R = TypeVar("R")
 
@@ -100,13 +100,6 @@ def check_device(device: str, here: bool = True) -> None:
         raise ConfigError(
             f"--device {device}: this machine has {count} CUDA device(s), 0 to {count - 1}"
         )
-
-
-def check_output_dir(folder: Path | None, option: str) -> None:
-    """Refuse, before any work, an output folder that is a file or lies under one (it would
-    otherwise fail once the run has trained)."""
-    if folder is not None and not (existing := nearest_existing(folder)).is_dir():
-        raise ConfigError(f"{option} {folder}: {existing} is a file; give a folder")
 
 
 def names(text: str) -> list[str]:

@@ -27,7 +27,6 @@ from benchmark.cli.options import (
     SweepSetOpt,
     VerifyOpt,
     check_device,
-    check_output_dir,
     check_seeds,
     int_seeds,
     names,
@@ -61,6 +60,7 @@ def run(
     """Train METHOD on BUDGET labeled slices and score it on the protocol's test cases."""
     params = dict(locals())  # the options, before any other name is bound
     from benchmark.data.cache import verifying
+    from benchmark.errors import check_output_dir
     from benchmark.progress import Progress
     from benchmark.runner import RunRequest, execute, prepare
     from benchmark.store import check_results_dir

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.errors import StoreError, nearest_existing
+from benchmark.errors import StoreError, check_output_dir
 from benchmark.protocol import load_protocol
 from benchmark.report.files import (
     CURVES_NAME,
@@ -111,8 +111,7 @@ def report_from_store(
         raise StoreError(f"{store.path}: no per-case scores for the runs of protocol '{name}'")
     curves = store.curves(runs.run_id)
     target = Path(out_dir or Path("reports") / name)
-    if not (existing := nearest_existing(target)).is_dir():
-        raise StoreError(f"--out {target}: {existing} is a file; give a folder for the report")
+    check_output_dir(target, "--out")
     try:
         return write_report(
             name, runs, metrics, target, generative, curves, store.ceilings(), mix_code
