@@ -106,7 +106,7 @@ def prepare(request: RunRequest, progress: Progress, data: DataContext | None = 
     # A finished run is reused only by the same code: its fingerprint is part of the key.
     code = code_fingerprint(method_cls.__module__)
     # A method that pretrains is also keyed by its unlabeled pool: another pool, another run.
-    pool = {"pool": data.pool_key()} if method_cls.uses_pretraining else {}
+    pool = {"pool": data.pool_key} if method_cls.uses_pretraining else {}
     key = stable_hash(
         {
             **pool,

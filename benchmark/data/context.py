@@ -11,6 +11,7 @@ training cases. `bench run`, `bench sweep`, `bench evaluate`, `bench fidelity` a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -49,10 +50,13 @@ class DataContext:
             rows[sid] = row
         return ids, cases, rows
 
+    @cached_property
     def pool_key(self) -> str:
         """The unlabeled pool's content hash, as its slice store is keyed (the digest memo
         spares reading files it knows): part of the run key of a method that pretrains, so a
-        changed pool is a new run. "" when the data set has no unlabeled folder."""
+        changed pool is a new run. "" when the data set has no unlabeled folder. Computed
+        once per context: a sweep plans every run on one (and `--verify` hashes each file
+        again, once)."""
         if not self.index.unlabeled:
             return ""
         with DigestMemo.in_cache(cache_root()) as memo:
