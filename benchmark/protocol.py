@@ -162,11 +162,16 @@ def load_protocol(name_or_path: str) -> Protocol:
         raise ProtocolError(f"{path}: invalid protocol ({type(exc).__name__}: {exc})") from None
 
 
+def _is_whole(value: Any, minimum: int) -> bool:
+    """An integer of at least `minimum` (TOML's floats and booleans are not)."""
+    return not isinstance(value, bool) and isinstance(value, int) and value >= minimum
+
+
 def _whole(table: dict[str, Any], key: str, where: str, minimum: int) -> int:
     """`table[key]`, an integer of at least `minimum` (a float, a bool or a smaller number is
     refused: `test_cases = -1` would otherwise put every test case into the train pool)."""
     value = table[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if not _is_whole(value, minimum):
         raise ValueError(f"{where}.{key} must be an integer >= {minimum}, not {value!r}")
     return value
 
@@ -247,7 +252,7 @@ def _parse_training(table: Any, n_val: int) -> Training:
         if name not in table:
             raise ValueError(f"training.{name} is missing")
         value = table[name]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not _is_whole(value, 1):
             raise ValueError(f"training.{name} must be a positive integer, not {value!r}")
         counts[name] = value
     select = table.get("select", True)
