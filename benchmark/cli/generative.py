@@ -112,8 +112,8 @@ def sample(
     check_device(device)
     check_seeds(seed)
     sampler = get_generative(method).check_sampler(sampler)
-    if n < 1 or (steps is not None and steps < 1):
-        raise ConfigError("--n and --steps must be at least 1")
+    if n < 1:  # --steps: the method's check_steps, in draw_samples, before any pretraining
+        raise ConfigError("--n must be at least 1")
     progress = Progress(quiet=quiet, console=err)
     try:
         seconds = draw_samples(request(SampleRequest, params, sampler=sampler), progress)
