@@ -350,6 +350,22 @@ def test_the_case_is_the_unit_of_the_paired_test():
     assert "smallest adjusted p is 0.016" in md and "0.0156 ▼" in md
 
 
+def test_cases_scored_the_same_by_both_methods_are_left_out_of_the_test_and_of_its_n():
+    """b equals a on 2 of 8 cases and is below it on 6: the signed-rank test uses the 6
+    non-zero differences, so n and the smallest p are those of 6 cases, not 8."""
+    rng = np.random.default_rng(6)
+    best = rng.uniform(0.6, 0.9, (3, 8))
+    worse = best - rng.uniform(0.01, 0.1, (3, 8))
+    worse[:, :2] = best[:, :2]
+    runs, metrics = _seeded({"a": best, "b": worse})
+    t = paired_tests(runs, metrics, ["dsc"]).set_index("method")
+    assert (t.loc["b", "cases"], t.loc["b", "tested"]) == (8, 6)
+    assert t.loc["b", "p"] == pytest.approx(2 / 2**6)
+    md = render_markdown("tiny", runs, metrics)
+    assert "n = 6 test cases per comparison" in md and "2 / 2^6 = 0.031" in md
+    assert "left out of the test" in md
+
+
 def test_a_method_ranked_lower_but_better_on_the_shared_pairs_is_not_marked_worse():
     """b has only seed 0 (its others failed); ranked by its mean it is below a, whose seeds
     1 and 2 are higher, but on the pairs both have (seed 0) it is better: no ▼."""
@@ -499,7 +515,8 @@ def test_the_power_note_bounds_every_comparison_by_the_largest_one():
     the note must not say that none can be (it did, from the most common count)."""
     from benchmark.report.sections import _power_note
 
-    text = _power_note(pd.DataFrame({"p": [0.1, 0.2, 0.3], "cases": [3, 3, 8]}))[0]
+    counts = [3, 3, 8]
+    text = _power_note(pd.DataFrame({"p": [0.1, 0.2, 0.3], "cases": counts, "tested": counts}))[0]
     assert "n = 8 test cases in the largest comparison (3 in most)" in text
     assert "No difference can be marked significant" not in text
 

@@ -146,7 +146,7 @@ def _power_note(tests: pd.DataFrame) -> list[str]:
     tested = tests[tests["p"].notna()]
     if tested.empty:
         return []
-    counts = tested["cases"].astype(int)
+    counts = tested["tested"].astype(int)  # the n each test used: its non-zero differences
     n = int(counts.max())  # what the best-placed comparison allows: a bound for all of them
     usual = int(counts.mode().iloc[0])
     m = len(tested)
@@ -157,6 +157,13 @@ def _power_note(tests: pd.DataFrame) -> list[str]:
         f"test can give is 2 / 2^{n} = {smallest_p(n):.2g}, and after Holm over {m} "
         f"comparison{'s' if m != 1 else ''} the smallest adjusted p is {floor:.2g}."
     )
+    tied = tested[tested["tested"] < tested["cases"]]
+    if not tied.empty:
+        text += (
+            f" In {plural(len(tied), 'comparison')}, test cases on which both methods score "
+            "the same (a per-case difference of 0) are left out of the test, as the "
+            "signed-rank test does, so its n is below the case count."
+        )
     if floor >= ALPHA:
         need = next(k for k in range(1, 64) if m * smallest_p(k) < ALPHA)
         text += (

@@ -120,8 +120,8 @@ def holm(p_values: Iterable[float]) -> np.ndarray:
 
 
 TEST_COLUMNS = [
-    "metric", "budget", "rank", "method", "mean", "cases", "pairs", "diff", "diff_lo",
-    "diff_hi", "p", "p_holm",
+    "metric", "budget", "rank", "method", "mean", "cases", "pairs", "tested", "diff",
+    "diff_lo", "diff_hi", "p", "p_holm",
 ]  # fmt: skip
 
 
@@ -138,9 +138,10 @@ def paired_tests(
     method's mean minus the best's over the (seed, case) pairs both were scored on (mean over
     cases of the seed mean), with a 95 % two-level bootstrap interval (`diff_lo`, `diff_hi`:
     cases resampled, then seeds within each case). `p`: scipy's two-sided Wilcoxon
-    signed-rank test of the per-case seed means (`cases` = n; exact for n ≤ 50 without zero
-    differences); `p_holm`: Holm over every comparison in the result, all budgets and
-    metrics together. NaN for the best method itself, or with no pairs.
+    signed-rank test of the per-case seed means (exact for n ≤ 50); `tested`: its n, the
+    cases whose mean difference is not 0 (to 1e-12; the test leaves those out, scipy's
+    default, so `tested` ≤ `cases`); `p_holm`: Holm over every comparison in the result, all
+    budgets and metrics together. NaN for the best method itself, or with no pairs.
     """
     from scipy.stats import wilcoxon
 
@@ -169,8 +170,10 @@ def paired_tests(
                     row["diff"], row["diff_lo"], row["diff_hi"] = case_bootstrap_ci(
                         cases, d, n_boot
                     )
-                    per_case = d.groupby(level="case_id").mean()
-                    row["p"] = 1.0 if np.allclose(per_case, 0) else float(wilcoxon(per_case).pvalue)
+                    # Rounded so that float noise in a mean of equal scores counts as a tie.
+                    per_case = d.groupby(level="case_id").mean().round(12)
+                    row["tested"] = int((per_case != 0).sum())
+                    row["p"] = float(wilcoxon(per_case).pvalue) if row["tested"] else 1.0
                 rows.append(row)
     out = pd.DataFrame(rows, columns=TEST_COLUMNS)
     out["p_holm"] = holm(out["p"])
