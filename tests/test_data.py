@@ -69,6 +69,30 @@ def test_slice_store_roundtrip_and_cache(tiny_dataset, isolated):
     assert back.shape == gt.shape and (back == gt).mean() > 0.9
 
 
+def test_a_slice_whose_organ_vanishes_at_the_slice_size_is_not_foreground(tiny_dataset, isolated):
+    """Slice z = 0 of case_000 has one labeled pixel that the nearest resize to 32² drops: the
+    methods would see it as all background, so no budget may draw it as a labeled slice."""
+    from benchmark.data.slicestore import resize_slices
+
+    label_path = tiny_dataset / "labelsTr" / "case_000.nii.gz"
+    img = nib.load(label_path)
+    label = np.asarray(img.dataobj).copy()
+    dropped = next(
+        (x, y)
+        for x in range(label.shape[0])
+        for y in range(label.shape[1])
+        if not resize_slices(np.pad(np.ones((1, 1, 1)), ((x, 39 - x), (y, 35 - y), (0, 0))), 32,
+                             True).any()
+    )  # fmt: skip
+    label[(*dropped, 0)] = 1
+    nib.save(nib.Nifti1Image(label, img.affine), label_path)
+    store = build_slice_store(discover(tiny_dataset).labeled, PREP, isolated, range(1, 14))
+    row = store.rows_of_case("case_000")[0]
+    assert not np.asarray(store.labels[row]).any()
+    assert not store.foreground[row]
+    assert store.foreground.sum() == 6 * 4
+
+
 def test_store_key_changes_with_content(tiny_dataset, isolated):
     index = discover(tiny_dataset)
     a = build_slice_store(index.labeled[:2], PREP, isolated, known_labels=range(1, 14))

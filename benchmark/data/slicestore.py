@@ -309,8 +309,11 @@ def _write_store(
             label, label_spacing = read_label(case.label, known_labels)
             np.save(out / "truth" / f"{case.case_id}.npy", label)
             meta_cases[case.case_id]["truth_spacing"] = list(label_spacing)
-            labels[row : row + depth] = resize_slices(label, size, nearest=True).astype(np.uint8)
-            foreground.extend(bool(v) for v in label.reshape(-1, depth).any(axis=0))
+            small = resize_slices(label, size, nearest=True).astype(np.uint8)
+            labels[row : row + depth] = small
+            # At the slice size the methods see: an organ that only the full-resolution slice
+            # shows (its few pixels lost in the resize) makes no labeled slice of it.
+            foreground.extend(bool(v) for v in small.reshape(depth, -1).any(axis=1))
         else:
             foreground.extend([False] * depth)
         slice_case.extend([i] * depth)
