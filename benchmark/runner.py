@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -179,8 +180,11 @@ def pretrained_method(
     data: Path | None,
     seed: int,
     progress: Progress,
+    check: Callable[[type[Method], Any], None] | None = None,
 ) -> tuple[Method, RunContext]:
-    """A method after (cached) pretraining, for `bench pretrain` and `bench sample`."""
+    """A method after (cached) pretraining, for `bench pretrain` and `bench sample`.
+    `check(method class, config)` runs on the configured method before any data is read or
+    pretrained (`bench sample` checks its steps there)."""
     from benchmark.errors import UnknownMethodError
 
     protocol = load_protocol(protocol_name)
@@ -188,6 +192,8 @@ def pretrained_method(
     if not method_cls.uses_pretraining:
         raise UnknownMethodError(f"method '{method_name}' has no pretraining")
     config, _ = configure(method_cls, overrides, protocol.training)
+    if check is not None:
+        check(method_cls, config)
     index = rank_zero_first(lambda: resolve_dataset(protocol, data, progress))
     ctx = RunContext(
         device=resolve_device(device),

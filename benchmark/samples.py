@@ -12,9 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmark.compute import configure
 from benchmark.progress import Progress
-from benchmark.protocol import load_protocol
 from benchmark.registry import get_generative
 from benchmark.runner import pretrained_method
 
@@ -42,11 +40,13 @@ def draw_samples(req: SampleRequest, progress: Progress) -> float:
     """Draw `req.n` samples from the method's pretrained model (pretrained first when the cache
     has none) and write them to `req.out_dir` (see `write_samples`); returns the seconds the
     sampling took."""
-    method_cls = get_generative(req.method)  # the steps checked before any pretraining
-    config, _ = configure(method_cls, req.overrides, load_protocol(req.protocol).training)
-    method_cls.check_steps(config, req.sampler, req.steps)
+    get_generative(req.method)  # a method that cannot sample is refused first
+
+    def check_steps(method_cls: Any, config: Any) -> None:  # before any pretraining
+        method_cls.check_steps(config, req.sampler, req.steps)
+
     model, ctx = pretrained_method(
-        req.protocol, req.method, req.overrides, req.device, req.data, 0, progress
+        req.protocol, req.method, req.overrides, req.device, req.data, 0, progress, check_steps
     )
     t = time.perf_counter()
     images = model.sample(req.n, req.sampler, req.steps, req.seed, ctx)
