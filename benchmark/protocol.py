@@ -187,6 +187,8 @@ def _parse(raw: dict[str, Any], path: Path) -> Protocol:
     labels = {int(k): str(v) for k, v in raw["labels"].items()}
     if 0 in labels or sorted(labels) != list(range(1, len(labels) + 1)):
         raise ValueError("labels must be consecutive ids 1..K (0 is background)")
+    if len(labels) > 255:  # label slices are stored as uint8
+        raise ValueError(f"labels: {len(labels)} ids, at most 255 are supported")
     prep = raw["preprocess"]
     lo, hi = (float(v) for v in prep["window_hu"])
     if not lo < hi:

@@ -253,3 +253,46 @@ def test_source_pixels_are_the_pixels_upsampling_copies(size, shape):
     slices = np.random.default_rng(0).integers(0, 14, (3, *size))
     copied = slices.reshape(3, -1)[:, source_pixels(size, shape)].transpose(1, 2, 0)
     assert np.array_equal(copied, upsample_labels(slices, shape))
+
+
+def test_a_dataset_json_that_agrees_with_the_protocol_is_read_in_either_nnunet_format(tmp_path):
+    """nnU-Net v2 (name → id) and v1 (id → name) labels; names spelled another way, or not
+    used by the protocol, are allowed: only a name that is another id's organ is refused."""
+    import json
+
+    from benchmark.data.reader import check_dataset_json
+
+    ours = {1: "liver", 2: "right_kidney", 13: "left_kidney"}
+    for labels in (
+        {"background": 0, "Liver": 1, "Right Kidney": 2, "kidney_L": 13, "tumour": 14},
+        {"0": "background", "1": "liver", "2": "right_kidney", "13": "left_kidney"},
+    ):
+        (tmp_path / "dataset.json").write_text(json.dumps({"labels": labels, "numTraining": 3}))
+        check_dataset_json(tmp_path, ours, 3)
+    swapped = {"labels": {"0": "background", "2": "left_kidney"}}
+    (tmp_path / "dataset.json").write_text(json.dumps(swapped))
+    with pytest.raises(DatasetError, match="label 2 is 'left_kidney'"):
+        check_dataset_json(tmp_path, ours, 3)
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"kidneys": [2, 13]}}))
+    with pytest.raises(DatasetError, match="region-based labels are not supported"):
+        check_dataset_json(tmp_path, ours, 3)
+    (tmp_path / "dataset.json").write_text("{not json")
+    with pytest.raises(DatasetError, match="not a readable JSON file"):
+        check_dataset_json(tmp_path, ours, 3)
+    (tmp_path / "dataset.json").unlink()
+    check_dataset_json(tmp_path, ours, 3)  # no file, no check
+
+
+def test_the_phantom_dataset_json_agrees_with_its_protocol(tmp_path):
+    from benchmark.data.phantom import PhantomSettings, write_phantom
+    from benchmark.data.reader import check_dataset_json
+    from benchmark.protocol import load_protocol
+
+    out = write_phantom(tmp_path / "p", PhantomSettings(cases=2, unlabeled=0, size=64), workers=1)
+    check_dataset_json(out, load_protocol("phantom").labels, 2)
+
+
+def test_pseudo_labels_in_labels_unlabeled_are_not_read_as_unlabeled_images(tiny_dataset):
+    (tiny_dataset / "labelsUnlabeled").mkdir()
+    index = discover(tiny_dataset)
+    assert [c.case_id for c in index.unlabeled] == ["u_000", "u_001"]

@@ -8,6 +8,7 @@ nothing: the results store holds the same rows before and after. None is scored.
 from __future__ import annotations
 
 import gzip
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -135,7 +136,72 @@ def empty_folder(root: Path) -> list[str]:
     return [str(root / "images"), "empty folder"]
 
 
+def pixdim_disagrees_with_affine(root: Path) -> list[str]:
+    # Stored RAS: nibabel would keep pixdim (1 mm) where the affine says 0.8 × 0.8 × 3 mm.
+    img = nib.load(label(root))
+    img.header.set_zooms((1.0, 1.0, 1.0))
+    nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine, img.header), label(root))
+    return [str(label(root)), "voxel size (pixdim) (1, 1, 1) mm differs from the affine's"]
+
+
+def no_orientation_codes(root: Path) -> list[str]:
+    # Neither qform nor sform: nibabel mirrors x (Analyze), ITK does not.
+    img = nib.load(image(root))
+    img.header.set_qform(None, code=0)
+    img.header.set_sform(None, code=0)
+    out = nib.Nifti1Image(np.asanyarray(img.dataobj), None, img.header)
+    out.header.set_qform(None, code=0)
+    out.header.set_sform(None, code=0)
+    nib.save(out, image(root))
+    assert nib.load(image(root)).header["qform_code"] == 0
+    return [str(image(root)), "orientation unknown (qform_code = sform_code = 0)"]
+
+
+def raw_values_not_hu(root: Path) -> list[str]:
+    # Scanner values stored without their -1024 intercept: nothing below 0.
+    data = np.asanyarray(nib.load(image(root)).dataobj).astype(np.int16)
+    resave(image(root), data - data.min() + 24)
+    return [str(image(root)), "no voxel below 0 (lowest 24)", "Hounsfield"]
+
+
+def second_label_file(root: Path) -> list[str]:
+    # An edited copy saved as .nii beside the .nii.gz: which one is scored?
+    twin = root / "labels" / f"{BAD}.nii"
+    nib.save(nib.load(label(root)), twin)
+    return [str(label(root)), f"a second label file of case '{BAD}'", str(twin)]
+
+
+def _dataset_json(root: Path, **fields) -> Path:
+    labels = {"background": 0, "liver": 1, "right_kidney": 2, "spleen": 3, "left_kidney": 13}
+    meta = {"channel_names": {"0": "CT"}, "labels": labels, "numTraining": 6,
+            "file_ending": ".nii.gz", **fields}  # fmt: skip
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root / "dataset.json"
+
+
+def dataset_json_swaps_the_kidneys(root: Path) -> list[str]:
+    path = _dataset_json(root, labels={"background": 0, "Left Kidney": 2, "right_kidney": 13})
+    return [str(path), "label 2 is 'Left Kidney'", "'right_kidney'", "as id 13"]
+
+
+def dataset_json_counts_more_cases(root: Path) -> list[str]:
+    path = _dataset_json(root, numTraining=50)  # a partial copy of the data set
+    return [str(path), "numTraining = 50, but 6 labeled cases found"]
+
+
+def dataset_json_is_not_nifti(root: Path) -> list[str]:
+    path = _dataset_json(root, file_ending=".mha")
+    return [str(path), "file_ending '.mha': only NIfTI"]
+
+
 DATA_FAULTS: list[Callable[[Path], list[str]]] = [
+    dataset_json_swaps_the_kidneys,
+    dataset_json_counts_more_cases,
+    dataset_json_is_not_nifti,
+    pixdim_disagrees_with_affine,
+    no_orientation_codes,
+    raw_values_not_hu,
+    second_label_file,
     origin_shifted,
     x_axis_flipped,
     nan_in_image,

@@ -7,9 +7,10 @@ of shape (X, Y, Z) with Z the slice axis, and spacing in mm taken from the heade
 from __future__ import annotations
 
 import gzip
+import json
 import re
 import zlib
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,8 +104,8 @@ def discover(root: Path, unlabeled_dir: Path | None = None) -> DatasetIndex:
             f"{root}: expected nnU-Net raw layout (imagesTr/ and labelsTr/) or FLARE22 layout "
             f"(images/ and labels/)"
         )
-    images = {_image_case_id(p): p for p in _nifti_files(images_dir)}
-    labels = {_strip_suffix(p.name): p for p in _nifti_files(labels_dir)}
+    images = _by_case(_nifti_files(images_dir), _image_case_id, "image")
+    labels = _by_case(_nifti_files(labels_dir), lambda p: _strip_suffix(p.name) or "", "label")
     if not images:
         raise DatasetError(f"{images_dir}: empty folder, no .nii.gz images found")
     for case_id, path in images.items():
@@ -121,7 +122,13 @@ def discover(root: Path, unlabeled_dir: Path | None = None) -> DatasetIndex:
             raise DatasetError(f"{unlabeled_dir}: unlabeled folder does not exist")
         folders = [Path(unlabeled_dir)]
     else:  # FLARE22 ships its pool as FLARE22_UnlabeledCase1-1000/, ...1001-2000/
-        folders = sorted(p for p in root.iterdir() if p.is_dir() and "unlabeled" in p.name.lower())
+        folders = sorted(
+            p
+            for p in root.iterdir()
+            if p.is_dir()
+            and "unlabeled" in p.name.lower()
+            and not p.name.lower().startswith("labels")  # labelsUnlabeled/: pseudo-labels
+        )
     found: dict[str, Path] = {}
     for folder in folders:
         files = _nifti_files(folder)
@@ -134,6 +141,80 @@ def discover(root: Path, unlabeled_dir: Path | None = None) -> DatasetIndex:
             found[case_id] = path
     unlabeled = tuple(CaseFiles(c, found[c]) for c in sorted(found))
     return DatasetIndex(root=root, labeled=labeled, unlabeled=unlabeled)
+
+
+def _by_case(files: list[Path], case_of: Callable[[Path], str], what: str) -> dict[str, Path]:
+    """Files by case id; a second file of one case (`c0.nii` beside `c0.nii.gz`) is an error,
+    never a silent choice between them."""
+    out: dict[str, Path] = {}
+    for path in files:
+        case_id = case_of(path)
+        if case_id in out:
+            raise DatasetError(f"{path}: a second {what} file of case '{case_id}' ({out[case_id]})")
+        out[case_id] = path
+    return out
+
+
+def check_dataset_json(root: Path, labels: Mapping[int, str], n_labeled: int) -> None:
+    """An nnU-Net `dataset.json` beside the data must agree with what is read and how it is
+    scored: its `file_ending` is NIfTI, its `numTraining` is the number of labeled cases
+    found (a partial copy is refused), and no label it names is another id's organ in the
+    protocol (a left/right or other swap would score every organ under a wrong name). Names
+    are compared without case, spaces or underscores; a name the protocol does not use is
+    allowed (data sets spell organs their own way). No file, no check."""
+    path = root / "dataset.json"
+    if not path.is_file():
+        return
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"{path}: not a readable JSON file ({_reason(exc)})") from None
+    if not isinstance(meta, dict):
+        raise DatasetError(f"{path}: expected a JSON object")
+    ending = meta.get("file_ending")
+    if ending is not None and ending not in NIFTI_SUFFIXES:
+        raise DatasetError(f"{path}: file_ending {ending!r}: only NIfTI (.nii.gz, .nii) is read")
+    n = meta.get("numTraining")
+    if n is not None and n != n_labeled:
+        raise DatasetError(
+            f"{path}: numTraining = {n}, but {plural(n_labeled, 'labeled case')} found in "
+            f"{root} (an incomplete copy?)"
+        )
+    declared = _declared_labels(meta.get("labels", {}), path)
+    ours = {_norm(name): i for i, name in labels.items()}
+    for i, name in sorted(declared.items()):
+        other = ours.get(_norm(name))
+        if i != 0 and other is not None and other != i:
+            raise DatasetError(
+                f"{path}: label {i} is {name!r}, but the protocol scores id {i} as "
+                f"{labels.get(i, '(none)')!r} and {name!r} as id {other}"
+            )
+
+
+def _declared_labels(raw: object, path: Path) -> dict[int, str]:
+    """id → name from nnU-Net v2's `{"name": id}` or v1's `{"id": "name"}` labels."""
+    if not isinstance(raw, dict):
+        raise DatasetError(f"{path}: 'labels' must be an object")
+    out: dict[int, str] = {}
+    for key, value in raw.items():
+        if isinstance(value, int) and not isinstance(value, bool):
+            out[value] = str(key)
+        elif isinstance(value, str) and str(key).isdigit():
+            out[int(key)] = value
+        else:
+            raise DatasetError(
+                f"{path}: label {key!r}: {value!r} is not an id (region-based labels are not "
+                f"supported)"
+            )
+    return out
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def _load(path: Path, verified: bool = False) -> nib.Nifti1Image:
@@ -154,7 +235,41 @@ def _load(path: Path, verified: bool = False) -> nib.Nifti1Image:
         raise DatasetError(f"{path}: not a readable NIfTI file ({_reason(exc)})") from None
     if len(img.shape) != 3 and not (len(img.shape) == 4 and img.shape[3] == 1):
         raise DatasetError(f"{path}: expected a 3D volume, got shape {img.shape}")
+    _check_geometry(img, path)
     return img
+
+
+# How far the header's voxel size (pixdim) may be from the affine's: float32 storage and a
+# qform's quaternion round trip stay below 1e-6 relative; a real disagreement is a wrong
+# header (one of the two was edited), and which one a reader believes decides every distance.
+SPACING_RTOL = 1e-4
+
+
+def _check_geometry(img: nib.Nifti1Image, path: Path) -> None:
+    """The header must say where the voxels are, one way: a qform or sform (with neither,
+    nibabel assumes Analyze's mirrored x axis and ITK, hence nnU-Net, does not, so left and
+    right would depend on the reader), and a voxel size (pixdim) that is finite, positive and
+    equal to the affine's (FLARE's scoring reads pixdim, the reorientation reads the
+    affine)."""
+    header = img.header
+    if int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0:
+        raise DatasetError(
+            f"{path}: orientation unknown (qform_code = sform_code = 0), so left and right "
+            f"are ambiguous; set the qform or sform"
+        )
+    zooms = np.asarray(header.get_zooms()[:3], dtype=float)
+    if not np.all(np.isfinite(zooms) & (zooms > 0)):
+        raise DatasetError(f"{path}: voxel size (pixdim) {_mm(zooms)} is not finite and positive")
+    voxel = np.linalg.norm(np.asarray(img.affine)[:3, :3], axis=0)
+    if not np.allclose(zooms, voxel, rtol=SPACING_RTOL, atol=0):
+        raise DatasetError(
+            f"{path}: header voxel size (pixdim) {_mm(zooms)} differs from the affine's "
+            f"{_mm(voxel)}; fix the header so both give the spacing"
+        )
+
+
+def _mm(values: np.ndarray) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ") mm"
 
 
 def _reason(exc: Exception) -> str:
@@ -291,10 +406,12 @@ def check_same_grid(
             matrix = nib.aff2axcodes(np.asarray(ref.affine)) == nib.aff2axcodes(
                 np.asarray(header.affine)
             )
+            gap = float(np.max(np.abs(part(ref.affine) - part(header.affine))))
             raise DatasetError(
                 f"{path}: {what} {field} {_show(field, header.affine, matrix)} differs "
-                f"from {of} {field} {_show(field, ref.affine, matrix)} ({reference}); "
-                f"the {what} must be on the {of}'s voxel grid"
+                f"from {of} {field} {_show(field, ref.affine, matrix)} ({reference}) by up "
+                f"to {gap:.2g}{' mm' if field == 'origin' else ''}; the {what} must be on "
+                f"the {of}'s voxel grid"
             )
 
 

@@ -159,18 +159,33 @@ def window(volume: np.ndarray, window_hu: tuple[float, float]) -> np.ndarray:
 
 
 def finite(volume: np.ndarray, path: Path, prep: Preprocessing) -> np.ndarray:
-    """The image volume with no NaN or ±Inf voxels, as `prep.nonfinite` says."""
+    """The image volume with no NaN or ±Inf voxels, as `prep.nonfinite` says; and in
+    Hounsfield units as far as can be told: a CT in HU has voxels below 0 (air is -1000,
+    fat about -100), raw scanner values read without their rescale intercept have none, and
+    would window to a white image that is still trained on and scored."""
     bad = ~np.isfinite(volume)
     count = int(bad.sum())
     if not count:
+        _check_hu(volume, path)
         return volume
     if prep.nonfinite == "window_min":
-        return np.where(bad, np.float32(prep.window_hu[0]), volume)
+        volume = np.where(bad, np.float32(prep.window_hu[0]), volume)
+        _check_hu(volume, path)
+        return volume
     n_nan = int(np.isnan(volume).sum())
     raise DatasetError(
         f"{path}: {count} voxels are not finite ({n_nan} NaN, {count - n_nan} ±Inf); fix the "
         f'file, or set nonfinite = "window_min" under [preprocess] in the protocol'
     )
+
+
+def _check_hu(volume: np.ndarray, path: Path) -> None:
+    low = float(volume.min()) if volume.size else 0.0
+    if low >= 0:
+        raise DatasetError(
+            f"{path}: no voxel below 0 (lowest {low:g}), so not a CT in Hounsfield units (air "
+            f"is -1000 HU); store HU, or set the header's scl_slope / scl_inter"
+        )
 
 
 class SliceStore:

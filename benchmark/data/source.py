@@ -14,7 +14,7 @@ from pathlib import Path
 from benchmark.data.cache import check_folder, full_check_due, verify_requested
 from benchmark.data.digests import DigestMemo
 from benchmark.data.leakage import check_leakage
-from benchmark.data.reader import DatasetIndex, discover
+from benchmark.data.reader import DatasetIndex, check_dataset_json, discover
 from benchmark.errors import DatasetError
 from benchmark.fingerprint import source_digest
 from benchmark.progress import Progress
@@ -78,7 +78,9 @@ def _find_dataset(protocol: Protocol, data: Path | None, progress: Progress) -> 
                 workers=min(8, os.cpu_count() or 1),  # one case per core, at most 8
                 progress=progress.callback("phantom"),
             )
-        return discover(out)
+        index = discover(out)
+        check_dataset_json(index.root, protocol.labels, len(index.labeled))
+        return index
     env = protocol.dataset.path_env
     if data is None and env and os.environ.get(env):
         data = Path(os.environ[env])
@@ -88,4 +90,6 @@ def _find_dataset(protocol: Protocol, data: Path | None, progress: Progress) -> 
             f"{protocol.path}: protocol '{protocol.name}' needs a data folder: "
             f"pass --data DIR{hint}"
         )
-    return discover(Path(data))
+    index = discover(Path(data))
+    check_dataset_json(index.root, protocol.labels, len(index.labeled))
+    return index
