@@ -44,6 +44,7 @@ from benchmark.report.frames import (
     config_variants,
     hash_order,
     newest_code,
+    newest_data,
     own_selection_rule,
     split_ranked,
     undertrained,
@@ -255,16 +256,18 @@ def _main(argv: list[str] | None) -> None:
     runs = runs[runs.budget != SUBMISSION]  # `bench evaluate`'s scores: not the grid's runs
     if runs.empty:
         raise SystemExit(f"{store.path}: no finished runs of protocol '{name}'")
+    runs = runs[runs["protocol_hash"] == hash_order(runs)[0]]
+    runs, other_data = newest_data(runs)  # never checked together: other test volumes
     runs, left_out = newest_code(runs)
     runs = config_variants(runs)  # a trial config beside the defaults is its own "method"
-    runs = runs[runs["protocol_hash"] == hash_order(runs)[0]]
     metrics = store.metrics(runs.run_id)
     curves = store.curves(runs.run_id)
     found = checks(runs, metrics, curves, args.min_seeds, args.ceiling_target)
     text = "\n".join(
         [
             f"Checks of `{name}` from `{args.results}`: {len(runs)} finished runs"
-            + (f" ({len(left_out)} of older code left out)" if len(left_out) else ""),
+            + (f" ({len(left_out)} of older code left out)" if len(left_out) else "")
+            + (f" ({len(other_data)} made on other data left out)" if len(other_data) else ""),
             "",
             md_table(
                 ["claim", "measured (mean test DSC)", "verdict"],

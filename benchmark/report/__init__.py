@@ -24,6 +24,7 @@ from benchmark.report.frames import (
     metric_names,
     mixed_methods,
     newest_code,
+    newest_data,
     split_ranked,
     undertrained,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "metric_names",
     "mixed_methods",
     "newest_code",
+    "newest_data",
     "paired_tests",
     "per_organ",
     "plot_curves",

@@ -19,6 +19,7 @@ from benchmark.report.frames import (
     hash_order,
     mixed_methods,
     newest_code,
+    newest_data,
     own_selection_rule,
     plot_hash,
     run_codes,
@@ -52,10 +53,10 @@ def render_markdown(
     how many it left out; `mix_code` pools every fingerprint, with a warning
     (`benchmark.report.frames.newest_code`).
     """
-    finished = select_protocol(protocol, runs)
+    finished, other_data = newest_data(select_protocol(protocol, runs))
     finished, older = (finished, finished.iloc[0:0]) if mix_code else newest_code(finished)
     finished = config_variants(finished)
-    note = code_note(finished, older, mix_code)
+    note = data_note(other_data) + code_note(finished, older, mix_code)
     runs, unranked = split_ranked(finished)
     if runs.empty:
         return _unranked_only(protocol, finished, unranked, metrics, curves, curves_plot, note)
@@ -140,6 +141,24 @@ def _unranked_only(
 
 def _short(code: str) -> str:
     return "-".join(part[:8] for part in code.split("-"))
+
+
+def data_note(left_out: pd.DataFrame) -> list[str]:
+    """Markdown lines naming the runs left out because they were made on other data than the
+    newest run (`benchmark.report.frames.newest_data`)."""
+    if left_out.empty:
+        return []
+    by_method = left_out.groupby("method").size()
+    listed = ", ".join(f"{m} {n}" for m, n in by_method.items())
+    keys = ", ".join(f"`{k[:8]}`" for k in sorted(left_out["dataset_key"].astype(str).unique()))
+    return [
+        f"> **⚠️ Left out {plural(len(left_out), 'run')} made on other data** than the newest "
+        f"run ({listed}; slice stores {keys}): other input files, a phantom generated "
+        "elsewhere, or inputs read by other preprocessing code. Their test volumes differ, so "
+        "they are not compared with these; rerun them on these data (`--mix-code` does not "
+        "pool them).",
+        "",
+    ]
 
 
 def code_note(runs: pd.DataFrame, left_out: pd.DataFrame, mix: bool) -> list[str]:

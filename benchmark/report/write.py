@@ -24,6 +24,7 @@ from benchmark.report.frames import (
     config_variants,
     hash_order,
     newest_code,
+    newest_data,
     plot_hash,
     select_protocol,
     split_ranked,
@@ -67,7 +68,8 @@ def write_report(
             return atomic_write(
                 out_dir / MD_NAME, lambda tmp: tmp.write_text(markdown + "\n", encoding="utf-8")
             )
-    every = select_protocol(protocol, runs)
+    selected = select_protocol(protocol, runs)
+    every = newest_data(selected)[0]  # render_markdown names the runs left out
     finished = config_variants(every if mix_code else newest_code(every)[0])
     runs = split_ranked(finished)[0]
     curves_plot = None
@@ -76,7 +78,7 @@ def write_report(
         if plot_curves(newest, curves, out_dir / CURVES_NAME):
             curves_plot = CURVES_NAME
     markdown = render_markdown(
-        protocol, every, metrics, PLOT_NAME, generative, curves, curves_plot, ceilings, mix_code
+        protocol, selected, metrics, PLOT_NAME, generative, curves, curves_plot, ceilings, mix_code
     )
     if not runs.empty:
         check_metrics(protocol, runs, metrics)
