@@ -176,13 +176,37 @@ def _whole(table: dict[str, Any], key: str, where: str, minimum: int) -> int:
     return value
 
 
+def _phantom(table: dict[str, Any]) -> dict[str, Any]:
+    """`[dataset.phantom]`, checked as the generator will take it: known settings only, whole
+    counts and seed (`seed = 1.7` would make seed 1's phantom under another hash), ranges
+    the generator accepts."""
+    from dataclasses import fields
+
+    from benchmark.data.phantom.settings import PhantomSettings
+
+    known = [f.name for f in fields(PhantomSettings)]
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise ValueError(
+            f"dataset.phantom: unknown setting {', '.join(unknown)} (known: {', '.join(known)})"
+        )
+    for key, minimum in (("cases", 0), ("unlabeled", 0), ("seed", 0), ("size", 16)):
+        if key in table:
+            _whole(table, key, "dataset.phantom", minimum)
+    try:
+        PhantomSettings(**table)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"dataset.phantom: {exc}") from None
+    return dict(table)
+
+
 def _parse(raw: dict[str, Any], path: Path) -> Protocol:
     ds = raw["dataset"]
     source = ds["source"]
     if source not in ("phantom", "path"):
         raise ValueError(f"dataset.source must be 'phantom' or 'path', not {source!r}")
     dataset = Dataset(
-        source=source, phantom=dict(ds.get("phantom", {})), path_env=ds.get("path_env", "")
+        source=source, phantom=_phantom(ds.get("phantom", {})), path_env=ds.get("path_env", "")
     )
     labels = {int(k): str(v) for k, v in raw["labels"].items()}
     if 0 in labels or sorted(labels) != list(range(1, len(labels) + 1)):

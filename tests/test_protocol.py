@@ -125,6 +125,10 @@ def test_bad_training_table_is_one_error_naming_the_file(tmp_path, edit, message
         (("seed = 0\ntest_cases", "seed = -3\ntest_cases"), "split.seed must be an integer >= 0"),
         (("slice_size = 128", "slice_size = 0"), "preprocess.slice_size must be an integer >= 16"),
         (("slice_size = 128", "slice_size = true"), "preprocess.slice_size must be an integer"),
+        (("seed = 0\nsize", "sead = 0\nsize"), "dataset.phantom: unknown setting sead"),
+        (("seed = 0\nsize", "seed = 1.7\nsize"), "dataset.phantom.seed must be an integer"),
+        (("seed = 0\nsize", "seed = -1\nsize"), "dataset.phantom.seed must be an integer >= 0"),
+        (("cases = 30", "cases = 30\nfov_mm = [400.0, 300.0]"), "dataset.phantom: fov_mm must"),
     ],
 )
 def test_split_counts_and_slice_size_are_checked_before_any_data(tmp_path, edit, message):
