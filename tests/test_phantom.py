@@ -255,3 +255,37 @@ def test_phantom_bytes_are_pinned(written: tuple[Path, list[tuple[int, int]]]) -
         ]
     got["written"] = _digest(*parts)
     assert got == PHANTOM_DIGESTS
+
+
+def test_a_live_build_is_never_swept_and_an_old_unlocked_one_is(tmp_path: Path) -> None:
+    """A build whose lock is held (another process, here or on another host sharing the
+    cache, so its pid means nothing here) stays; an unlocked one with a live pid (a reused
+    pid) goes once it is old."""
+    import fcntl
+    import os
+    import time
+
+    settings = replace(TINY, cases=1, unlabeled=0, size=32)
+    live = tmp_path / ".ds.tmp-999999999-0000live"
+    live.mkdir()
+    with (live / ".lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        reused = tmp_path / f".ds.tmp-{os.getpid()}-00reused"
+        reused.mkdir()
+        old = time.time() - 600
+        os.utime(reused, (old, old))
+        write_phantom(tmp_path / "ds", settings, workers=1)
+        assert live.exists() and not reused.exists()
+    assert not (tmp_path / "ds" / ".lock").exists()
+
+
+def test_the_cache_keeps_a_sound_phantom_another_process_finished_first(tmp_path: Path) -> None:
+    settings = replace(TINY, cases=1, unlabeled=0, size=32)
+    out = write_phantom(tmp_path / "ds", settings, workers=1)
+    (out / "theirs.txt").write_text("made by the process that finished first")
+    write_phantom(out, settings, workers=1, keep_sound=True)
+    assert (out / "theirs.txt").exists()
+    (out / "labelsTr" / "phantom_0001.nii.gz").unlink()  # damaged: replaced
+    write_phantom(out, settings, workers=1, keep_sound=True)
+    assert (out / "labelsTr" / "phantom_0001.nii.gz").exists() and not (out / "theirs.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]

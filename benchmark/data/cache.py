@@ -140,7 +140,9 @@ def publish(tmp: Path, root: Path, memo: DigestMemo) -> None:
     os.replace(tmp, root)  # raises, naming both paths, if it still cannot be done
 
 
-def _held_by_live_process(folder: Path) -> bool:
+def held_by_live_process(folder: Path) -> bool:
+    """Whether a live process holds the build lock of `folder` (a missing folder counts as
+    held: nothing to remove)."""
     try:
         fd = os.open(folder / LOCK, os.O_RDONLY)
     except FileNotFoundError:  # no lock: a build killed before taking it, or a folder set aside
@@ -170,7 +172,7 @@ def sweep_stale_builds(parent: Path, min_age_s: float = STALE_AFTER_S) -> list[P
             age = now - entry.stat().st_mtime
         except OSError:
             continue
-        if age >= min_age_s and not _held_by_live_process(entry):
+        if age >= min_age_s and not held_by_live_process(entry):
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
     return removed

@@ -77,6 +77,7 @@ def _find_dataset(protocol: Protocol, data: Path | None, progress: Progress) -> 
                 settings,
                 workers=min(8, os.cpu_count() or 1),  # one case per core, at most 8
                 progress=progress.callback("phantom"),
+                keep_sound=True,  # another process may have generated it meanwhile
             )
         index = discover(out)
         check_dataset_json(index.root, protocol.labels, len(index.labeled))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import json
 import multiprocessing
 import os
@@ -24,7 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.data.cache import write_manifest
+from benchmark.data.cache import (
+    LOCK,
+    STALE_AFTER_S,
+    held_by_live_process,
+    publish,
+    write_manifest,
+)
+from benchmark.data.digests import DigestMemo
 from benchmark.data.phantom.case import generate_case
 from benchmark.data.phantom.settings import ORGANS, PhantomSettings
 
@@ -132,6 +140,7 @@ def write_phantom(
     settings: PhantomSettings,
     workers: int = 2,
     progress: Callable[[int, int], None] | None = None,
+    keep_sound: bool = False,
 ) -> Path:
     """Write an nnU-Net raw data set of phantom cases to ``out`` and return ``out``.
 
@@ -145,21 +154,24 @@ def write_phantom(
     in parallel (1 = in this process). Workers are spawned, not forked, so a script calling
     this with ``workers > 1`` needs the usual ``if __name__ == "__main__":`` guard. Workers end
     with this process, even when it is killed; the next call removes what a killed call left.
+    The build holds a lock (`benchmark.data.cache.LOCK`) until it is in place, so a build
+    by another process, here or on another host sharing the folder, is never taken for a
+    leftover. ``keep_sound`` (the cache): an ``out`` that another process finished first and
+    that matches its manifest is kept, not replaced.
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    # Clear leftovers of killed runs (their owning process is gone).
-    for stale in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")]:
-        pid = stale.name.rsplit("-", 2)[-2]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
+    _sweep_leftovers(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    lock = (tmp / LOCK).open("w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
     jobs = [(i, True) for i in range(settings.cases)] + [
         (i, False) for i in range(settings.unlabeled)
     ]
     total = len(jobs)
     try:
-        (tmp / "imagesTr").mkdir(parents=True)
+        (tmp / "imagesTr").mkdir()
         (tmp / "labelsTr").mkdir()
         if settings.unlabeled:
             (tmp / "imagesUnlabeled").mkdir()
@@ -194,17 +206,39 @@ def write_phantom(
                     raise
         (tmp / "dataset.json").write_text(json.dumps(_dataset_json(settings), indent=2) + "\n")
         write_manifest(tmp)
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        if keep_sound:
+            publish(tmp, out, DigestMemo(None))
+        else:
+            old = None
+            if out.exists():
+                old = out.parent / f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+                os.replace(out, old)
+            os.replace(tmp, out)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):  # in place: nothing left to guard
+            (out / LOCK).unlink()
     finally:
+        lock.close()
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _sweep_leftovers(out: Path) -> None:
+    """Remove what killed builds of ``out`` left: hidden ``.{name}.tmp-*`` / ``.old-*``
+    folders that no live process holds the lock of, once their process is gone from this
+    host or they are `STALE_AFTER_S` old (a reused pid, or another host's dead build)."""
+    now = time.time()
+    for stale in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")]:
+        pid = stale.name.rsplit("-", 2)[-2]
+        try:
+            age = now - stale.stat().st_mtime
+        except OSError:
+            continue
+        gone = pid.isdigit() and not _pid_alive(int(pid))
+        if (gone or age >= STALE_AFTER_S) and not held_by_live_process(stale):
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------
