@@ -194,7 +194,14 @@ def dataset_json_is_not_nifti(root: Path) -> list[str]:
     return [str(path), "file_ending '.mha': only NIfTI"]
 
 
+def broken_label_link(root: Path) -> list[str]:
+    label(root).unlink()
+    label(root).symlink_to(root / "elsewhere" / "gone.nii.gz")
+    return [str(label(root)), "a broken symbolic link", "gone.nii.gz"]
+
+
 DATA_FAULTS: list[Callable[[Path], list[str]]] = [
+    broken_label_link,
     dataset_json_swaps_the_kidneys,
     dataset_json_counts_more_cases,
     dataset_json_is_not_nifti,

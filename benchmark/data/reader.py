@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
 import zlib
 from collections.abc import Callable, Collection, Iterator, Mapping
@@ -64,7 +65,11 @@ def _strip_suffix(name: str) -> str | None:
 
 
 def _nifti_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and _strip_suffix(p.name) is not None)
+    files = sorted(p for p in folder.iterdir() if _strip_suffix(p.name) is not None)
+    for path in files:
+        if path.is_symlink() and not path.exists():
+            raise DatasetError(f"{path}: a broken symbolic link (to {os.readlink(path)})")
+    return [p for p in files if p.is_file()]
 
 
 def _image_case_id(path: Path) -> str:
