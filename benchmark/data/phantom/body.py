@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
-from benchmark.data.phantom.settings import AIR_HU, F32
+from benchmark.data.phantom.settings import AIR_HU, FLOAT
 from benchmark.data.phantom.shapes import smoothstep, uniform
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ def draw_body(case: Case) -> None:
         1
         + 0.03 * np.sin(2 * np.pi * case.z / uniform(rng, 250, 400) + za)
         + 0.02 * (case.z / case.L)
-    ).astype(F32)
+    ).astype(FLOAT)
 
     # Landmarks (mm): inner wall, vertebral body, aorta.
     right, ant, post = 0.0, np.pi / 2, -np.pi / 2
@@ -96,15 +96,15 @@ def background(case: Case) -> None:
     """Paint air, skin, fat, muscle wall, table, lungs, diaphragm, spine, ribs and bowel into
     ``case.img`` and leave ``case.space``, the voxels organs may occupy."""
     rng = case.rng
-    xg, yg = case.x[:, None], case.y[None, :] - F32(case.y0)
-    phi = np.arctan2(yg, xg).astype(F32)
-    r2 = np.hypot(xg, yg).astype(F32)
-    R2 = outline(case, phi).astype(F32)
-    T1 = fat(case, phi).astype(F32)
-    T2 = (T1 + muscle(case, phi)).astype(F32)
+    xg, yg = case.x[:, None], case.y[None, :] - FLOAT(case.y0)
+    phi = np.arctan2(yg, xg).astype(FLOAT)
+    r2 = np.hypot(xg, yg).astype(FLOAT)
+    R2 = outline(case, phi).astype(FLOAT)
+    T1 = fat(case, phi).astype(FLOAT)
+    T2 = (T1 + muscle(case, phi)).astype(FLOAT)
     # Linea alba: the muscle wall thins to a fascia at the anterior midline.
-    alba = (np.exp(-((xg / 4.0) ** 2)) * (yg > 0)).astype(F32)
-    T2 = T2 - alba * F32(0.5 * case.tm)
+    alba = (np.exp(-((xg / 4.0) ** 2)) * (yg > 0)).astype(FLOAT)
+    T2 = T2 - alba * FLOAT(0.5 * case.tm)
 
     # A voxel lies at depth t (mm) or deeper below the skin along the ray from the body
     # centre when (r + t) / R <= scale(z); counting the thresholds passed gives the layer
@@ -115,7 +115,7 @@ def background(case: Case) -> None:
     for t in (0.0, 1.6, T1, T2):
         layer += ((r2 + t) * inv)[:, :, None] <= scale
     fat_hu, muscle_hu = uniform(rng, -115, -90), uniform(rng, 40, 60)
-    lut = np.array([AIR_HU, uniform(rng, 0, 40), fat_hu, muscle_hu, uniform(rng, -110, -85)], F32)
+    lut = np.array([AIR_HU, uniform(rng, 0, 40), fat_hu, muscle_hu, uniform(rng, -110, -85)], FLOAT)
     img = lut[layer]
     table(case, img, layer)
     cavity = layer == 4
@@ -129,8 +129,10 @@ def background(case: Case) -> None:
     w_max = uniform(rng, 30, 60)
     for side, onset in ((1, top), (-1, top - uniform(rng, 0, 15))):
         mid = -np.pi / 2 + side * uniform(rng, 0.8, 1.1)
-        g = np.exp(-((np.angle(np.exp(1j * (phi - mid))) / 0.9) ** 2)).astype(F32)
-        wz = (w_max * np.clip((case.z - onset) / max(case.L - onset, 1.0), 0, 1) ** 0.7).astype(F32)
+        g = np.exp(-((np.angle(np.exp(1j * (phi - mid))) / 0.9) ** 2)).astype(FLOAT)
+        wz = (w_max * np.clip((case.z - onset) / max(case.L - onset, 1.0), 0, 1) ** 0.7).astype(
+            FLOAT
+        )
         ks = np.nonzero(wz > 0)[0]
         if len(ks) == 0:
             continue
@@ -212,7 +214,7 @@ def spine_and_muscles(case: Case, img: np.ndarray, cavity: np.ndarray) -> None:
     z_top = case.L * uniform(rng, 0.5, 0.65)
     r_bot = uniform(rng, 18, 26)
     frac = np.clip((z_top - case.z) / z_top, 0, 1)
-    r_ps = (4 + (r_bot - 4) * frac**0.8).astype(F32)
+    r_ps = (4 + (r_bot - 4) * frac**0.8).astype(FLOAT)
     kk = np.nonzero(frac > 0)[0]
     if len(kk):
         ks = slice(int(kk[0]), int(kk[-1]) + 1)

@@ -16,7 +16,7 @@ import numpy as np
 from scipy import ndimage
 
 from benchmark.data.phantom import body, organs
-from benchmark.data.phantom.settings import F32, PhantomSettings
+from benchmark.data.phantom.settings import FLOAT, PhantomSettings
 from benchmark.data.phantom.shapes import Lattice, Primitive, Shape, Tube, Voxels, uniform
 
 
@@ -54,7 +54,7 @@ class Case:
     muscle_hu: float
     keepout: np.ndarray  # (x, y): spine and back, never an organ
     space: np.ndarray  # (x, y, z) bool: abdominal cavity left for organs
-    img: np.ndarray  # (x, y, z) float32 HU
+    img: np.ndarray  # (x, y, z) float64 HU
     # Set by `build`: labels and, per organ, one painted voxel and its HU.
     lab: np.ndarray
     seeds: dict[int, tuple[int, int, int, float]]
@@ -80,9 +80,9 @@ class Case:
         self.spacing = (self.dxy, self.dxy, self.dz)
         self.L = self.nz * self.dz
         # Voxel centres in mm; (0, 0) in-plane is the image centre, z = 0 the lowest slice.
-        self.x = ((np.arange(n) - (n - 1) / 2) * self.dxy).astype(F32)
+        self.x = ((np.arange(n) - (n - 1) / 2) * self.dxy).astype(FLOAT)
         self.y = self.x.copy()
-        self.z = (np.arange(self.nz) * self.dz).astype(F32)
+        self.z = (np.arange(self.nz) * self.dz).astype(FLOAT)
         self.shape = (n, n, self.nz)
         self.noise_sd = uniform(rng, *settings.noise_hu)
         self.contrast = bool(rng.random() < settings.oral_contrast)
@@ -174,7 +174,7 @@ class Case:
             xs, ys, zs = self.x[sl[0]], self.y[sl[1]], self.z[sl[2]]
             bshape = (len(xs), len(ys), len(zs))
             if shape.warp > 0 and self.s.deform_mm > 0:
-                d = self.deform.eval(xs, ys, zs) * F32(shape.warp)
+                d = self.deform.eval(xs, ys, zs) * FLOAT(shape.warp)
                 X = xs[:, None, None] + d[0]
                 Y = ys[None, :, None] + d[1]
             else:
@@ -196,7 +196,7 @@ class Case:
                     out.append(slice(a - bs.start, b - bs.start))
                 return tuple(out)
 
-            f = np.full(bshape, np.inf, F32)
+            f = np.full(bshape, np.inf, FLOAT)
             pieces = [
                 q for p in shape.parts for q in (p.segments() if isinstance(p, Tube) else [p])
             ]
@@ -207,7 +207,7 @@ class Case:
             if shape.roughness > 0:
                 step = float(np.clip(0.25 * (hi - lo)[:2].min(), 6.0, 25.0))
                 lat = Lattice(rough_lat_rng, nom_lo, nom_hi, (step, step, step))
-                f += F32(shape.roughness) * lat.noise(xs, ys, zs)
+                f += FLOAT(shape.roughness) * lat.noise(xs, ys, zs)
             mask = f < 1
             for c in shape.cuts:
                 ls = local(c)
@@ -230,7 +230,7 @@ class Case:
                 i, j, k = self.index((plo + phi_) / 2)
             sl = (slice(i, i + 1), slice(j, j + 1), slice(k, k + 1))
             xs, ys, zs = self.x[sl[0]], self.y[sl[1]], self.z[sl[2]]
-            f = np.zeros((1, 1, 1), F32)
+            f = np.zeros((1, 1, 1), FLOAT)
             mask = np.ones((1, 1, 1), bool)
 
         idx = np.nonzero(mask)
@@ -243,7 +243,7 @@ class Case:
             return tex_cache[step]
 
         ctx = Voxels(f[idx], xs[idx[0]], ys[idx[1]], zs[idx[2]], noise)
-        values = np.asarray(hu(ctx), F32)
+        values = np.asarray(hu(ctx), FLOAT)
         self.img[sl][idx] = values
         if not image_only:
             self.lab[sl][idx] = label
@@ -268,8 +268,8 @@ class Case:
         kernel = np.exp(-0.5 * (np.arange(-4 * sigma, 4 * sigma + 1) / sigma) ** 2)
         gain = float(np.sum((kernel / kernel.sum()) ** 2))  # noise std factor per axis
         noise_rng = self.stream(2)
-        white = noise_rng.standard_normal(self.shape, dtype=F32)
-        white *= F32(self.noise_sd / gain)
+        white = noise_rng.standard_normal(self.shape, dtype=FLOAT)
+        white *= FLOAT(self.noise_sd / gain)
         img += white
         del white
         ndimage.gaussian_filter(img, (sigma, sigma, 0), output=img, truncate=4.0)

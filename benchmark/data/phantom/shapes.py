@@ -12,14 +12,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from benchmark.data.phantom.settings import F32
+from benchmark.data.phantom.settings import FLOAT
 
 
 def _bspline_weights(u: np.ndarray, origin: float, step: float, count: int) -> np.ndarray:
     """Cubic B-spline weights, shape (len(u), count), of knots ``origin + j * step`` (mm)."""
     t = np.abs((u[:, None] - (origin + step * np.arange(count))[None, :]) / step)
     w = np.where(t < 1, (4 - 6 * t**2 + 3 * t**3) / 6, np.where(t < 2, (2 - t) ** 3 / 6, 0.0))
-    return w.astype(F32)
+    return w.astype(FLOAT)
 
 
 class Lattice:
@@ -49,14 +49,14 @@ class Lattice:
             math.ceil((float(b) - float(a)) / s) + 4
             for a, b, s in zip(lo, hi, self.step, strict=True)
         ]
-        self.coef = (rng.standard_normal((fields, *counts)) * scale).astype(F32)
+        self.coef = (rng.standard_normal((fields, *counts)) * scale).astype(FLOAT)
         self.normed = False
 
     def eval(self, xs: np.ndarray, ys: np.ndarray, zs: np.ndarray) -> np.ndarray:
-        """Fields at the grid ``xs x ys x zs`` (mm), shape (fields, nx, ny, nz), float32."""
+        """Fields at the grid ``xs x ys x zs`` (mm), shape (fields, nx, ny, nz), `FLOAT`."""
         c = self.coef
         wx, wy, wz = (
-            _bspline_weights(np.asarray(u, F32), o, s, n)
+            _bspline_weights(np.asarray(u, FLOAT), o, s, n)
             for u, o, s, n in zip((xs, ys, zs), self.origin, self.step, c.shape[1:], strict=True)
         )
         t = c @ wz.T  # (f, kx, ky, nz)
@@ -68,7 +68,7 @@ class Lattice:
     def noise(self, xs: np.ndarray, ys: np.ndarray, zs: np.ndarray) -> np.ndarray:
         """First field scaled to about unit standard deviation, shape (nx, ny, nz)."""
         if not self.normed:
-            self.coef = self.coef[:1] * F32(self._NORM)
+            self.coef = self.coef[:1] * FLOAT(self._NORM)
             self.normed = True
         return self.eval(xs, ys, zs)[0]
 
@@ -104,17 +104,17 @@ class Ellipsoid:
 
     def field(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
         cx, cy, cz = self.center
-        dz = z - F32(cz)
-        u0 = x - (F32(cx) + F32(self.lean[0]) * dz)
-        v0 = y - (F32(cy) + F32(self.lean[1]) * dz)
-        c, s = F32(math.cos(self.angle)), F32(math.sin(self.angle))
-        u = (c * u0 + s * v0) * F32(1 / self.radii[0])
-        v = (c * v0 - s * u0) * F32(1 / self.radii[1])
-        w = dz * F32(1 / self.radii[2])
+        dz = z - FLOAT(cz)
+        u0 = x - (FLOAT(cx) + FLOAT(self.lean[0]) * dz)
+        v0 = y - (FLOAT(cy) + FLOAT(self.lean[1]) * dz)
+        c, s = FLOAT(math.cos(self.angle)), FLOAT(math.sin(self.angle))
+        u = (c * u0 + s * v0) * FLOAT(1 / self.radii[0])
+        v = (c * v0 - s * u0) * FLOAT(1 / self.radii[1])
+        w = dz * FLOAT(1 / self.radii[2])
         if self.power == 2.0:
             return np.sqrt(u * u + v * v + w * w)
-        p = F32(self.power)
-        return (np.abs(u) ** p + np.abs(v) ** p + np.abs(w) ** p) ** F32(1 / self.power)
+        p = FLOAT(self.power)
+        return (np.abs(u) ** p + np.abs(v) ** p + np.abs(w) ** p) ** FLOAT(1 / self.power)
 
 
 @dataclass
@@ -144,7 +144,7 @@ class Tube:
         ]
 
     def field(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
-        k = F32(1 / self.squash)
+        k = FLOAT(1 / self.squash)
         best = None
         for (a, b), (ra, rb) in zip(
             zip(self.points[:-1], self.points[1:], strict=True),
@@ -154,10 +154,12 @@ class Tube:
             d = b - a
             d[1] /= self.squash
             dd = float(d @ d) or 1e-9
-            qx, qy, qz = x - F32(a[0]), (y - F32(a[1])) * k, z - F32(a[2])
-            t = np.clip((qx * F32(d[0]) + qy * F32(d[1]) + qz * F32(d[2])) * F32(1 / dd), 0, 1)
-            ex, ey, ez = qx - t * F32(d[0]), qy - t * F32(d[1]), qz - t * F32(d[2])
-            f = np.sqrt(ex * ex + ey * ey + ez * ez) / (F32(ra) + t * F32(rb - ra))
+            qx, qy, qz = x - FLOAT(a[0]), (y - FLOAT(a[1])) * k, z - FLOAT(a[2])
+            t = np.clip(
+                (qx * FLOAT(d[0]) + qy * FLOAT(d[1]) + qz * FLOAT(d[2])) * FLOAT(1 / dd), 0, 1
+            )
+            ex, ey, ez = qx - t * FLOAT(d[0]), qy - t * FLOAT(d[1]), qz - t * FLOAT(d[2])
+            f = np.sqrt(ex * ex + ey * ey + ez * ez) / (FLOAT(ra) + t * FLOAT(rb - ra))
             best = f if best is None else np.minimum(best, f)
         return best
 
