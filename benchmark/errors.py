@@ -39,6 +39,11 @@ class WeightsError(LabelbenchError):
     """A pretrained weights file a metric needs (Inception for FID) is missing or unreadable."""
 
 
+class PredictionError(LabelbenchError):
+    """A method's `predict` returned something other than the label maps it promises: a run
+    records it as failed, never scores it."""
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """Return ' (did you mean: a, b?)' for the closest names, or '' when none is close."""
     close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)

@@ -36,6 +36,7 @@ from benchmark.errors import DatasetError
 from benchmark.fingerprint import code_fingerprint, scoring_code
 from benchmark.method import Method, RunContext, SliceSet
 from benchmark.metrics.segmentation import score_case
+from benchmark.prediction import check_labels
 from benchmark.progress import Progress
 from benchmark.protocol import Budget, Protocol, load_protocol, stable_hash
 from benchmark.provenance import (
@@ -207,11 +208,13 @@ def pretrained_method(
     return method, ctx
 
 
-def predict_case(method: Method, store: SliceStore, case_id: str) -> np.ndarray:
-    """Predict every slice of a case and stack them into an (X, Y, Z) label volume."""
+def predict_case(method: Method, store: SliceStore, case_id: str, num_classes: int) -> np.ndarray:
+    """Predict every slice of a case and stack them into an (X, Y, Z) label volume; the
+    prediction must be label maps of the protocol's ids (`benchmark.prediction`)."""
     rows = store.rows_of_case(case_id)
     images = SliceSet(store, rows, labeled=False).images()
-    return store.to_volume(case_id, method.predict(images).cpu().numpy())
+    pred = check_labels(method.predict(images), images, num_classes)
+    return store.to_volume(case_id, pred.cpu().numpy())
 
 
 def score_prediction(data: DataContext, case_id: str, pred: np.ndarray) -> list[MetricRow]:
@@ -380,7 +383,7 @@ def perform(prep: Prepared, progress: Progress) -> tuple[RunRecord, list[MetricR
         t_pred = t_score = 0.0
         for case_id in progress.track(data.split.test, "predict + score"):
             t = time.perf_counter()
-            pred = predict_case(method, data.store, case_id)
+            pred = predict_case(method, data.store, case_id, protocol.num_classes)
             if req.save_predictions is not None:
                 save_prediction(data, case_id, pred, req.save_predictions)
             t_pred += time.perf_counter() - t

@@ -49,7 +49,7 @@ def check_fitted(method: Method, labeled: SliceSet, ctx: RunContext, protocol: P
                 "the protocol selects on validation, but the method kept no validated model"
             )
     ctx.info["selection_rule"] = selection["rule"] if selection else type(method).selection_rule
-    trust.train_dsc = round(sanity_dsc(method.predict, labeled), 6)
+    trust.train_dsc = round(sanity_dsc(method.predict, labeled, protocol.num_classes), 6)
     threshold = protocol.training.sanity_min_dsc
     if trust.train_dsc < threshold:
         trust.unfit = (

@@ -23,6 +23,7 @@ import torch
 
 from benchmark.data.slicestore import SliceStore, source_pixels
 from benchmark.metrics.segmentation import dice_case, dice_from_confusion
+from benchmark.prediction import check_labels
 
 if TYPE_CHECKING:
     from benchmark.method import RunContext, SliceSet
@@ -125,9 +126,13 @@ class Validator:
 
     def score_slices(self, pred: torch.Tensor | np.ndarray) -> float:
         """Mean DSC over cases and organs of (N, S, S) predicted labels of `slices`."""
-        pred = pred.cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)
+        if not isinstance(pred, torch.Tensor):
+            pred = torch.from_numpy(np.asarray(pred))
         if len(pred) != len(self.slices):
             raise ValueError(f"expected {len(self.slices)} predicted slices, got {len(pred)}")
+        size = self.store.slice_size
+        check_labels(pred, torch.empty(len(pred), 1, size, size), self.protocol.num_classes)
+        pred = pred.cpu().numpy()
         scores = []
         for i, (case, truth) in enumerate(zip(self.case_ids, self._ground_truth(), strict=True)):
             part = pred[self._bounds[i] : self._bounds[i + 1]]
@@ -139,7 +144,8 @@ class Validator:
         if self._images is None:  # read once: validation runs many times in a fit
             self._images = self.slices.images()
         parts = self._images.split(batch)
-        return self.score_slices(torch.cat([predict(x).cpu() for x in parts]))
+        n = self.protocol.num_classes
+        return self.score_slices(torch.cat([check_labels(predict(x), x, n).cpu() for x in parts]))
 
 
 @dataclass
@@ -248,7 +254,9 @@ def may_be_undertrained(curve: Sequence[CurvePoint]) -> bool:
     return max(tail) >= max(head) + UNDERTRAINED_MIN_GAIN
 
 
-def sanity_dsc(method_predict: Callable[[torch.Tensor], torch.Tensor], labeled: SliceSet) -> float:
+def sanity_dsc(
+    method_predict: Callable[[torch.Tensor], torch.Tensor], labeled: SliceSet, num_classes: int
+) -> float:
     """Mean 2D DSC of a fitted model on its own labeled slices, over the organs present.
 
     Every (slice, organ present in its ground truth) pair counts once, so a model that
@@ -259,7 +267,8 @@ def sanity_dsc(method_predict: Callable[[torch.Tensor], torch.Tensor], labeled: 
     for start in range(0, len(labeled), batch):
         idx = np.arange(start, min(start + batch, len(labeled)))
         truth = labeled.labels(idx).numpy()
-        pred = method_predict(labeled.images(idx)).cpu().numpy()
+        images = labeled.images(idx)
+        pred = check_labels(method_predict(images), images, num_classes).cpu().numpy()
         for t, p in zip(truth, pred, strict=True):
             for organ in np.unique(t[t > 0]):
                 gt, pr = t == organ, p == organ

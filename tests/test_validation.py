@@ -247,7 +247,8 @@ def test_validator_scores_as_the_runners_scorer(tiny_data, order, monkeypatch):
     val = Validator(store, tiny_data.split.val, protocol)
     rng = np.random.default_rng(0)
     truth = np.asarray(store.labels[val.slices.rows], dtype=np.int64)
-    noisy = np.where(rng.random(truth.shape) < 0.05, rng.integers(0, 16, truth.shape), truth)
+    ids = rng.integers(0, protocol.num_classes, truth.shape)
+    noisy = np.where(rng.random(truth.shape) < 0.05, ids, truth)
     shifted = np.roll(truth, 2, axis=0)  # organs one slice off: the z-range cut counts
     scoring = Scoring.of(["dsc"], zrange_labels=protocol.scoring.zrange_labels)
     for pred in (truth, noisy, shifted):
@@ -279,8 +280,10 @@ def test_sanity_dsc_is_one_for_the_truth_and_zero_for_background(tiny_data):
     labeled = SliceSet(tiny_data.store, rows, labeled=True)
     truth = iter([labeled.labels()])  # one batch: the gate predicts the set in order
 
-    assert sanity_dsc(lambda x: next(truth), labeled) == 1.0
-    assert sanity_dsc(lambda x: torch.zeros(len(x), *x.shape[2:], dtype=torch.long), labeled) == 0
+    n = tiny_data.protocol.num_classes
+    assert sanity_dsc(lambda x: next(truth), labeled, n) == 1.0
+    background = lambda x: torch.zeros(len(x), *x.shape[2:], dtype=torch.long)  # noqa: E731
+    assert sanity_dsc(background, labeled, n) == 0
 
 
 # --------------------------------------------------------------------------- end to end

@@ -1,0 +1,71 @@
+"""A prediction that is not a label map of the protocol's ids fails its run, named as such;
+it is never cast into valid ids and scored (id 256 had become background, and a model
+predicting truth + 256 scored the ceiling)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from benchmark.cli import app
+from benchmark.errors import PredictionError
+from benchmark.prediction import check_labels
+from benchmark.registry import get_method
+from tests.test_plugins import plugin  # noqa: F401  (fixture)
+
+IMAGES = torch.zeros(2, 1, 8, 8)
+
+
+@pytest.mark.parametrize(
+    ("pred", "message"),
+    [
+        (
+            torch.zeros(2, 8, 8, dtype=torch.long) + 256,
+            "label ids 256..256: the protocol's are 0..13",
+        ),
+        (torch.full((2, 8, 8), -1), "label ids -1..-1"),
+        (torch.zeros(2, 8, 8), "torch.float32: expected integer label ids"),
+        (torch.zeros(2, 14, 8, 8).softmax(1), "shape (2, 14, 8, 8)"),
+        (torch.zeros(2, 4, 4, dtype=torch.long), "expected (2, 8, 8) label maps"),
+        (torch.zeros(2, 8, 8, dtype=torch.bool), "not scores, probabilities or masks"),
+        (torch.zeros(2, 8, 8).numpy(), "returned ndarray, not a torch.Tensor"),
+    ],
+)
+def test_what_predict_must_return(pred, message):
+    with pytest.raises(PredictionError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        check_labels(pred, IMAGES, 14)
+    good = torch.randint(0, 14, (2, 8, 8))
+    assert check_labels(good, IMAGES, 14) is good
+    assert check_labels(good.to(torch.uint8), IMAGES, 14) is not None
+
+
+@pytest.mark.parametrize(
+    ("shift", "message"),
+    [
+        (lambda p: p + 256, "predict returned label ids"),
+        (lambda p: p.float() + 0.7, "expected integer label ids"),
+        (lambda p: p[:, None], "label maps"),
+    ],
+)
+def test_a_run_whose_predict_breaks_the_contract_fails_unscored(
+    plugin,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+    shift,
+    message,
+):
+    cls = get_method("nearest-mean")
+    real = cls.predict
+    monkeypatch.setattr(cls, "predict", lambda self, images: shift(real(self, images)))
+    results = tmp_path / "runs"
+    r = CliRunner().invoke(
+        app, ["run", "-m", "nearest-mean", "-b", "4slices", "-p", "tiny", "--results", str(results)]
+    )
+    assert r.exit_code == 1 and message in r.stderr
+    with sqlite3.connect(results / "labelbench.sqlite") as conn:
+        status, error = conn.execute("SELECT status, error FROM runs").fetchone()
+        assert status == "failed" and error.startswith("PredictionError: predict returned")
+        assert conn.execute("SELECT count(*) FROM case_metrics").fetchone()[0] == 0
