@@ -97,6 +97,22 @@ def settle(compute: Compute, reported: tuple[int, int] | None, training: Trainin
     )
 
 
+def beyond_budget(compute: Compute, curve_samples: Sequence[int]) -> str | None:
+    """Why a run trained past the fine-tuning samples it declares, from its learning curve
+    (samples seen at each validation), or None. A method that declares the protocol's
+    budget but runs a schedule of its own would otherwise be recorded with the budget's
+    samples, on-protocol, and ranked."""
+    if not curve_samples or compute.finetune_samples is None:
+        return None
+    seen = max(curve_samples)
+    if seen <= compute.finetune_samples:
+        return None
+    return (
+        f"its learning curve reaches {seen} finetune samples, beyond the "
+        f"{compute.finetune_samples} its config declares"
+    )
+
+
 def configure(
     method_cls: type[Method], overrides: Sequence[str], training: Training
 ) -> tuple[Any, Compute]:

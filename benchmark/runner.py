@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from benchmark.compute import Compute, configure, settle
+from benchmark.compute import Compute, beyond_budget, configure, settle
 from benchmark.config import config_dict, identity_dict
 from benchmark.data.context import DataContext, load_data, preprocessing
 from benchmark.data.reader import DatasetIndex
@@ -328,7 +328,15 @@ def _record(
         seed=prep.request.seed,
         peak_mem_mb=round(peak_mem_mb, 1),
         info=info,
-        off_protocol="; ".join(r for r in (prep.compute.off_protocol, trust.unselected) if r)
+        off_protocol="; ".join(
+            r
+            for r in (
+                prep.compute.off_protocol,
+                trust.unselected,
+                beyond_budget(prep.compute, [point[0] for point in trust.curve]),
+            )
+            if r
+        )
         or None,
         finetune_samples=prep.compute.finetune_samples,
         pretrain_samples=prep.compute.pretrain_samples,

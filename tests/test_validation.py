@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from baselines.unet_scratch import UNetScratch
 from benchmark.augment import random_affine, random_intensity
 from benchmark.cli import app
-from benchmark.compute import configure, settle, steps_for
+from benchmark.compute import Compute, configure, settle, steps_for
 from benchmark.data.context import load_data
 from benchmark.method import SliceSet
 from benchmark.metrics.registry import Scoring
@@ -351,6 +351,35 @@ def test_off_protocol_run_is_shown_but_not_ranked(tmp_path, monkeypatch):
     per_case = ceilings.groupby("case_id")["dsc"].mean().mean()
     assert len(re.findall(r"\| \*ceiling\* +\|", ranked)) == 2  # DSC and NSD tables
     assert f"*{per_case:.3f}*" in ranked
+
+
+def test_a_run_whose_curve_goes_past_its_declared_samples_is_off_protocol(tmp_path, monkeypatch):
+    """A method that declares the protocol's budget but trains on a schedule of its own
+    (here: twice the batch it declares) is recorded with its curve's samples as the reason,
+    not ranked with the budget's."""
+    from benchmark.compute import beyond_budget
+    from benchmark.validation import Selection
+
+    _protocol(tmp_path, monkeypatch, "lenient", 0.0)
+    real = Selection.for_context.__func__
+
+    def doubled(cls, ctx, model, score, batch_size, steps):
+        return real(cls, ctx, model, score, 2 * batch_size, steps)
+
+    monkeypatch.setattr(Selection, "for_context", classmethod(doubled))
+    results = tmp_path / "runs"
+    r = bench("run", "-m", "unet-scratch", "-b", "4slices", "-p", "lenient", "--results",
+              str(results), "--set", "batch_size=2")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    run = ResultsStore(results).runs(status=None).iloc[0]
+    declared = TINY_TRAINING[0]
+    assert run["finetune_samples"] == declared
+    assert run["off_protocol"] == (
+        f"its learning curve reaches {2 * declared} finetune samples, beyond the {declared} "
+        "its config declares"
+    )
+    on = beyond_budget(Compute(declared, 0, None), [declared // 2, declared])
+    assert on is None and beyond_budget(Compute(None, 0, "own"), [10**6]) is None
 
 
 # --------------------------------------------------------------------------- store
