@@ -8,13 +8,16 @@ three parts, joined by `-`, each the first 16 hex digits of a SHA-256:
   preprocessing, split and budget draw (`benchmark.data`, its `context` included), protocol,
   metrics, runner and its sanity gate (`benchmark.trust`), the shared supervised recipe,
   validation and selection, compute matching, augmentation, the method interface, config
-  parsing and checkpoints. Reporting, storage, the CLI and the sweep driver (`NOT_CORE`) are
-  left out: changing them changes no score.
+  parsing, checkpoints and the check of predictions. Reporting, storage, the CLI and the
+  sweep driver (`NOT_CORE`) are left out: changing them changes no score.
 - **method**: the method's own source: its module and every module of the same top-level
-  package it imports, directly or not (found by reading the `import` statements, without
-  importing anything), with the `__init__.py` files on their way. `mae` covers
-  `baselines/mae.py`, `pretrained_unet.py` and `unet_scratch.py`; an edit to
-  `baselines/nnunet/` leaves it alone.
+  package, or of this project's method packages (`METHOD_PACKAGES`), that it imports,
+  directly or not (found by reading the `import` statements, without importing anything),
+  with the `__init__.py` files on their way. `mae` covers `baselines/mae.py`,
+  `pretrained_unet.py` and `unet_scratch.py`; an edit to `baselines/nnunet/` leaves it
+  alone; a plugin that imports `baselines.unet_scratch` covers that file too. Code in
+  another top-level module of a plugin's distribution, or read from non-Python files, is
+  not covered: keep a plugin's code in its package.
 - **packages**: the installed versions of `PACKAGES`.
 
 Files are hashed by their bytes under their module-derived relative path (`benchmark/
@@ -41,6 +44,7 @@ CORE = (
     "benchmark.distributed",
     "benchmark.method",
     "benchmark.metrics",
+    "benchmark.prediction",
     "benchmark.protocol",
     "benchmark.runner",
     "benchmark.supervised",
@@ -138,10 +142,16 @@ def _imports(tree: ast.Module, name: str, is_package: bool) -> set[str]:
     return found
 
 
+METHOD_PACKAGES = ("baselines", "methods")
+"""This project's packages of methods: a method's code is followed into them from any package,
+so a plugin that builds on `baselines.unet_scratch` is keyed by its source too."""
+
+
 def plugin_files(module: str) -> dict[str, Path]:
     """Relative path → file of a plugin module and of every module of its top-level package
-    that it imports, transitively, with the `__init__.py` of each package on the way."""
-    top = module.split(".")[0]
+    (or of `METHOD_PACKAGES`) that it imports, transitively, with the `__init__.py` of each
+    package on the way."""
+    tops = {module.split(".")[0], *METHOD_PACKAGES}
     files: dict[str, Path] = {}
     todo, seen = [module], set()
     while todo:
@@ -158,7 +168,7 @@ def plugin_files(module: str) -> dict[str, Path]:
         rel = name.replace(".", "/") + ("/__init__.py" if is_package else ".py")
         files[rel] = path
         tree = ast.parse(path.read_bytes(), filename=str(path))
-        todo.extend(n for n in _imports(tree, name, is_package) if n.split(".")[0] == top)
+        todo.extend(n for n in _imports(tree, name, is_package) if n.split(".")[0] in tops)
     return files
 
 

@@ -39,6 +39,23 @@ def test_a_method_covers_the_modules_of_its_package_that_it_imports():
     assert "methods/diffusion/decoder.py" not in linear
 
 
+def test_a_plugin_that_builds_on_a_baseline_covers_the_baselines_code(tmp_path, monkeypatch):
+    """A plugin's own package, and the `baselines` modules it imports: an edit to
+    `baselines/unet_scratch.py` must re-run the plugin's runs too."""
+    pkg = tmp_path / "myunet"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "method.py").write_text(
+        "from baselines.unet_scratch import build_unet\nfrom . import heads\nimport numpy\n"
+    )
+    (pkg / "heads.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    files = set(plugin_files("myunet.method"))
+    assert {"myunet/__init__.py", "myunet/method.py", "myunet/heads.py"} <= files
+    assert {"baselines/__init__.py", "baselines/unet_scratch.py"} <= files
+    assert not any(f.startswith(("numpy", "benchmark")) for f in files)
+
+
 def test_fingerprint_has_three_parts_and_is_cached():
     value = code_fingerprint("baselines.unet_scratch")
     core, method, packages = value.split("-")
