@@ -38,36 +38,44 @@ class SliceSet:
     """A view of some rows of a slice store: images (N × 1 × S × S, [0, 1]) and maybe labels.
 
     Backed by the store's memory maps, so a pool of 200,000 slices costs no RAM until read.
+    A method sees only its own rows: the store behind them (which holds the validation and
+    test cases too) is private, and `subset` never adds labels.
     """
 
     def __init__(self, store: SliceStore, rows: np.ndarray, labeled: bool):
-        self.store = store
+        self._store = store
         self.rows = np.asarray(rows, dtype=np.int64)
         self.labeled = labeled and store.labels is not None
+
+    def subset(self, idx: np.ndarray | slice | list[int], labeled: bool | None = None) -> SliceSet:
+        """A view of some of these rows (`idx` indexes this set), labeled when this set is
+        and `labeled` does not say otherwise."""
+        keep = self.labeled if labeled is None else labeled and self.labeled
+        return SliceSet(self._store, self.rows[idx], keep)
 
     def __len__(self) -> int:
         return len(self.rows)
 
     @property
     def slice_size(self) -> int:
-        return self.store.slice_size
+        return self._store.slice_size
 
     @property
     def ids(self) -> list[str]:
-        return [self.store.slice_id(r) for r in self.rows]
+        return [self._store.slice_id(r) for r in self.rows]
 
     def images(self, idx: np.ndarray | slice | None = None) -> torch.Tensor:
         """Float32 tensor (n, 1, S, S) in [0, 1]."""
         rows = self.rows if idx is None else self.rows[idx]
-        return torch.from_numpy(self._take(self.store.images, rows).astype(np.float32))[:, None]
+        return torch.from_numpy(self._take(self._store.images, rows).astype(np.float32))[:, None]
 
     def labels(self, idx: np.ndarray | slice | None = None) -> torch.Tensor:
         """Int64 tensor (n, S, S) of label ids."""
         if not self.labeled:
             raise ValueError("this slice set has no labels")
         rows = self.rows if idx is None else self.rows[idx]
-        assert self.store.labels is not None
-        return torch.from_numpy(self._take(self.store.labels, rows).astype(np.int64))
+        assert self._store.labels is not None
+        return torch.from_numpy(self._take(self._store.labels, rows).astype(np.int64))
 
     @staticmethod
     def _take(array: np.ndarray, rows: np.ndarray) -> np.ndarray:

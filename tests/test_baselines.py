@@ -77,7 +77,7 @@ def test_nnunet_export_passes_nnunets_integrity_check(slices, tmp_path):
     from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
-    four = SliceSet(slices.store, slices.rows[[1, 2, 9, 20]], labeled=True)
+    four = slices.subset([1, 2, 9, 20])
     with nnunet_environment(tmp_path, NNUNetConfig()) as paths:
         names = export_raw_dataset(four, paths["nnUNet_raw"], num_classes=14)
         folder = paths["nnUNet_raw"] / DATASET_NAME
@@ -267,13 +267,13 @@ def test_pretrained_methods_fine_tune_exactly_as_unet_scratch(slices, tmp_path):
         assert "iterations" not in pretrain_fields(cfg_cls()) and "encoder" in pretrain_fields(
             cfg_cls()
         )
-    budget = SliceSet(slices.store, slices.rows[:4], labeled=True)
+    budget = slices.subset(slice(0, 4))
     ctx = RunContext(CPU, 3, 14, tmp_path, QUIET)
     frozen = ["iterations=1", "lr=0", "batch_size=2"]  # one step that changes no weight
     scratch = UNetScratch(apply_overrides(UNetConfig, frozen))
     scratch.fit(budget, ctx)
     simclr = SimCLR(apply_overrides(SimCLRConfig, [*frozen, *SIMCLR_TINY[2:]]))
-    simclr.pretrain(SliceSet(slices.store, slices.rows, labeled=False), ctx)
+    simclr.pretrain(slices.subset(slice(None), labeled=False), ctx)
     simclr.fit(budget, ctx)
     pretrained = dict(simclr.encoder_state)
     for (name, a), (_, b) in zip(

@@ -83,7 +83,7 @@ class Dies(SliceSet):
     """Raises after `calls` reads, like a pretraining killed half-way."""
 
     def __init__(self, base: SliceSet, calls: int):
-        super().__init__(base.store, base.rows, labeled=False)
+        super().__init__(base._store, base.rows, labeled=False)
         self.calls = calls
 
     def images(self, idx=None):
@@ -268,7 +268,7 @@ def test_a_head_fit_with_its_draws_made_up_front_is_bitwise_the_step_by_step_fit
 
     options = ["members=2", "hidden=8,4", "pixels=16", "iterations=8", "batch_size=3"]
     cfg = apply_overrides(DiffusionLinearConfig, [*TINY_SET, f"head={head}", *options])
-    labeled = SliceSet(unlabeled.store, unlabeled.rows[:5], labeled=True)
+    labeled = unlabeled.subset(slice(0, 5))
     torch.manual_seed(0)
     taps = DecoderTaps(build_unet(TINY), build_scheduler(TINY), 16, (0, 1), (50, 150))
     cpu = torch.device("cpu")
@@ -379,8 +379,8 @@ def test_both_heads_predict_slice_shape_and_label_range(unlabeled, tmp_path):
     for head in (mlp, ["head=linear"]):
         method = DiffusionLinear(apply_overrides(DiffusionLinearConfig, TINY_SET + head))
         ctx = RunContext(torch.device("cpu"), 0, 14, Path(tmp_path), QUIET)
-        method.pretrain(SliceSet(unlabeled.store, unlabeled.rows, labeled=False), ctx)
-        method.fit(SliceSet(unlabeled.store, unlabeled.rows[:4], labeled=True), ctx)
+        method.pretrain(unlabeled.subset(slice(None), labeled=False), ctx)
+        method.fit(unlabeled.subset(slice(0, 4)), ctx)
         pred = method.predict(unlabeled.images(np.arange(5)))
         assert pred.shape == (5, 32, 32) and pred.dtype == torch.int64, head
         assert int(pred.min()) >= 0 and int(pred.max()) < 14, head

@@ -15,6 +15,7 @@ from benchmark.errors import PredictionError
 from benchmark.prediction import check_labels
 from benchmark.registry import get_method
 from tests.test_plugins import plugin  # noqa: F401  (fixture)
+from tests.test_validation import tiny_data  # noqa: F401  (fixture)
 
 IMAGES = torch.zeros(2, 1, 8, 8)
 
@@ -69,3 +70,19 @@ def test_a_run_whose_predict_breaks_the_contract_fails_unscored(
         status, error = conn.execute("SELECT status, error FROM runs").fetchone()
         assert status == "failed" and error.startswith("PredictionError: predict returned")
         assert conn.execute("SELECT count(*) FROM case_metrics").fetchone()[0] == 0
+
+
+def test_a_method_sees_its_own_rows_only(tiny_data):  # noqa: F811
+    """The store behind a slice set holds the validation and test cases too: a method is not
+    handed it, and a view of its rows never gains labels it was not given."""
+    from benchmark.method import SliceSet
+
+    _, rows = tiny_data.budget_rows(tiny_data.protocol.budget("4slices"), 0)
+    labeled = SliceSet(tiny_data.store, rows, labeled=True)
+    assert not hasattr(labeled, "store")
+    two = labeled.subset(slice(0, 2))
+    assert two.labeled and list(two.rows) == list(rows[:2])
+    images = labeled.subset(slice(None), labeled=False)
+    assert not images.labeled and not images.subset([0], labeled=True).labeled
+    with pytest.raises(ValueError, match="no labels"):
+        images.labels()
