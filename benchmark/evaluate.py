@@ -200,6 +200,7 @@ def evaluate(request: EvaluateRequest, progress: Progress) -> Evaluation:
     except OSError as exc:
         where = csv_dir / f"{name}.csv"
         raise StoreError(f"{where}: cannot be written ({exc.strerror or exc})") from None
-    ResultsStore(request.results).write_run(record, rows)
+    # The same files scored again under the same name replace their earlier row.
+    ResultsStore(request.results).write_run(record, rows, replace=True)
     ensure_ceiling(request.results, data, progress)
     return Evaluation(record, rows, csv_path)

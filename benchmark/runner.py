@@ -131,7 +131,7 @@ def prepare(request: RunRequest, progress: Progress, data: DataContext | None = 
 @dataclass
 class RunOutcome:
     run_id: str
-    status: str  # completed | unfit | skipped | failed
+    status: str  # completed | unfit | skipped | elsewhere (finished meanwhile, kept) | failed
     per_organ: pd.DataFrame | None = None
     error: str | None = None
     record: RunRecord | None = None
@@ -274,9 +274,9 @@ def execute(prep: Prepared, progress: Progress) -> RunOutcome:
     if not prep.request.force and (done := store.completed_run(prep.run_key)):
         return RunOutcome(done, "skipped")
     record, rows = perform(prep, progress)
-    store.write_run(record, rows)
+    kept = store.write_run(record, rows, replace=prep.request.force)
     ensure_ceiling(prep.request.results, prep.data, progress)
-    return outcome(record, rows)
+    return RunOutcome(kept, "elsewhere") if kept else outcome(record, rows)
 
 
 def outcome(record: RunRecord, rows: list[MetricRow]) -> RunOutcome:

@@ -137,6 +137,14 @@ def _insert(table: str, record: RunRecord | GenerativeRecord) -> tuple[str, dict
     return f"INSERT INTO {table} ({cols}) VALUES ({marks})", values
 
 
+def _finished_run(conn: sqlite3.Connection, run_key: str) -> str | None:
+    """The run_id of the finished run with this key, if any (at most one: `one_completed_run`)."""
+    row = conn.execute(
+        f"SELECT run_id FROM runs WHERE run_key = ? AND status IN {_FINISHED_SQL}", (run_key,)
+    ).fetchone()
+    return row[0] if row else None
+
+
 def _use_wal(conn: sqlite3.Connection, patience_s: float = 60.0) -> None:
     """Put the store in WAL mode (persistent in the file, so this is a no-op once done).
     SQLite answers a journal-mode switch that races another opener with SQLITE_BUSY at once,
@@ -276,25 +284,30 @@ class ResultsStore:
         if not self.path.exists():
             return None
         with self._connection() as conn:
-            row = conn.execute(
-                f"SELECT run_id FROM runs WHERE run_key = ? AND status IN {_FINISHED_SQL}",
-                (run_key,),
-            ).fetchone()
-        return row[0] if row else None
+            return _finished_run(conn, run_key)
 
-    def write_run(self, record: RunRecord, metrics: Iterable[MetricRow] = ()) -> None:
+    def write_run(
+        self, record: RunRecord, metrics: Iterable[MetricRow] = (), replace: bool = False
+    ) -> str | None:
         """Insert a run, its (case_id, organ_id, organ, metric, value) rows and its learning
         curve in one transaction.
 
-        A finished run replaces an earlier finished run with the same key (`--force`).
+        A finished run whose key already has a finished run (another sweep or `bench run`
+        finished it meanwhile) is discarded, and the run_id of the one kept is returned, so
+        that a run_id once reported stays in the store. `replace` (`--force`) deletes the
+        earlier run instead. Returns None when `record` was written.
         """
         sql, values = _insert("runs", record)
         with self._connection() as conn, conn:
+            conn.execute("BEGIN IMMEDIATE")  # no other writer between the look and the write
             if record.status in FINISHED:
-                conn.execute(
-                    f"DELETE FROM runs WHERE run_key = ? AND status IN {_FINISHED_SQL}",
-                    (record.run_key,),
-                )
+                if replace:
+                    conn.execute(
+                        f"DELETE FROM runs WHERE run_key = ? AND status IN {_FINISHED_SQL}",
+                        (record.run_key,),
+                    )
+                elif kept := _finished_run(conn, record.run_key):
+                    return kept
             conn.execute(sql, values)
             conn.executemany(
                 "INSERT INTO case_metrics (run_id, case_id, organ_id, organ, metric, value) "
@@ -305,6 +318,7 @@ class ResultsStore:
                 "INSERT INTO curves VALUES (?, ?, ?, ?)",
                 [(record.run_id, *point) for point in record.curve],
             )
+        return None
 
     def runs(
         self, protocol: str | None = None, status: str | tuple[str, ...] | None = "completed"

@@ -88,7 +88,8 @@ class SweepRequest:
 @dataclass
 class Finished:
     """One run of the grid as it ended: completed, unfit (failed the sanity gate), skipped
-    (already in the store), failed, or left (not started before `stop_after`)."""
+    (already in the store), elsewhere (finished meanwhile by another sweep: that run is kept,
+    this one's result discarded), failed, or left (not started before `stop_after`)."""
 
     method: str
     budget: str
@@ -269,17 +270,14 @@ def run_sweep(req: SweepRequest, progress: Progress, report: Report | None = Non
     task = progress.task(f"sweep ({len(pending)} to run, {len(done)} done)", len(pending))
 
     def record(prep: Prepared, rec: RunRecord, rows: list[MetricRow]) -> None:
-        store.write_run(rec, rows)  # the driver alone writes, one transaction per run
-        scores = mean_scores(rows) if rec.status in FINISHED else {}
-        f = Finished(
-            prep.request.method,
-            prep.budget.name,
-            prep.request.seed,
-            rec.run_id,
-            rec.status,
-            scores,
-            rec.error,
-        )
+        # The driver alone writes, one transaction per run.
+        kept = store.write_run(rec, rows, replace=req.force)
+        where = (prep.request.method, prep.budget.name, prep.request.seed)
+        if kept:
+            f = Finished(*where, kept, "elsewhere")
+        else:
+            scores = mean_scores(rows) if rec.status in FINISHED else {}
+            f = Finished(*where, rec.run_id, rec.status, scores, rec.error)
         finished.append(f)
         report(f)
         task.advance()

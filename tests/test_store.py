@@ -75,9 +75,23 @@ def test_failed_runs_are_recorded_but_not_completed(tmp_path):
 def test_force_replaces_completed_run_in_one_transaction(tmp_path):
     store = ResultsStore(tmp_path)
     store.write_run(record(), ROWS)
-    store.write_run(record(run_id="r2"), ROWS[:2])
+    assert store.write_run(record(run_id="r2"), ROWS[:2], replace=True) is None
     assert store.completed_run("k1") == "r2"
     assert len(store.metrics(["r1"])) == 0 and len(store.metrics(["r2"])) == 1
+
+
+def test_a_second_finished_run_of_one_key_is_discarded_and_the_first_kept(tmp_path):
+    """Two sweeps that both ran a run: the one written first stays, so the run_id it reported
+    is in the store; the later write says which run it found and writes nothing."""
+    store = ResultsStore(tmp_path)
+    assert store.write_run(record(), ROWS) is None
+    later = replace(record(run_id="r2", status="unfit", error="sanity"), curve=[(4, 0.5, 0.1)])
+    assert store.write_run(later, ROWS[:2]) == "r1"
+    assert list(store.runs(status=None).run_id) == ["r1"]
+    assert len(store.metrics(["r1"])) == 2 and len(store.metrics(["r2"])) == 0
+    assert store.curves(["r2"]).empty
+    assert store.write_run(record(run_id="r3", status="failed", error="boom")) is None
+    assert sorted(store.runs(status=None).run_id) == ["r1", "r3"]
 
 
 def test_a_failing_write_leaves_nothing(tmp_path):

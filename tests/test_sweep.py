@@ -555,6 +555,37 @@ def test_two_sweeps_writing_one_results_folder_at_once_lose_no_rows(tmp_path, to
     assert len(ResultsStore(results).metrics(runs.run_id)) == 9 * 2 * 13
 
 
+def test_a_run_another_sweep_finished_meanwhile_is_kept_and_reported_done_elsewhere(
+    tmp_path, toy, monkeypatch
+):
+    """Both sweeps found the run pending and ran it: the one that wrote first keeps its row
+    (and the run_id it printed); the other says so and counts it as already done."""
+    from dataclasses import replace
+
+    from benchmark import sweep as sweep_module
+
+    results = tmp_path / "runs"
+    perform = sweep_module.perform
+
+    def finished_elsewhere_meanwhile(prep, progress):
+        rec, rows = perform(prep, progress)
+        ResultsStore(results).write_run(replace(rec, run_id="theirs"), rows)
+        return rec, rows
+
+    monkeypatch.setattr(sweep_module, "perform", finished_elsewhere_meanwhile)
+    r = sweep(results, "--methods", "toy-plain", "--budgets", "4slices", "--seeds", "0")
+    assert r.exit_code == 0, r.output
+    assert "done elsewhere meanwhile as run theirs" in " ".join(r.output.split())
+    assert "0 completed, 0 unfit, 1 already done, 0 failed" in r.output
+    assert list(ResultsStore(results).runs(status=None).run_id) == ["theirs"]
+
+    forced = sweep(results, "--methods", "toy-plain", "--budgets", "4slices", "--seeds", "0",
+                   "--force")  # fmt: skip
+    assert "1 completed" in forced.output, forced.output
+    (mine,) = ResultsStore(results).runs(status=None).run_id
+    assert mine != "theirs" and f"(run {mine})" in " ".join(forced.output.split())
+
+
 @pytest.mark.slow
 def test_ray_executor_on_a_real_local_cluster(tmp_path, toy):
     results = tmp_path / "runs"

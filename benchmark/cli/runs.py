@@ -34,6 +34,9 @@ from benchmark.cli.options import (
 )
 from benchmark.cli.output import err, out, user_errors
 
+ELSEWHERE = "done elsewhere meanwhile as run {} (kept; this result discarded)"
+"""A run that another process finished while this one ran it (`ResultsStore.write_run`)."""
+
 
 @user_errors
 def run(
@@ -85,6 +88,8 @@ def run(
                         f"{label}: already completed as run {outcome.run_id} "
                         "(use --force to re-run)"
                     )
+                elif outcome.status == "elsewhere":
+                    out.print(f"{label}: {ELSEWHERE.format(outcome.run_id)}", highlight=False)
                 elif outcome.status == "failed":
                     failed += 1
                     err.print(
@@ -240,6 +245,8 @@ def sweep(
         label = f"{f.method} · {f.budget} · seed {f.seed}"
         if f.status == "skipped":
             out.print(f"{label}: already completed as run {f.run_id}", highlight=False)
+        elif f.status == "elsewhere":
+            out.print(f"{label}: {ELSEWHERE.format(f.run_id)}", highlight=False)
         elif f.status == "left":
             out.print(f"{label}: not started (--stop-after)", highlight=False)
         elif f.status == "failed":
@@ -257,7 +264,7 @@ def sweep(
     failed = result.count("failed")
     out.print(
         f"sweep: {result.count('completed')} completed, {result.count('unfit')} unfit, "
-        f"{result.count('skipped')} already done, {failed} failed"
+        f"{result.count('skipped') + result.count('elsewhere')} already done, {failed} failed"
         + (f", {result.count('left')} not started" if result.count("left") else "")
         + f"; results in {results}",
         highlight=False,
