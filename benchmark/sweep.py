@@ -22,7 +22,6 @@ import os
 import pickle
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,6 +35,7 @@ from benchmark.data.context import DataContext, load_data
 from benchmark.data.source import cache_root
 from benchmark.errors import ConfigError
 from benchmark.method import RunContext
+from benchmark.processes import die_with_parent, scratch_folder
 from benchmark.progress import Progress
 from benchmark.protocol import Protocol, available_protocols, load_protocol, stable_hash
 from benchmark.provenance import resolve_device
@@ -335,7 +335,7 @@ def _pretrain_error(exc: BaseException) -> str:
 
 
 def _child(request: RunRequest, env: dict[str, str], threads: int, out: str) -> None:
-    os.setpgrp()  # a group of its own: `_stop` ends it with every process it starts
+    _own_group()
     try:
         result: Any = run_point(request, env, threads)
     except Exception as exc:  # raised outside the run's own try (its data, its device):
@@ -344,12 +344,24 @@ def _child(request: RunRequest, env: dict[str, str], threads: int, out: str) -> 
 
 
 def _pretrain_child(request: RunRequest, env: dict[str, str], threads: int, out: str) -> None:
-    os.setpgrp()
+    _own_group()
     try:
         result: dict[str, str] = {"key": pretrain_point(request, env, threads)}
     except Exception as exc:  # the driver fails every run that needs it, with the reason
         result = {"error": _pretrain_error(exc)}
     _dump(result, out)
+
+
+def _own_group() -> None:
+    """A worker's first step: a process group of its own, which `_stop` ends with every
+    process the worker starts, and death with the driver, even a SIGKILLed one that stops
+    nothing (the driver's loop thread started it and lives as long as it runs)."""
+    import multiprocessing as mp
+
+    os.setpgrp()
+    driver = mp.parent_process()
+    if driver is not None and driver.pid is not None:  # always, in a spawned worker
+        die_with_parent(driver.pid)
 
 
 def _stop(proc: Any, grace: float = 10.0) -> None:
@@ -462,7 +474,7 @@ def _run_processes(
             error = f"worker process died twice (exit code {proc.exitcode})"
             record(task.prep, failed_record(task.prep, error, info={"attempts": 2}), [])
 
-    with tempfile.TemporaryDirectory(prefix="labelbench-sweep-") as tmp, _terminate_interrupts():
+    with scratch_folder("labelbench-sweep-") as tmp, _terminate_interrupts():
         try:
             while (queue and not stopped()) or running:
                 for task in [t for t in queue if t.needs is None or t.needs in done]:
@@ -470,7 +482,7 @@ def _run_processes(
                         break
                     queue.remove(task)
                     kind = "pretrain" if task.group else "run"
-                    out = Path(tmp) / f"{kind}-{task.prep.run_key}-{task.attempt}.pkl"
+                    out = tmp / f"{kind}-{task.prep.run_key}-{task.attempt}.pkl"
                     target = _pretrain_child if task.group else _child
                     # Not a daemon: a method may start processes of its own (nnU-Net does).
                     proc = ctx.Process(

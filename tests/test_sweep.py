@@ -357,6 +357,80 @@ def test_a_terminated_sweep_stops_its_workers_and_what_they_started(tmp_path, to
     assert ResultsStore(tmp_path / "runs").runs().empty
 
 
+@pytest.mark.slow  # about 30 s: phantom, two workers importing torch
+def test_a_killed_driver_takes_its_workers_and_the_next_sweep_its_scratch_folder(
+    tmp_path, toy, monkeypatch
+):
+    """SIGKILL runs no cleanup: the kernel ends the workers with their driver, and the next
+    parallel sweep removes the scratch folder the driver left."""
+    import tempfile
+
+    from benchmark.processes import scratch_folder
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    args = ["sweep", "-p", "tiny", "--results", str(tmp_path / "runs"), "-q", "--device", "cpu"]
+    args += ["--methods", "toy-plain", "--budgets", "4slices", "--seeds", "0,1", "-j", "2"]
+    args += ["--set", "toy-plain:sleep=60"]
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    driver = subprocess.Popen([sys.executable, "-m", "benchmark.cli", *args], env=env)
+    workers: list[int] = []
+    try:
+        for _ in range(1200):  # both workers are fitting
+            workers = [int(p.name.rsplit("-", 2)[1]) for p in toy.glob("fit_toy-plain-*")]
+            if len(workers) == 2:
+                break
+            time.sleep(0.1)
+        assert len(workers) == 2 and all(_alive(pid) for pid in workers)
+        driver.kill()
+        driver.wait()
+        for _ in range(50):
+            if not any(_alive(pid) for pid in workers):
+                break
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in workers), "workers outlived their driver"
+    finally:
+        driver.kill()
+        for pid in filter(_alive, workers):  # what a failing run of this test would leave
+            os.kill(pid, signal.SIGKILL)
+    (left,) = scratch.glob("labelbench-sweep-*")
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    with scratch_folder("labelbench-sweep-") as mine:
+        assert list(scratch.iterdir()) == [mine]
+    assert not left.exists()
+
+
+def test_a_scratch_folder_is_removed_once_its_process_is_dead_and_its_lock_free(
+    tmp_path, monkeypatch
+):
+    """Never a live sweep's: not while the pid in its name lives, nor while a live process
+    (another host's, another pid namespace's) holds its lock."""
+    import fcntl
+    import tempfile
+
+    from benchmark.data.cache import LOCK
+    from benchmark.processes import scratch_folder
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead = tmp_path / f"labelbench-sweep-{gone.pid}-dead0000"
+    live = tmp_path / f"labelbench-sweep-{os.getpid()}-live0000"
+    held = tmp_path / f"labelbench-sweep-{gone.pid}-held0000"
+    older = tmp_path / "labelbench-sweep-k2j4_x9q"  # made before names carried a pid
+    for folder in (dead, live, held, older):
+        (folder / "run-x-0.pkl").parent.mkdir()
+        (folder / "run-x-0.pkl").touch()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with (held / LOCK).open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with scratch_folder("labelbench-sweep-") as mine:
+            assert (mine / LOCK).exists() and mine.name.startswith(
+                f"labelbench-sweep-{os.getpid()}-"
+            )
+            assert sorted(tmp_path.iterdir()) == sorted([live, held, older, mine])
+    assert sorted(tmp_path.iterdir()) == sorted([live, held, older])
+
+
 def test_a_worker_raising_outside_its_run_is_recorded_with_the_reason(tmp_path, toy, monkeypatch):
     """Not as 'worker process died twice': the error itself, after one attempt."""
     import toy_methods  # noqa: F401  (the driver has it; the spawned workers cannot import it)

@@ -7,15 +7,11 @@ in a hidden sibling folder and moved into place at the end, so nothing half-writ
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import json
 import multiprocessing
 import os
 import shutil
-import signal
-import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -35,6 +31,7 @@ from benchmark.data.cache import (
 from benchmark.data.digests import DigestMemo
 from benchmark.data.phantom.case import generate_case
 from benchmark.data.phantom.settings import ORGANS, PhantomSettings
+from benchmark.processes import die_with_parent, pid_alive
 
 
 def _affine(shape: tuple[int, ...], spacing: tuple[float, float, float]) -> np.ndarray:
@@ -82,34 +79,10 @@ def _limit_threads() -> None:
         threadpool_limits(1)
 
 
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
-
-
-def _die_with_parent(parent: int) -> None:
-    """End this worker when process `parent` dies, even by SIGKILL, which runs no cleanup.
-
-    Linux: the kernel sends SIGKILL on the parent's death (prctl PR_SET_PDEATHSIG); it is
-    tied to the thread that spawned the worker, which is the one that submits to the pool
-    and lives until the pool is shut down. Elsewhere a daemon thread polls the parent id.
-    """
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL(None, use_errno=True)
-            if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
-                if os.getppid() != parent:  # it died before the request took effect
-                    os._exit(1)
-                return
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
-
-
-def _watch_parent(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(0.5)
-    os._exit(1)
-
-
 def _init_worker(parent: int) -> None:
-    _die_with_parent(parent)
+    # Tied to the thread that submits to the pool (it spawns the workers), which lives until
+    # the pool is shut down.
+    die_with_parent(parent)
     _limit_threads()
 
 
@@ -123,16 +96,6 @@ def _dataset_json(settings: PhantomSettings) -> dict:
         "file_ending": ".nii.gz",
         "phantom_settings": asdict(settings),
     }
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def write_phantom(
@@ -236,7 +199,7 @@ def _sweep_leftovers(out: Path) -> None:
             age = now - stale.stat().st_mtime
         except OSError:
             continue
-        gone = pid.isdigit() and not _pid_alive(int(pid))
+        gone = pid.isdigit() and not pid_alive(int(pid))
         if (gone or age >= STALE_AFTER_S) and not held_by_live_process(stale):
             shutil.rmtree(stale, ignore_errors=True)
 

@@ -1,0 +1,87 @@
+"""Processes this package starts: tying a worker's life to its parent's, telling whether the
+process a leftover names is still alive, and scratch folders that outlive no process."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from benchmark.data.cache import LOCK, held_by_live_process
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def die_with_parent(parent: int) -> None:
+    """End this worker when process `parent` dies, even by SIGKILL, which runs no cleanup.
+
+    Linux: the kernel sends SIGKILL on the parent's death (prctl PR_SET_PDEATHSIG); it is
+    tied to the thread that started the worker, so start workers from a thread that lives as
+    long as they should. Elsewhere a daemon thread polls the parent id. Processes the worker
+    starts itself are not covered: the request is not inherited.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
+                if os.getppid() != parent:  # it died before the request took effect
+                    os._exit(1)
+                return
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process `pid` exists on this host (one of another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def scratch_folder(prefix: str) -> Iterator[Path]:
+    """A new folder `<temporary folder>/<prefix><pid>-<random>` for this process's scratch
+    files, removed on the way out. It is locked while this process lives, and the next call
+    with the same prefix removes the folders of processes killed before they could remove
+    their own (SIGKILL runs no cleanup)."""
+    root = Path(tempfile.gettempdir())
+    remove_dead_scratch(root, prefix)
+    with (
+        tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-", dir=root) as tmp,
+        (Path(tmp) / LOCK).open("w") as lock,
+    ):
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield Path(tmp)
+
+
+def remove_dead_scratch(root: Path, prefix: str) -> list[Path]:
+    """Remove the `scratch_folder`s under `root` whose process is dead: the pid in the name is
+    gone from this host and no live process holds the lock (the name alone could be another
+    host's, or another pid namespace's, in a shared folder). Returns the folders removed."""
+    removed = []
+    for folder in root.glob(f"{prefix}*"):
+        named = re.fullmatch(rf"{re.escape(prefix)}(\d+)-\w+", folder.name)
+        dead = named is not None and not pid_alive(int(named[1]))
+        if dead and folder.is_dir() and not held_by_live_process(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
