@@ -131,6 +131,10 @@ class Method(abc.ABC):
     summary: ClassVar[str]
     Config: ClassVar[type]
     uses_pretraining: ClassVar[bool] = False
+    distributed_pretraining: ClassVar[bool] = False
+    """Whether `pretrain` shares its work among the ranks of a torchrun job (each trains on
+    its shard of the batch, `bench pretrain --nproc N`). False: every rank would pretrain the
+    whole model, so `--nproc` above 1 is refused."""
     compute: ClassVar[dict[str, tuple[str, str | None]] | None] = None
     """Which config fields set the compute of each phase, as {phase: (steps field, batch
     field)} for the phases "finetune" and "pretrain". A steps field left at None is filled

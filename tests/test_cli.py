@@ -154,6 +154,31 @@ def test_a_cuda_device_this_machine_lacks_is_one_line_before_any_work(tmp_path, 
     assert not results.exists()
 
 
+def test_pretrain_nproc_is_refused_for_a_method_without_data_parallel_pretraining(
+    isolated, monkeypatch
+):
+    """simclr and mae have no DDP: `--nproc 2` would pretrain two full copies. One line,
+    before torchrun or any data; the diffusion methods, which shard, are relaunched."""
+    launched = []
+    monkeypatch.setattr(
+        "benchmark.distributed.relaunch", lambda nproc, args: launched.append(nproc) or 0
+    )
+    for method in ("simclr", "mae"):
+        r = bench("pretrain", "-m", method, "-p", "tiny", "--device", "cpu", "--nproc", "2")
+        assert r.exit_code == 2, r.output
+        assert f"method '{method}' has no data-parallel pretraining" in error_line(r)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # under the user's own torchrun
+    r = bench("pretrain", "-m", "mae", "-p", "tiny", "--device", "cpu")
+    assert r.exit_code == 2 and "each of 2 processes" in error_line(r)
+    assert not launched and not list(isolated.iterdir())
+
+    monkeypatch.delenv("WORLD_SIZE")
+    ok = bench(
+        "pretrain", "-m", "diffusion-linear", "-p", "tiny", "--device", "cpu", "--nproc", "2"
+    )
+    assert ok.exit_code == 0 and launched == [2], ok.output
+
+
 def test_budget_larger_than_train_pool(tmp_path):
     proto = tmp_path / "huge.toml"
     proto.write_text(tiny_protocol_text() + '\n[budgets.huge]\nunit = "slices"\ncount = 100000\n')

@@ -43,7 +43,7 @@ def pretrain(
         typer.Option(
             "--nproc",
             help="Processes for data-parallel (DDP) pretraining, launched with torchrun; "
-            "one GPU each with --device cuda, gloo on CPU.",
+            "one GPU each with --device cuda, gloo on CPU. Only for methods that have it.",
         ),
     ] = 1,
     quiet: QuietOpt = False,
@@ -55,12 +55,19 @@ def pretrain(
     from benchmark import distributed
     from benchmark.errors import ConfigError
     from benchmark.progress import Progress
+    from benchmark.registry import get_method
     from benchmark.runner import pretrained_method
 
     check_device(device)
     check_seeds(seed)
     if nproc < 1:
         raise ConfigError("--nproc must be at least 1")
+    processes = max(nproc, distributed.world_size())  # also under the user's own torchrun
+    if processes > 1 and not get_method(method).distributed_pretraining:
+        raise ConfigError(
+            f"method '{method}' has no data-parallel pretraining: each of {processes} "
+            "processes would pretrain all of it; use --nproc 1"
+        )
     if nproc > 1 and distributed.world_size() == 1:  # not under torchrun yet: relaunch under it
         args = ["pretrain", "--method", method, "--protocol", protocol, "--device", device]
         args += ["--seed", str(seed)]  # each rank sees WORLD_SIZE instead of --nproc

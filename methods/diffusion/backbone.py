@@ -19,6 +19,7 @@ class DiffusionTransfer(GenerativeMethod):
     which both can sample from (`bench sample`, `bench fidelity`)."""
 
     uses_pretraining = True
+    distributed_pretraining = True  # pretrain_ddpm shards each batch among torchrun's ranks
     pretrain_code = "methods.diffusion.backbone"  # one DDPM for both methods: not linear.py's
     compute = PRETRAIN_AND_FINETUNE
     samplers = SAMPLERS
