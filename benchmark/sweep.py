@@ -18,6 +18,7 @@ keeps every finished run, and started again does only the missing ones.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pickle
 import signal
@@ -54,6 +55,7 @@ from benchmark.runner import (
 from benchmark.store import FINISHED, ResultsStore, RunRecord, check_results_dir
 
 EXECUTORS = ("local", "ray")
+NO_RAY = "--executor ray needs Ray: pip install 'ray>=2.9'"
 
 
 @dataclass
@@ -130,6 +132,8 @@ def plan(
     """Validate the grid, load the data once; the runs still to do and those already done."""
     if req.executor not in EXECUTORS:
         raise ConfigError(f"--executor {req.executor!r}: choose one of {', '.join(EXECUTORS)}")
+    if req.executor == "ray" and importlib.util.find_spec("ray") is None:
+        raise ConfigError(NO_RAY)  # before the data, the store and its ceiling
     if req.jobs < 1 or req.cpus_per_run < 1:
         raise ConfigError("--jobs and --cpus-per-run must be at least 1")
     if not (req.methods and req.budgets and req.seeds):
@@ -509,8 +513,8 @@ def _run_ray(
 ) -> None:
     try:
         import ray
-    except ImportError:
-        raise ConfigError("--executor ray needs Ray: pip install 'ray>=2.9'") from None
+    except ImportError:  # found by `plan`, yet broken
+        raise ConfigError(NO_RAY) from None
     env = worker_env()
     started_here = not ray.is_initialized()
     if started_here:

@@ -579,6 +579,18 @@ def test_bad_grid_is_one_line_before_any_work(tmp_path, toy):
     assert not (results / "labelbench.sqlite").exists()
 
 
+def test_ray_missing_is_one_line_before_data_or_store(results, toy, isolated, monkeypatch):
+    """Not after the data is loaded and the store has its ceiling rows."""
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
+    before = (results / "labelbench.sqlite").read_bytes()
+    for folder in (results, results.parent / "new"):
+        r = sweep(folder, "--methods", "toy-plain", "--budgets", "4slices", "--executor", "ray")
+        errors = [line for line in r.output.splitlines() if line.startswith("error:")]
+        assert r.exit_code == 2 and len(errors) == 1 and "needs Ray" in errors[0], r.output
+    assert (results / "labelbench.sqlite").read_bytes() == before
+    assert not (results.parent / "new").exists() and not list(isolated.iterdir())
+
+
 def test_set_items_are_scoped_by_method():
     items = ["lr=0.1", "unet-scratch:iterations=5", "simclr:pretrain:x=1"]
     assert method_overrides(items, "unet-scratch") == ["lr=0.1", "iterations=5"]
