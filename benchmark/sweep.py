@@ -535,7 +535,10 @@ def _run_ray(
 
 
 def _submit_and_collect(ray: Any, req: SweepRequest, pending, record, env) -> None:
-    gpus = 1 if req.device.startswith("cuda") else 0
+    # `auto` is resolved by each worker on its node, so it is resolved against the cluster
+    # here: a run that would find a GPU there must ask Ray for one, or it shares it unseen.
+    cluster_gpus = req.device == "auto" and ray.cluster_resources().get("GPU", 0) >= 1
+    gpus = 1 if req.device.startswith("cuda") or cluster_gpus else 0
     opts = {"num_cpus": req.cpus_per_run, "num_gpus": gpus, "max_retries": 1}
     pretrain_task = ray.remote(pretrain_point).options(**opts)
     run_task = ray.remote(run_point).options(**opts)

@@ -591,6 +591,30 @@ def test_ray_missing_is_one_line_before_data_or_store(results, toy, isolated, mo
     assert not (results.parent / "new").exists() and not list(isolated.iterdir())
 
 
+@pytest.mark.parametrize(
+    ("device", "cluster_gpus", "asked"), [("auto", 2.0, 1), ("auto", 0.0, 0), ("cpu", 2.0, 0)]
+)
+def test_ray_tasks_ask_for_a_gpu_when_auto_finds_them_in_the_cluster(device, cluster_gpus, asked):
+    """A worker resolves `auto` on its node: it takes a GPU it finds there, so it must ask
+    for one, or Ray places any number of runs on one GPU."""
+    from types import SimpleNamespace
+
+    from benchmark.sweep import _submit_and_collect
+
+    options = []
+
+    class Task:
+        def options(self, **opts):
+            options.append(opts)
+            return self
+
+    cluster = {"CPU": 8.0, **({"GPU": cluster_gpus} if cluster_gpus else {})}
+    ray = SimpleNamespace(cluster_resources=lambda: cluster, remote=lambda fn: Task())
+    request = SweepRequest(["toy-plain"], ["4slices"], [0], "tiny", device, executor="ray")
+    _submit_and_collect(ray, request, [], None, {})
+    assert [o["num_gpus"] for o in options] == [asked, asked]  # pretraining and run tasks
+
+
 def test_set_items_are_scoped_by_method():
     items = ["lr=0.1", "unet-scratch:iterations=5", "simclr:pretrain:x=1"]
     assert method_overrides(items, "unet-scratch") == ["lr=0.1", "iterations=5"]
