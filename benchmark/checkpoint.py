@@ -2,24 +2,32 @@
 
 Each `<name>.pt` has a `<name>.json` beside it with its SHA-256 and the config that made it.
 A file whose hash or config does not match is deleted and rebuilt, never loaded blindly,
-and loading uses `torch.load(..., weights_only=True)`. Writing a pair and checking it hold an
+and loading uses `torch.load(..., weights_only=True)`. Saving and loading a name remove the
+temporary files that killed saves of it left. Writing a pair and checking it hold an
 exclusive lock on `<name>.lock`, so a process reading while another writes never sees a new
 file beside an old sidecar (and deletes a good file for it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
 import logging
 import os
+import re
+import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from benchmark.data.cache import STALE_AFTER_S
+from benchmark.processes import pid_alive
 
 log = logging.getLogger("labelbench.checkpoint")
 
@@ -42,13 +50,38 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def _temporary(path: Path, suffix: str = ".tmp") -> Path:
+    """Where this process writes `path` before moving it in place: `<stem>.<host>-<pid>.tmp`
+    (`.json.tmp` for its sidecar), so that what a killed save leaves names its process."""
+    return path.with_name(f"{path.stem}.{socket.gethostname()}-{os.getpid()}{suffix}")
+
+
+def _remove_dead_temporaries(path: Path) -> None:
+    """Remove what saves of `path` killed before moving it in place left: the temporaries of
+    this host whose process is gone (another host's pid means nothing here), and those named
+    `<stem>.<pid>.tmp` by earlier versions once their pid is gone here and they are
+    `STALE_AFTER_S` old (they do not say their host)."""
+    host = socket.gethostname()
+    named = re.compile(rf"{re.escape(path.stem)}\.(?:(.+)-)?(\d+)(?:\.json)?\.tmp")
+    for tmp in path.parent.glob(f"{path.stem}.*.tmp"):
+        match = named.fullmatch(tmp.name)
+        if match is None or match[1] not in (host, None) or pid_alive(int(match[2])):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            if match[1] is None and time.time() - tmp.stat().st_mtime < STALE_AFTER_S:
+                continue
+            tmp.unlink()
+            log.info("removed %s, left by a save that was killed", tmp)
+
+
 def save_verified(obj: dict[str, Any], path: Path, meta: dict[str, Any]) -> None:
     """Write `obj` with torch.save and `<path>.json` with its hash, both atomically."""
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    _remove_dead_temporaries(path)
+    tmp = _temporary(path)
     torch.save(obj, tmp)
     digest = sha256_file(tmp)
     side = path.with_suffix(".json")
-    side_tmp = side.with_suffix(f".{os.getpid()}.json.tmp")
+    side_tmp = _temporary(path, ".json.tmp")
     side_tmp.write_text(json.dumps({**meta, "sha256": digest}, indent=1))
     with _locked(path):
         os.replace(tmp, path)
@@ -60,6 +93,7 @@ def load_verified(
 ) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """Load `path` if its hash and the recorded config match; otherwise delete it and say why."""
     side = path.with_suffix(".json")
+    _remove_dead_temporaries(path)
     if not path.exists():
         return None
     with _locked(path):

@@ -49,3 +49,36 @@ def test_a_reader_waits_for_a_writer_between_file_and_sidecar(tmp_path, monkeypa
     assert got["v"] is not None, "a good file was deleted"
     assert torch.equal(got["v"][0]["w"], torch.ones(2))
     assert path.exists()
+
+
+def test_saving_or_loading_a_name_removes_what_killed_saves_of_it_left(tmp_path):
+    """Only temporaries whose process is gone: not a live one's, not another host's (its pid
+    means nothing here), not another name's, nor a recent one in the older pid-only form."""
+    import socket
+    import subprocess
+    import time
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    host, dead, live = socket.gethostname(), gone.pid, os.getppid()
+    names = {
+        f"m.{host}-{dead}.tmp": False,
+        f"m.{host}-{dead}.json.tmp": False,
+        f"m.{dead}.tmp": False,  # older form, old enough
+        f"m.{dead}.json.tmp": True,  # older form, recent: maybe another host's live save
+        f"m.{host}-{live}.tmp": True,
+        f"m.elsewhere-{dead}.tmp": True,
+        f"n.{host}-{dead}.tmp": True,
+    }
+    for name in names:
+        (tmp_path / name).write_bytes(b"partial")
+    old = time.time() - 3600
+    os.utime(tmp_path / f"m.{dead}.tmp", (old, old))
+    save_verified({"w": torch.zeros(2)}, tmp_path / "m.pt", {"config": {}})
+    kept = {p.name for p in tmp_path.glob("*.tmp")}
+    assert kept == {name for name, stays in names.items() if stays}
+    assert load_verified(tmp_path / "m.pt", {}) is not None
+
+    (tmp_path / f"n.{host}-{dead}.json.tmp").write_bytes(b"partial")  # never saved at all
+    assert load_verified(tmp_path / "n.pt", {}) is None
+    assert not list(tmp_path.glob("n.*"))
