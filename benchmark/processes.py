@@ -47,7 +47,7 @@ def _watch_parent(parent: int) -> None:
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether a process `pid` exists on this host (one of another user's counts)."""
+    """Whether a process `pid` exists on this host (another user's process counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -73,15 +73,12 @@ def scratch_folder(prefix: str) -> Iterator[Path]:
         yield Path(tmp)
 
 
-def remove_dead_scratch(root: Path, prefix: str) -> list[Path]:
+def remove_dead_scratch(root: Path, prefix: str) -> None:
     """Remove the `scratch_folder`s under `root` whose process is dead: the pid in the name is
     gone from this host and no live process holds the lock (the name alone could be another
-    host's, or another pid namespace's, in a shared folder). Returns the folders removed."""
-    removed = []
+    host's, or another pid namespace's, in a shared folder)."""
     for folder in root.glob(f"{prefix}*"):
         named = re.fullmatch(rf"{re.escape(prefix)}(\d+)-\w+", folder.name)
         dead = named is not None and not pid_alive(int(named[1]))
         if dead and folder.is_dir() and not held_by_live_process(folder):
             shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
-    return removed
