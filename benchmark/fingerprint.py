@@ -59,6 +59,7 @@ NOT_CORE = (
     "benchmark.evaluate",
     "benchmark.fidelity",
     "benchmark.fingerprint",
+    "benchmark.processes",
     "benchmark.progress",
     "benchmark.provenance",
     "benchmark.registry",
