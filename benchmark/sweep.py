@@ -227,22 +227,42 @@ def _set_threads(n: int | None) -> None:
 
 
 def run_point(
-    request: RunRequest, env: dict[str, str], threads: int | None = None, _after: Any = None
+    request: RunRequest,
+    env: dict[str, str],
+    threads: int | None = None,
+    _after: Any = None,
+    expected: str = "",
 ) -> tuple[RunRecord, list[MetricRow]]:
-    """A worker's whole run: data from the shared cache, fit, predict, score. No store access."""
+    """A worker's whole run: data from the shared cache, fit, predict, score. No store access.
+    `expected`: the run key the driver planned (checked before any work)."""
     os.environ.update(env)
     _set_threads(threads)
     progress = Progress(quiet=True)
-    return perform(prepare(request, progress), progress)
+    return perform(_planned(prepare(request, progress), expected), progress)
 
 
-def pretrain_point(request: RunRequest, env: dict[str, str], threads: int | None = None) -> str:
+def pretrain_point(
+    request: RunRequest, env: dict[str, str], threads: int | None = None, expected: str = ""
+) -> str:
     """A worker's pretraining for `request`'s method and seed; returns the cache key."""
     os.environ.update(env)
     _set_threads(threads)
     progress = Progress(quiet=True)
-    prep = prepare(request, progress)
+    prep = _planned(prepare(request, progress), expected)
     return _pretrain(prep, progress)
+
+
+def _planned(prep: Prepared, expected: str) -> Prepared:
+    """`prep` when a worker prepared the run the driver planned. A worker on another node
+    prepares it from its own cache, code and packages; a run keyed otherwise would be stored
+    under a key the driver never looks up (every resume would run it again), on other data."""
+    if expected and prep.run_key != expected:
+        raise RuntimeError(
+            f"this worker keys the run {prep.run_key[:12]}, the driver planned "
+            f"{expected[:12]}: its data, code or packages differ from the driver's (share the "
+            "cache folder and install the same code and packages on every node)"
+        )
+    return prep
 
 
 def _pretrain(prep: Prepared, progress: Progress) -> str:
@@ -274,7 +294,10 @@ def run_sweep(req: SweepRequest, progress: Progress, report: Report | None = Non
     task = progress.task(f"sweep ({len(pending)} to run, {len(done)} done)", len(pending))
 
     def record(prep: Prepared, rec: RunRecord, rows: list[MetricRow]) -> None:
-        # The driver alone writes, one transaction per run.
+        # The driver alone writes, one transaction per run, and only under the planned key.
+        if rec.run_key != prep.run_key:
+            error = f"the worker's run key {rec.run_key[:12]} is not the planned one"
+            rec, rows = failed_record(prep, error), []
         kept = store.write_run(rec, rows, replace=req.force)
         where = (prep.request.method, prep.budget.name, prep.request.seed)
         if kept:
@@ -338,19 +361,21 @@ def _pretrain_error(exc: BaseException) -> str:
     return f"pretraining failed: {type(exc).__name__}: {exc}"
 
 
-def _child(request: RunRequest, env: dict[str, str], threads: int, out: str) -> None:
+def _child(request: RunRequest, env: dict[str, str], threads: int, out: str, key: str) -> None:
     _own_group()
     try:
-        result: Any = run_point(request, env, threads)
+        result: Any = run_point(request, env, threads, expected=key)
     except Exception as exc:  # raised outside the run's own try (its data, its device):
         result = {"error": f"{type(exc).__name__}: {exc}"}  # recorded, not retried
     _dump(result, out)
 
 
-def _pretrain_child(request: RunRequest, env: dict[str, str], threads: int, out: str) -> None:
+def _pretrain_child(
+    request: RunRequest, env: dict[str, str], threads: int, out: str, key: str
+) -> None:
     _own_group()
     try:
-        result: dict[str, str] = {"key": pretrain_point(request, env, threads)}
+        result: dict[str, str] = {"key": pretrain_point(request, env, threads, key)}
     except Exception as exc:  # the driver fails every run that needs it, with the reason
         result = {"error": _pretrain_error(exc)}
     _dump(result, out)
@@ -490,7 +515,8 @@ def _run_processes(
                     target = _pretrain_child if task.group else _child
                     # Not a daemon: a method may start processes of its own (nnU-Net does).
                     proc = ctx.Process(
-                        target=target, args=(task.prep.request, env, threads, str(out))
+                        target=target,
+                        args=(task.prep.request, env, threads, str(out), task.prep.run_key),
                     )
                     proc.start()
                     running[proc] = (task, out)
@@ -544,14 +570,14 @@ def _submit_and_collect(ray: Any, req: SweepRequest, pending, record, env) -> No
     run_task = ray.remote(run_point).options(**opts)
     after: dict[str, Any] = {}
     for key, group in pretraining_groups(pending).items():
-        after[key] = pretrain_task.remote(group[0].request, env, req.cpus_per_run)
+        after[key] = pretrain_task.remote(group[0].request, env, req.cpus_per_run, group[0].run_key)
     owner = {
         id(p): k for k, group in pretraining_groups(pending).items() for p in group
     }  # which pretraining each run waits for
     refs = {}
     for prep in pending:
         dep = after.get(owner.get(id(prep), ""))
-        refs[run_task.remote(prep.request, env, req.cpus_per_run, dep)] = prep
+        refs[run_task.remote(prep.request, env, req.cpus_per_run, dep, prep.run_key)] = prep
     while refs:
         ready, _ = ray.wait(list(refs), num_returns=1)
         prep = refs.pop(ready[0])

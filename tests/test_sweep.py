@@ -721,3 +721,21 @@ def test_ray_executor_on_a_real_local_cluster(tmp_path, toy):
         "ray",
     )
     assert again.exit_code == 0 and "0 completed, 0 unfit, 2 already done" in again.output
+
+
+def test_a_worker_that_keys_the_run_otherwise_than_the_driver_does_no_work(isolated, tmp_path):
+    """A worker on another node prepares the run from its own cache, code and packages; a
+    run keyed otherwise would be stored under a key the driver never finds. It stops before
+    any work, and the driver never stores a run under an unplanned key."""
+    from benchmark.progress import Progress
+    from benchmark.runner import RunRequest, prepare
+    from benchmark.sweep import _planned, pretrain_point, run_point, worker_env
+
+    request = RunRequest("diffusion-linear", "4slices", protocol="tiny", device="cpu",
+                         results=tmp_path / "runs")  # fmt: skip
+    prep = prepare(request, Progress(quiet=True))
+    assert _planned(prep, prep.run_key) is prep
+    for point in (run_point, pretrain_point):
+        with pytest.raises(RuntimeError, match="the driver planned 0000000000"):
+            point(request, worker_env(), 1, expected="0" * 64)
+    assert not (isolated / "pretrain").exists()  # stopped before pretraining
