@@ -23,6 +23,11 @@ class UnknownMethodError(LabelbenchError):
     """No installed method has this name."""
 
 
+class PluginError(LabelbenchError):
+    """An installed method cannot be used as registered: its entry-point name is taken by
+    another distribution, or its entry point or class is broken."""
+
+
 class BudgetError(LabelbenchError):
     """A budget is unknown or cannot be drawn from the train pool."""
 

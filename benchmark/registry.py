@@ -6,38 +6,78 @@ Built-ins are declared in this project's `pyproject.toml` under
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 
-from benchmark.errors import UnknownMethodError, did_you_mean
+from benchmark.errors import PluginError, UnknownMethodError, did_you_mean
 from benchmark.method import GenerativeMethod, Method
 
 GROUP = "labelbench.methods"
 
 
+def _distribution(ep: EntryPoint) -> str:
+    """'name version' of the distribution that declares `ep` ('?' when unknown)."""
+    dist = ep.dist
+    return f"{dist.name} {dist.version}" if dist is not None else "?"
+
+
+def _same_registration(ep: EntryPoint) -> tuple[str, str]:
+    """What makes two finds of an entry point one registration: the distribution (its name
+    normalised as pip does) and the value. The same distribution found twice on sys.path
+    (an editable install and a checkout) declares nothing new."""
+    dist = ep.dist
+    owner = re.sub(r"[-_.]+", "-", dist.name).lower() if dist is not None else "?"
+    return owner, ep.value
+
+
 @dataclass(frozen=True)
 class MethodEntry:
     name: str
-    entry_point: EntryPoint
+    entry_points: tuple[EntryPoint, ...]
+    """Each distinct registration of `name`, in discovery order: one, or several when
+    distributions clash over the name (then the method is refused, never picked)."""
+
+    @property
+    def entry_point(self) -> EntryPoint:
+        return self.entry_points[0]
 
     @property
     def distribution(self) -> str:
-        dist = self.entry_point.dist
-        return f"{dist.name} {dist.version}" if dist is not None else "?"
+        return ", ".join(_distribution(ep) for ep in self.entry_points)
+
+    @property
+    def clash(self) -> str | None:
+        """Why `name` is ambiguous (several distributions register it), or None."""
+        if len(self.entry_points) < 2:
+            return None
+        who = [f"{_distribution(ep)} ({ep.value})" for ep in self.entry_points]
+        count = "two" if len(who) == 2 else str(len(who))
+        return (
+            f"method '{self.name}' is registered by {count} distributions, "
+            f"{', '.join(who[:-1])} and {who[-1]}: uninstall one, or rename its entry point"
+        )
 
     def load(self) -> type[Method]:
+        if self.clash:
+            raise PluginError(self.clash)
         cls = self.entry_point.load()
         if not (isinstance(cls, type) and issubclass(cls, Method)):
-            raise UnknownMethodError(
+            raise PluginError(
                 f"entry point '{self.name}' = {self.entry_point.value} is not a Method subclass"
             )
         return cls
 
 
 def installed_methods() -> dict[str, MethodEntry]:
-    """Method name → entry, sorted by name."""
-    found = {ep.name: MethodEntry(ep.name, ep) for ep in entry_points(group=GROUP)}
-    return dict(sorted(found.items()))
+    """Method name → entry, sorted by name. A name that two distributions register is kept
+    with both (its `clash`), so that it is shown and refused, never silently one of them."""
+    found: dict[str, list[EntryPoint]] = {}
+    for ep in entry_points(group=GROUP):
+        same = found.setdefault(ep.name, [])
+        if all(_same_registration(ep) != _same_registration(e) for e in same):
+            same.append(ep)
+    return {name: MethodEntry(name, tuple(eps)) for name, eps in sorted(found.items())}
 
 
 def get_method(name: str) -> type[Method]:

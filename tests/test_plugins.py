@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import sqlite3
-import textwrap
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from benchmark.cli import app
-from benchmark.errors import UnknownMethodError
+from benchmark.cli import app, catalog
+from benchmark.errors import PluginError, UnknownMethodError
 from benchmark.registry import get_method, installed_methods
 
 PLUGIN = '''
@@ -55,27 +58,56 @@ class NearestMean(Method):
 '''
 
 
+def add_plugin(
+    site: Path, module: str, source: str, entry_points: dict[str, str], dist: str = ""
+) -> None:
+    """Lay out a plugin as pip installs it, without installing anything: package `module`
+    (its `__init__.py` holds `source`) and `<module>-0.1.dist-info` declaring `entry_points`
+    (name → value) in the method group, for distribution `dist` (default: the module's name
+    with dashes). Found once `site` is on sys.path (the `site` fixture)."""
+    pkg = site / module
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(source)
+    info = site / f"{module}-0.1.dist-info"
+    info.mkdir()
+    name = dist or module.replace("_", "-")
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    lines = "".join(f"{k} = {v}\n" for k, v in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[labelbench.methods]\n{lines}")
+
+
+@contextmanager
+def plugin_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A folder on sys.path for `add_plugin`; the plugins imported from the test's folders
+    are forgotten after it."""
+    folder = tmp_path / "site"
+    folder.mkdir()
+    monkeypatch.syspath_prepend(str(folder))
+    yield folder
+    for name, module in list(sys.modules.items()):
+        if str(getattr(module, "__file__", None) or "").startswith(str(tmp_path)):
+            del sys.modules[name]
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    """An empty `plugin_site`."""
+    with plugin_site(tmp_path, monkeypatch) as folder:
+        yield folder
+
+
 @pytest.fixture
 def plugin(tmp_path, monkeypatch):
-    site = tmp_path / "site"
-    pkg = site / "toy_plugin"
-    pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text(PLUGIN)
-    info = site / "toy_plugin-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-plugin\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(
-        textwrap.dedent("""
-        [labelbench.methods]
-        nearest-mean = toy_plugin:NearestMean
-        broken = toy_plugin:does_not_exist
-        """)
-    )
-    monkeypatch.syspath_prepend(str(site))
-    yield
-    import sys
-
-    sys.modules.pop("toy_plugin", None)
+    """The toy plugin, with a working method and a broken entry point (other test modules
+    import this fixture alone)."""
+    with plugin_site(tmp_path, monkeypatch) as folder:
+        add_plugin(
+            folder,
+            "toy_plugin",
+            PLUGIN,
+            {"nearest-mean": "toy_plugin:NearestMean", "broken": "toy_plugin:does_not_exist"},
+        )
+        yield
 
 
 def test_plugin_is_discovered_listed_and_run(plugin, tmp_path):
@@ -116,6 +148,49 @@ def test_failed_run_is_recorded(plugin, tmp_path, monkeypatch):
         rows = conn.execute("SELECT status, error FROM runs").fetchall()
         assert rows == [("failed", "RuntimeError: prediction exploded")]
         assert conn.execute("SELECT count(*) FROM case_metrics").fetchone()[0] == 0
+
+
+CLASH = """
+from baselines.unet_scratch import UNetScratch
+
+
+class OtherNet(UNetScratch):
+    \"\"\"Another network under the built-in's name.\"\"\"
+"""
+
+
+def test_name_registered_by_two_distributions_is_refused_and_shown(site, tmp_path, monkeypatch):
+    # Which one a dict of names kept depended on sys.path order: a plugin's net was recorded
+    # and ranked as the built-in. Now neither is run, and the listing shows both.
+    add_plugin(site, "clash_plugin", CLASH, {"unet-scratch": "clash_plugin:OtherNet"})
+    results = tmp_path / "runs"
+    r = CliRunner().invoke(
+        app, ["run", "-m", "unet-scratch", "-b", "4slices", "-p", "tiny", "--results", str(results)]
+    )
+    assert r.exit_code == 2, r.output
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.output
+    assert "registered by two distributions" in r.stderr
+    assert "clash-plugin 0.1 (clash_plugin:OtherNet)" in r.stderr
+    assert "labelbench 0.1.0 (baselines.unet_scratch:UNetScratch)" in r.stderr
+    assert not (results / "labelbench.sqlite").exists()
+    with pytest.raises(PluginError, match="registered by two distributions"):
+        get_method("unet-scratch")
+    monkeypatch.setattr(catalog.out, "width", 400)  # one table row per method
+    listing = CliRunner().invoke(app, ["methods"])
+    row = next(line for line in listing.stdout.splitlines() if "│ unet-scratch " in line)
+    assert "registered by two distributions" in row
+    assert "clash-plugin 0.1, labelbench 0.1.0" in row
+
+
+def test_same_distribution_found_twice_is_no_clash(site, tmp_path, monkeypatch):
+    entry_points = {"nearest-mean": "toy_plugin:NearestMean"}
+    add_plugin(site, "toy_plugin", PLUGIN, entry_points)
+    again = tmp_path / "again"  # e.g. an editable install and its checkout both on sys.path
+    add_plugin(again, "toy_plugin", PLUGIN, entry_points)
+    monkeypatch.syspath_prepend(str(again))
+    entry = installed_methods()["nearest-mean"]
+    assert entry.clash is None and entry.distribution == "toy-plugin 0.1"
+    assert get_method("nearest-mean").name == "nearest-mean"
 
 
 def test_unknown_method_lists_installed():
