@@ -6,6 +6,9 @@ Built-ins are declared in this project's `pyproject.toml` under
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import inspect
 import re
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
@@ -59,14 +62,73 @@ class MethodEntry:
         )
 
     def load(self) -> type[Method]:
+        """The method's class, checked as far as the core relies on it; `PluginError` (one
+        line naming the entry point and the class) when it cannot be used."""
         if self.clash:
             raise PluginError(self.clash)
-        cls = self.entry_point.load()
+        ep = self.entry_point
+        where = f"entry point '{self.name}' = {ep.value} ({_distribution(ep)})"
+        cls = _resolve(ep, where)
         if not (isinstance(cls, type) and issubclass(cls, Method)):
-            raise PluginError(
-                f"entry point '{self.name}' = {self.entry_point.value} is not a Method subclass"
-            )
+            raise PluginError(f"{where}: {ep.value} is not a Method subclass")
+        if problem := method_problem(cls):
+            raise PluginError(f"{where}: {problem}")
         return cls
+
+
+def _resolve(ep: EntryPoint, where: str) -> object:
+    """What `ep` points to (`EntryPoint.load`), with a missing module or attribute as one line.
+    An `AttributeError` raised while the module runs stays a traceback: it is a bug in it."""
+    try:
+        found: object = importlib.import_module(ep.module)
+    except ImportError as exc:  # the module, or something it imports, is not installed
+        raise PluginError(f"{where}: cannot import {ep.module}: {exc}") from None
+    path = ep.module
+    for attr in filter(None, (ep.attr or "").split(".")):
+        if not hasattr(found, attr):
+            raise PluginError(f"{where}: {path} has no attribute '{attr}'")
+        found, path = getattr(found, attr), f"{path}.{attr}"
+    return found
+
+
+def method_problem(cls: type[Method]) -> str | None:
+    """Why the core cannot use method class `cls`, or None: it leaves an abstract method
+    unimplemented, its `Config` is not a dataclass, or its `compute` names config fields
+    that the `Config` lacks (each otherwise a traceback deep in a run)."""
+    who = cls.__qualname__
+    if inspect.isabstract(cls):
+        missing = ", ".join(sorted(cls.__abstractmethods__))
+        return f"{who} does not implement {missing}"
+    config = getattr(cls, "Config", None)
+    if config is None:
+        return f"{who} has no Config: declare its settings as a frozen dataclass, `Config = ...`"
+    if not (isinstance(config, type) and dataclasses.is_dataclass(config)):
+        return (
+            f"{who}.Config ({getattr(config, '__qualname__', config)!s}) is not a dataclass: "
+            "declare it with @dataclass(frozen=True)"
+        )
+    compute = cls.compute
+    if compute is None:
+        return None
+    shape = "{phase: (steps field, batch field)}, as benchmark.method.FINETUNE"
+    if not isinstance(compute, dict) or not all(
+        isinstance(v, tuple) and len(v) == 2 for v in compute.values()
+    ):
+        return f"{who}.compute must be {shape}"
+    for phase, (_, batch) in compute.items():
+        if phase not in ("finetune", "pretrain"):
+            return f"{who}.compute: unknown phase '{phase}' (finetune or pretrain)"
+        if batch is None and phase != "finetune":
+            return f"{who}.compute: only fine-tuning may choose its batch in fit (batch None)"
+    fields = {f.name for f in dataclasses.fields(config)}
+    named = [f for pair in compute.values() for f in pair if f is not None]
+    if missing := [f for f in named if f not in fields]:
+        return (
+            f"{who}.compute names config field(s) {', '.join(missing)} that {who}.Config "
+            f"({config.__qualname__}) lacks: add them (benchmark.supervised.SupervisedConfig "
+            "has iterations and batch_size), or name the fields that set its steps and batch"
+        )
+    return None
 
 
 def installed_methods() -> dict[str, MethodEntry]:

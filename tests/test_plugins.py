@@ -193,6 +193,84 @@ def test_same_distribution_found_twice_is_no_clash(site, tmp_path, monkeypatch):
     assert get_method("nearest-mean").name == "nearest-mean"
 
 
+BROKEN = """
+from dataclasses import dataclass
+
+from benchmark.method import FINETUNE, Method
+
+
+class Settings:  # not a dataclass
+    width = 3
+
+
+@dataclass(frozen=True)
+class NoSteps:
+    lr: float = 0.1
+
+
+class Base(Method):
+    summary = "broken on purpose"
+
+    def fit(self, labeled, ctx):
+        pass
+
+    def predict(self, images):
+        return images[:, 0].long()
+
+
+class PlainConfig(Base):
+    name = "plain-config"
+    Config = Settings
+
+
+class NoComputeFields(Base):
+    name = "no-compute-fields"
+    Config = NoSteps
+    compute = FINETUNE
+
+
+class NoPredict(Method):
+    name = "no-predict"
+    summary = "broken on purpose"
+    Config = NoSteps
+
+    def fit(self, labeled, ctx):
+        pass
+"""
+BROKEN_ENTRY_POINTS = {
+    "missing-module": (
+        "not_installed.module:Method",
+        "cannot import not_installed.module: No module named 'not_installed'",
+    ),
+    "missing-attribute": ("broken_plugin:Gone", "broken_plugin has no attribute 'Gone'"),
+    "plain-config": (
+        "broken_plugin:PlainConfig",
+        "PlainConfig.Config (Settings) is not a dataclass",
+    ),
+    "no-compute-fields": (
+        "broken_plugin:NoComputeFields",
+        "NoComputeFields.compute names config field(s) iterations, batch_size that "
+        "NoComputeFields.Config (NoSteps) lacks",
+    ),
+    "no-predict": ("broken_plugin:NoPredict", "NoPredict does not implement predict"),
+}
+
+
+@pytest.mark.parametrize("command", ["run", "sweep"])
+def test_broken_entry_point_is_one_line(site, tmp_path, command):
+    # Each was a traceback (exit 1) from deep in a run; now one line when the method loads.
+    add_plugin(site, "broken_plugin", BROKEN, {k: v for k, (v, _) in BROKEN_ENTRY_POINTS.items()})
+    results = tmp_path / "runs"
+    for name, (value, reason) in BROKEN_ENTRY_POINTS.items():
+        args = ["-m", name, "-b", "4slices"] if command == "run" else ["--methods", name]
+        r = CliRunner().invoke(app, [command, *args, "-p", "tiny", "--results", str(results)])
+        assert r.exit_code == 2, f"{name}: {r.output}"
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.output, name
+        where = f"error: entry point '{name}' = {value} (broken-plugin 0.1): "
+        assert r.stderr.startswith(where + reason), name
+    assert not (results / "labelbench.sqlite").exists()
+
+
 def test_unknown_method_lists_installed():
     with pytest.raises(UnknownMethodError, match="installed: .*unet-scratch"):
         get_method("nothing-like-it")
