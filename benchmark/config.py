@@ -190,10 +190,26 @@ def identity_dict(config: Any) -> dict[str, Any]:
     return {k: v for k, v in dataclasses.asdict(config).items() if k not in execution}
 
 
-def describe_fields(config_cls: type) -> list[tuple[str, str, Any, bool]]:
-    """(name, type, default, execution-only) for each field, for `bench methods --verbose`."""
+def default_text(field: dataclasses.Field) -> str:
+    """A field's default as `bench methods --verbose` shows it: its repr (of what its
+    `default_factory` makes, for one), or `(no default)`."""
+    if field.default is not dataclasses.MISSING:
+        return repr(field.default)
+    if field.default_factory is not dataclasses.MISSING:
+        return repr(field.default_factory())
+    return "(no default)"
+
+
+def describe_fields(config_cls: type) -> list[tuple[str, str, str, bool]]:
+    """(name, type, default as shown, execution-only) for each field, for `bench methods
+    --verbose`."""
     hints = typing.get_type_hints(config_cls)
     return [
-        (f.name, getattr(hints[f.name], "__name__", str(hints[f.name])), f.default, is_execution(f))
+        (
+            f.name,
+            getattr(hints[f.name], "__name__", str(hints[f.name])),
+            default_text(f),
+            is_execution(f),
+        )
         for f in dataclasses.fields(config_cls)
     ]

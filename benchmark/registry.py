@@ -93,8 +93,9 @@ def _resolve(ep: EntryPoint, where: str) -> object:
 
 def method_problem(cls: type[Method]) -> str | None:
     """Why the core cannot use method class `cls`, or None: it leaves an abstract method
-    unimplemented, its `Config` is not a dataclass, or its `compute` names config fields
-    that the `Config` lacks (each otherwise a traceback deep in a run)."""
+    unimplemented, its `Config` is not a dataclass or has a field without a default (a run
+    builds it from its defaults and `--set`), or its `compute` names config fields that the
+    `Config` lacks (each otherwise a traceback, or an unclear error, at a run)."""
     who = cls.__qualname__
     if inspect.isabstract(cls):
         missing = ", ".join(sorted(cls.__abstractmethods__))
@@ -107,6 +108,9 @@ def method_problem(cls: type[Method]) -> str | None:
             f"{who}.Config ({getattr(config, '__qualname__', config)!s}) is not a dataclass: "
             "declare it with @dataclass(frozen=True)"
         )
+    for field in dataclasses.fields(config):  # else a missing argument at the first run
+        if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            return f"{who}.Config.{field.name} has no default: every config field needs one"
     compute = cls.compute
     if compute is None:
         return None

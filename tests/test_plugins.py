@@ -194,7 +194,7 @@ def test_same_distribution_found_twice_is_no_clash(site, tmp_path, monkeypatch):
 
 
 BROKEN = """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from benchmark.method import FINETUNE, Method
 
@@ -229,6 +229,27 @@ class NoComputeFields(Base):
     compute = FINETUNE
 
 
+@dataclass(frozen=True)
+class WidthWithoutDefault:
+    width: int
+    sizes: tuple[int, ...] = field(default_factory=lambda: (1, 2))
+
+
+class NoDefault(Base):
+    name = "no-default"
+    Config = WidthWithoutDefault
+
+
+@dataclass(frozen=True)
+class Factory:
+    sizes: tuple[int, ...] = field(default_factory=lambda: (1, 2))
+
+
+class FactoryDefault(Base):
+    name = "factory-default"
+    Config = Factory
+
+
 class NoPredict(Method):
     name = "no-predict"
     summary = "broken on purpose"
@@ -253,6 +274,10 @@ BROKEN_ENTRY_POINTS = {
         "NoComputeFields.Config (NoSteps) lacks",
     ),
     "no-predict": ("broken_plugin:NoPredict", "NoPredict does not implement predict"),
+    "no-default": (
+        "broken_plugin:NoDefault",  # was "--set: ...__init__() missing ... 'width'" without --set
+        "NoDefault.Config.width has no default: every config field needs one",
+    ),
 }
 
 
@@ -269,6 +294,19 @@ def test_broken_entry_point_is_one_line(site, tmp_path, command):
         where = f"error: entry point '{name}' = {value} (broken-plugin 0.1): "
         assert r.stderr.startswith(where + reason), name
     assert not (results / "labelbench.sqlite").exists()
+
+
+def test_listing_shows_defaults_and_why_a_method_cannot_load(site, monkeypatch):
+    entry_points = {k: v for k, (v, _) in BROKEN_ENTRY_POINTS.items()}
+    entry_points["factory-default"] = "broken_plugin:FactoryDefault"
+    add_plugin(site, "broken_plugin", BROKEN, entry_points)
+    monkeypatch.setattr(catalog.out, "width", 400)  # one table row per line
+    listing = CliRunner().invoke(app, ["methods", "--verbose"])
+    assert listing.exit_code == 0, listing.output
+    assert "_MISSING_TYPE" not in listing.stdout
+    assert "sizes: tuple = (1, 2)" in listing.stdout  # a default_factory's value
+    row = next(line for line in listing.stdout.splitlines() if "│ no-default " in line)
+    assert "cannot load" in row and "NoDefault.Config.width has no default" in row
 
 
 def test_unknown_method_lists_installed():

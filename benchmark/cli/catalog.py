@@ -60,7 +60,7 @@ def methods(
             if verbose:
                 fields = describe_fields(cls.Config)
                 summary += "\n" + "\n".join(
-                    f"  {n}: {t} = {d!r}" + ("  (execution only)" if x else "")
+                    f"  {n}: {t} = {d}" + ("  (execution only)" if x else "")
                     for n, t, d, x in fields
                 )
         except Exception as exc:  # a broken plugin must not hide the others
