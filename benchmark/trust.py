@@ -36,7 +36,8 @@ def check_fitted(method: Method, labeled: SliceSet, ctx: RunContext, protocol: P
     The validation score is the one `Selection` kept when the method selected (the same
     scorer on the same model), else the runner scores the fitted model itself. A method that
     kept no validated model, where the protocol selects and the method declares no rule of
-    its own, is off-protocol.
+    its own, is off-protocol; the reason says so when it validated (a curve) but never
+    called `Selection.finish(ctx.info)`.
     """
     trust = Trust(curve=[(p.samples, p.train_loss, p.val_dsc) for p in ctx.curve])
     selection = ctx.info.get("selection")
@@ -46,7 +47,11 @@ def check_fitted(method: Method, labeled: SliceSet, ctx: RunContext, protocol: P
         trust.val_dsc = round(ctx.validator.score(method.predict), 6)
         if protocol.training.select and type(method).selection_rule == Method.selection_rule:
             trust.unselected = (
-                "the protocol selects on validation, but the method kept no validated model"
+                # Only a Selection appends to ctx.curve: it validated, and was never finished.
+                "the method called Selection.step but never finish(ctx.info), so it kept no "
+                "validated model where the protocol selects on validation"
+                if ctx.curve
+                else "the protocol selects on validation, but the method kept no validated model"
             )
     ctx.info["selection_rule"] = selection["rule"] if selection else type(method).selection_rule
     trust.train_dsc = round(sanity_dsc(method.predict, labeled, protocol.num_classes), 6)

@@ -309,6 +309,87 @@ def test_listing_shows_defaults_and_why_a_method_cannot_load(site, monkeypatch):
     assert "cannot load" in row and "NoDefault.Config.width has no default" in row
 
 
+SELECTING = """
+from dataclasses import dataclass
+
+import torch
+
+from benchmark.config import positive
+from benchmark.method import FINETUNE, Method
+from benchmark.validation import Selection
+
+
+@dataclass(frozen=True)
+class Steps:
+    iterations: int | None = positive(None)
+    batch_size: int = positive(2)
+
+
+class PixelClassifier(Method):
+    \"\"\"A 1×1 convolution fitted by its own loop, validated as the README shows.\"\"\"
+
+    name = "pixel-classifier"
+    summary = "1x1 convolution, own training loop"
+    Config = Steps
+    compute = FINETUNE
+    calls_finish = True
+
+    def fit(self, labeled, ctx):
+        torch.manual_seed(ctx.seed)
+        self.model = torch.nn.Conv2d(1, ctx.num_classes, 1)
+        opt = torch.optim.SGD(self.model.parameters(), lr=0.5)
+        steps, batch = self.config.iterations, self.config.batch_size
+        sel = Selection.for_context(
+            ctx, self.model, lambda: ctx.validator.score(self.predict), batch, steps
+        )
+        x, y = labeled.images()[:batch], labeled.labels()[:batch]
+        for _ in range(steps):
+            loss = torch.nn.functional.cross_entropy(self.model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if sel is not None:
+                sel.step(loss.item())
+        if sel is not None and self.calls_finish:
+            sel.finish(ctx.info)
+
+    def predict(self, images):
+        with torch.no_grad():
+            return self.model(images).argmax(1)
+
+
+class Forgetful(PixelClassifier):
+    name = "forgetful"
+    calls_finish = False
+"""
+
+
+def test_selection_never_finished_is_named(site, tmp_path):
+    # Was "kept no validated model": true, but not what the method's author must change.
+    add_plugin(
+        site,
+        "selecting_plugin",
+        SELECTING,
+        {
+            "pixel-classifier": "selecting_plugin:PixelClassifier",
+            "forgetful": "selecting_plugin:Forgetful",
+        },
+    )
+    results = tmp_path / "runs"
+    for name in ("forgetful", "pixel-classifier"):
+        r = CliRunner().invoke(
+            app, ["run", "-m", name, "-b", "4slices", "-p", "tiny", "--results", str(results)]
+        )
+        assert r.exit_code == 0, r.output
+    with sqlite3.connect(results / "labelbench.sqlite") as conn:
+        off = dict(conn.execute("SELECT method, off_protocol FROM runs"))
+    assert off["forgetful"] == (
+        "the method called Selection.step but never finish(ctx.info), so it kept no validated "
+        "model where the protocol selects on validation"
+    )
+    assert off["pixel-classifier"] is None  # the same loop, finished: on-protocol
+
+
 def test_unknown_method_lists_installed():
     with pytest.raises(UnknownMethodError, match="installed: .*unet-scratch"):
         get_method("nothing-like-it")
