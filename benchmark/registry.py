@@ -73,6 +73,11 @@ class MethodEntry:
             raise PluginError(f"{where}: {ep.value} is not a Method subclass")
         if problem := method_problem(cls):
             raise PluginError(f"{where}: {problem}")
+        if getattr(cls, "name", None) != self.name:  # runs, caches and reports use both
+            raise PluginError(
+                f"{where}: {cls.__qualname__}.name is {getattr(cls, 'name', None)!r}; it must "
+                f"be the entry-point name '{self.name}'"
+            )
         return cls
 
 

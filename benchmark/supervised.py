@@ -23,7 +23,7 @@ from monai.losses import DiceCELoss
 
 from benchmark.augment import AFFINE_DRAWS, INTENSITY_DRAWS, random_affine, random_intensity
 from benchmark.config import non_negative, positive
-from benchmark.method import Method, RunContext, SliceSet
+from benchmark.method import FINETUNE, Method, RunContext, SliceSet
 from benchmark.progress import Task
 from benchmark.validation import Selection
 
@@ -230,9 +230,11 @@ def predict_supervised(
 class SupervisedMethod(Method):
     """A method that fine-tunes one network with the shared recipe (its config a
     `SupervisedConfig`): `fit` seeds with the run seed, builds the network with `build_model`
-    and trains it with `train_supervised`; `predict` is its argmax label map."""
+    and trains it with `train_supervised`; `predict` is its argmax label map. Its compute is
+    `FINETUNE` (the config's `iterations` × `batch_size`) unless a subclass declares more."""
 
     model: torch.nn.Module
+    compute = FINETUNE
 
     @abc.abstractmethod
     def build_model(self, labeled: SliceSet, ctx: RunContext) -> torch.nn.Module:

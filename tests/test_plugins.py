@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import sys
+import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +16,8 @@ from typer.testing import CliRunner
 from benchmark.cli import app, catalog
 from benchmark.errors import PluginError, UnknownMethodError
 from benchmark.registry import get_method, installed_methods
+
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 PLUGIN = '''
 from dataclasses import dataclass
@@ -59,19 +63,24 @@ class NearestMean(Method):
 
 
 def add_plugin(
-    site: Path, module: str, source: str, entry_points: dict[str, str], dist: str = ""
+    site: Path,
+    module: str,
+    source: str,
+    entry_points: dict[str, str],
+    dist: str = "",
+    version: str = "0.1",
 ) -> None:
     """Lay out a plugin as pip installs it, without installing anything: package `module`
-    (its `__init__.py` holds `source`) and `<module>-0.1.dist-info` declaring `entry_points`
-    (name → value) in the method group, for distribution `dist` (default: the module's name
-    with dashes). Found once `site` is on sys.path (the `site` fixture)."""
+    (its `__init__.py` holds `source`) and `<module>-<version>.dist-info` declaring
+    `entry_points` (name → value) in the method group, for distribution `dist` (default: the
+    module's name with dashes). Found once `site` is on sys.path (the `site` fixture)."""
     pkg = site / module
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text(source)
-    info = site / f"{module}-0.1.dist-info"
+    info = site / f"{module}-{version}.dist-info"
     info.mkdir()
     name = dist or module.replace("_", "-")
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
     lines = "".join(f"{k} = {v}\n" for k, v in entry_points.items())
     (info / "entry_points.txt").write_text(f"[labelbench.methods]\n{lines}")
 
@@ -250,6 +259,11 @@ class FactoryDefault(Base):
     Config = Factory
 
 
+class NamedOther(Base):
+    name = "other-name"
+    Config = NoSteps
+
+
 class NoPredict(Method):
     name = "no-predict"
     summary = "broken on purpose"
@@ -274,6 +288,10 @@ BROKEN_ENTRY_POINTS = {
         "NoComputeFields.Config (NoSteps) lacks",
     ),
     "no-predict": ("broken_plugin:NoPredict", "NoPredict does not implement predict"),
+    "wrong-name": (
+        "broken_plugin:NamedOther",
+        "NamedOther.name is 'other-name'; it must be the entry-point name 'wrong-name'",
+    ),
     "no-default": (
         "broken_plugin:NoDefault",  # was "--set: ...__init__() missing ... 'width'" without --set
         "NoDefault.Config.width has no default: every config field needs one",
@@ -388,6 +406,41 @@ def test_selection_never_finished_is_named(site, tmp_path):
         "model where the protocol selects on validation"
     )
     assert off["pixel-classifier"] is None  # the same loop, finished: on-protocol
+
+
+def readme_block(language: str, first_line: str) -> str:
+    """The README's ```language code block whose first line is `first_line`."""
+    blocks = re.findall(rf"^```{language}\n(.*?)^```", README.read_text(), re.DOTALL | re.M)
+    found = [b for b in blocks if b.startswith(first_line + "\n")]
+    assert len(found) == 1, f"README: no single ```{language} block that starts {first_line!r}"
+    return found[0]
+
+
+def test_readme_plugin_example_runs(site, tmp_path, monkeypatch):
+    """The README's complete plugin, as it is written there, is listed and runs on-protocol:
+    the docs cannot rot."""
+    pyproject = tomllib.loads(readme_block("toml", "# my-methods/pyproject.toml"))
+    source = readme_block("python", "# my-methods/my_methods/__init__.py")
+    project = pyproject["project"]
+    entry_points = project["entry-points"]["labelbench.methods"]
+    ((name, value),) = entry_points.items()
+    module = value.split(":")[0]
+    add_plugin(site, module, source, entry_points, project["name"], project["version"])
+    monkeypatch.setattr(catalog.out, "width", 400)  # one table row per method
+    listing = CliRunner().invoke(app, ["methods"])
+    row = next(line for line in listing.stdout.splitlines() if f"│ {name} " in line)
+    assert "cannot load" not in row and f"{project['name']} {project['version']}" in row
+    results = tmp_path / "runs"
+    r = CliRunner().invoke(
+        app, ["run", "-m", name, "-b", "4slices", "-p", "tiny", "--results", str(results)]
+    )
+    assert r.exit_code == 0, r.output
+    assert "not ranked" not in r.stderr, r.stderr  # SupervisedMethod's compute: on-protocol
+    with sqlite3.connect(results / "labelbench.sqlite") as conn:
+        run = conn.execute("SELECT status, off_protocol, finetune_samples, info FROM runs")
+        status, off_protocol, samples, info = run.fetchone()
+    assert (status, off_protocol, samples) == ("completed", None, 8)  # 1 step of batch 8
+    assert '"selection"' in info  # validated and selected by the shared recipe
 
 
 def test_unknown_method_lists_installed():
