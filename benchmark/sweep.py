@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.config import apply_overrides
+from benchmark.data.cache import VERIFY_ENV, verify_requested
 from benchmark.data.context import DataContext, load_data
 from benchmark.data.source import cache_root
 from benchmark.errors import ConfigError
@@ -212,6 +213,8 @@ def worker_env() -> dict[str, str]:
     }
     if "LABELBENCH_PROTOCOLS" in os.environ:
         env["LABELBENCH_PROTOCOLS"] = os.environ["LABELBENCH_PROTOCOLS"]
+    if verify_requested():  # --verify: the workers' own reads (the unlabeled pool) too
+        env[VERIFY_ENV] = "1"
     prefixes = {sys.prefix, sys.base_prefix}
     extra = [p for p in sys.path if p and os.path.isdir(p) and not p.startswith(tuple(prefixes))]
     if extra:

@@ -739,3 +739,18 @@ def test_a_worker_that_keys_the_run_otherwise_than_the_driver_does_no_work(isola
         with pytest.raises(RuntimeError, match="the driver planned 0000000000"):
             point(request, worker_env(), 1, expected="0" * 64)
     assert not (isolated / "pretrain").exists()  # stopped before pretraining
+
+
+def test_verify_reaches_a_sweeps_workers(monkeypatch):
+    """`--verify` is a context variable in the driver; a worker process sees it through its
+    environment, so the unlabeled pool it reads is verified too."""
+    from benchmark.data.cache import VERIFY_ENV, verify_requested, verifying
+    from benchmark.sweep import worker_env
+
+    monkeypatch.delenv(VERIFY_ENV, raising=False)
+    assert VERIFY_ENV not in worker_env()
+    with verifying(True):
+        env = worker_env()
+    assert env[VERIFY_ENV] == "1" and not verify_requested()
+    monkeypatch.setenv(VERIFY_ENV, env[VERIFY_ENV])  # as os.environ.update(env) in a worker
+    assert verify_requested()

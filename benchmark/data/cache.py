@@ -51,8 +51,13 @@ def verifying(on: bool = True) -> Iterator[None]:
         _verify.reset(token)
 
 
+VERIFY_ENV = "LABELBENCH_VERIFY"
+"""Set to 1 in a sweep's worker processes when the sweep verifies (`worker_env`): a context
+variable does not reach another process."""
+
+
 def verify_requested() -> bool:
-    return _verify.get()
+    return _verify.get() or os.environ.get(VERIFY_ENV) == "1"
 
 
 def full_check_due(folder: Path, memo: DigestMemo) -> bool:
