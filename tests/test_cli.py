@@ -96,6 +96,10 @@ def test_run_skip_force_and_report(tmp_path):
     text = (out / "LEADERBOARD.md").read_text()
     assert "unet-scratch" in text and "4slices" in text and "1pct" in text
     assert (out / "dsc_vs_labels.png").stat().st_size > 1000
+    # The default protocol has no runs here: the error names the protocols that have some
+    other = bench("report", "--results", str(results), "--out", str(tmp_path / "r2"))
+    assert other.exit_code == 2
+    assert "no completed runs for protocol 'phantom' (it has runs of: tiny" in other.stderr
 
 
 def test_listing_commands():

@@ -107,7 +107,9 @@ def report_from_store(
     runs = store.runs(protocol=name, status=FINISHED)
     generative = store.generative(protocol=name)
     if runs.empty and generative.empty:
-        raise StoreError(f"{store.path}: no completed runs for protocol '{name}'")
+        others = sorted(set(store.runs(status=FINISHED)["protocol"]))
+        hint = f" (it has runs of: {', '.join(others)}; pass --protocol)" if others else ""
+        raise StoreError(f"{store.path}: no completed runs for protocol '{name}'{hint}")
     metrics = store.metrics(runs.run_id)
     if not runs.empty and not metrics["run_id"].isin(runs["run_id"]).any() and generative.empty:
         raise StoreError(f"{store.path}: no per-case scores for the runs of protocol '{name}'")
