@@ -82,3 +82,20 @@ def remove_dead_scratch(root: Path, prefix: str) -> None:
         dead = named is not None and not pid_alive(int(named[1]))
         if dead and folder.is_dir() and not held_by_live_process(folder):
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may use: its affinity mask (taskset, a batch scheduler's
+    binding) and a cgroup v2 quota (a container's `--cpus`), not the machine's count, so
+    workers × threads never oversubscribe what the job was given."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, int(int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)

@@ -37,7 +37,7 @@ from benchmark.data.context import DataContext, load_data
 from benchmark.data.source import cache_root
 from benchmark.errors import ConfigError
 from benchmark.method import RunContext
-from benchmark.processes import die_with_parent, scratch_folder
+from benchmark.processes import die_with_parent, scratch_folder, usable_cpus
 from benchmark.progress import Progress
 from benchmark.protocol import Protocol, available_protocols, load_protocol, stable_hash
 from benchmark.provenance import resolve_device
@@ -465,7 +465,7 @@ def _run_processes(
 
     ctx = mp.get_context("spawn")
     env = worker_env()
-    threads = max(1, (os.cpu_count() or 1) // req.jobs)
+    threads = max(1, usable_cpus() // req.jobs)
     owner = {id(p): key for key, group in groups.items() for p in group}
     queue = [_Task(group[0], group=key) for key, group in groups.items()]
     queue += [_Task(prep, needs=owner.get(id(prep))) for prep in pending]
@@ -551,7 +551,7 @@ def _run_ray(
             ray.init(address=req.ray_address, runtime_env={"env_vars": env}, log_to_driver=False)
         else:
             ray.init(
-                num_cpus=os.cpu_count(),
+                num_cpus=usable_cpus(),
                 include_dashboard=False,
                 runtime_env={"env_vars": env},
                 log_to_driver=False,

@@ -754,3 +754,20 @@ def test_verify_reaches_a_sweeps_workers(monkeypatch):
     assert env[VERIFY_ENV] == "1" and not verify_requested()
     monkeypatch.setenv(VERIFY_ENV, env[VERIFY_ENV])  # as os.environ.update(env) in a worker
     assert verify_requested()
+
+
+def test_usable_cpus_follow_the_affinity_mask():
+    """A job bound to one CPU (taskset, a batch scheduler) plans for one, not the machine's."""
+    import os
+
+    from benchmark.processes import usable_cpus
+
+    if not hasattr(os, "sched_setaffinity"):
+        pytest.skip("no CPU affinity on this platform")
+    mask = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(mask)})
+        assert usable_cpus() == 1
+    finally:
+        os.sched_setaffinity(0, mask)
+    assert 1 <= usable_cpus() <= len(mask)

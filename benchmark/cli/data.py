@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +10,7 @@ import typer
 
 from benchmark.cli.options import QuietOpt
 from benchmark.cli.output import err, out, user_errors
+from benchmark.processes import usable_cpus
 
 
 @user_errors
@@ -20,7 +20,7 @@ def phantom(
     unlabeled: Annotated[int, typer.Option(help="Unlabeled cases.")] = 20,
     seed: Annotated[int, typer.Option(help="Generator seed.")] = 0,
     size: Annotated[int, typer.Option(help="In-plane matrix size (pixels).")] = 512,
-    workers: Annotated[int, typer.Option(help="Processes.")] = min(2, os.cpu_count() or 1),
+    workers: Annotated[int, typer.Option(help="Processes.")] = min(2, usable_cpus()),
     quiet: QuietOpt = False,
 ) -> None:
     """Generate the synthetic abdominal CT phantom (13 FLARE22 organs)."""

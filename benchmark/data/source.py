@@ -65,6 +65,7 @@ def _find_dataset(protocol: Protocol, data: Path | None, progress: Progress) -> 
                 f"--data {data} is not used by it (choose a protocol with dataset.source = 'path')"
             )
         from benchmark.data.phantom import PhantomSettings, write_phantom
+        from benchmark.processes import usable_cpus
 
         out = phantom_dir(protocol)
         if not out.exists() or _damaged(out):
@@ -75,7 +76,7 @@ def _find_dataset(protocol: Protocol, data: Path | None, progress: Progress) -> 
             write_phantom(
                 out,
                 settings,
-                workers=min(8, os.cpu_count() or 1),  # one case per core, at most 8
+                workers=min(8, usable_cpus()),  # one case per core, at most 8
                 progress=progress.callback("phantom"),
                 keep_sound=True,  # another process may have generated it meanwhile
             )
