@@ -446,3 +446,13 @@ def test_readme_plugin_example_runs(site, tmp_path, monkeypatch):
 def test_unknown_method_lists_installed():
     with pytest.raises(UnknownMethodError, match="installed: .*unet-scratch"):
         get_method("nothing-like-it")
+
+
+def test_a_plugins_text_is_listed_as_written_never_as_markup(plugin, monkeypatch):
+    """Brackets in a summary ("[x]", a closing "[/]") were read as rich markup: mangled, or a
+    MarkupError that stopped the whole listing."""
+    cls = get_method("nearest-mean")
+    monkeypatch.setattr(cls, "summary", "[x] [/] [b]y[/b]")
+    listing = CliRunner().invoke(app, ["methods"])
+    assert listing.exit_code == 0, listing.output
+    assert "[x] [/] [b]y[/b]" in listing.stdout

@@ -47,6 +47,8 @@ def methods(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show config fields.")] = False,
 ) -> None:
     """List installed methods (entry-point group labelbench.methods)."""
+    from rich.markup import escape
+
     from benchmark.config import describe_fields
     from benchmark.registry import installed_methods
 
@@ -63,15 +65,18 @@ def methods(
                     f"  {n}: {t} = {d}" + ("  (execution only)" if x else "")
                     for n, t, d, x in fields
                 )
+            summary = escape(summary)  # a plugin's text is shown as written, never as markup
         except Exception as exc:  # a broken plugin must not hide the others
-            summary = f"[red]cannot load: {exc}[/red]"
-        table.add_row(name, summary, entry.distribution)
+            summary = f"[red]cannot load: {escape(str(exc))}[/red]"
+        table.add_row(escape(name), summary, escape(entry.distribution))
     out.print(table)
 
 
 @user_errors
 def protocols() -> None:
     """List available protocols."""
+    from rich.markup import escape
+
     from benchmark.protocol import available_protocols, load_protocol
 
     table = Table(title="protocols")
@@ -79,7 +84,7 @@ def protocols() -> None:
         table.add_column(col)
     for name, path in available_protocols().items():
         p = load_protocol(str(path))
-        table.add_row(name, p.description, ", ".join(p.budgets), str(path))
+        table.add_row(name, escape(p.description), ", ".join(p.budgets), escape(str(path)))
     out.print(table)
 
 
