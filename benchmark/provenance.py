@@ -145,7 +145,7 @@ def build_provenance(
     return Provenance(
         protocol=data.protocol.name,
         protocol_hash=data.protocol.hash,
-        dataset_key=data.store.key,
+        dataset_key=data.store.data_key,
         split_hash=data.split.hash,
         versions=versions(),
         git_commit=git_commit(),

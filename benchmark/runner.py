@@ -257,7 +257,7 @@ def ensure_ceiling(results: Path, data: DataContext, progress: Progress) -> None
     """Score the protocol's ceiling into the store once: each test case's ground truth
     resized to the slice size and back, exactly as a prediction is, then scored."""
     store = ResultsStore(results)
-    keys = (data.protocol.hash, data.store.key, data.split.hash, scoring_code())
+    keys = (data.protocol.hash, data.store.data_key, data.split.hash, scoring_code())
     if store.has_ceiling(*keys):
         return
     assert data.store.labels is not None

@@ -87,3 +87,27 @@ def test_runs_on_other_data_are_left_out_and_named_whatever_the_code_policy():
         assert "Left out 4 runs made on other data" in md and "alpha 4" in md
         assert "`aaaaaaaa`" in md
         assert not any(line.startswith("| ") and "alpha" in line for line in md.splitlines())
+    # A later smoke run (off-protocol) on a third copy hides no ranked run: it is left out.
+    smoke, m3 = synthetic(methods=("gamma",), seeds=1, budgets={"4slices": 4})
+    smoke["dataset_key"], smoke["split_hash"] = "cccccccc33333333", "s1"
+    smoke["finished_at"], smoke["off_protocol"] = "2025-03-01T00:00:00", "iterations=1"
+    smoke["run_id"] += "-C"
+    m3["run_id"] += "-C"
+    kept, left_out = newest_data(pd.concat([runs, smoke]))
+    assert set(kept.method) == {"beta"} and set(left_out.method) == {"alpha", "gamma"}
+
+
+def test_the_recorded_data_key_is_the_data_not_the_code_that_read_it(tiny_dataset, monkeypatch):
+    """An edit to the reader rebuilds the slice store (its key has the code) but the runs'
+    `dataset_key` stays: the report leaves the code to the fingerprint."""
+    from benchmark.data import slicestore
+    from benchmark.data.reader import discover
+    from benchmark.data.slicestore import Preprocessing, data_key, store_key
+
+    cases = discover(tiny_dataset).labeled
+    prep = Preprocessing((-160.0, 240.0), 32)
+    before = store_key(cases, prep, range(1, 14)), data_key(cases, prep, range(1, 14))
+    monkeypatch.setattr(slicestore, "source_digest", lambda *modules: "edited reader")
+    after = store_key(cases, prep, range(1, 14)), data_key(cases, prep, range(1, 14))
+    assert before[0] != after[0] and before[1] == after[1]
+    assert data_key(cases, Preprocessing((-160.0, 240.0), 64), range(1, 14)) != before[1]

@@ -93,12 +93,32 @@ def store_key(
     memo: DigestMemo | None = None,
     fresh: bool = False,
 ) -> str:
-    """Hash of the settings and of every byte of the input files a store is built from.
+    """Hash of the settings and of every byte of the input files a store is built from, and
+    of the code that builds it (`data_key` with `STORE_VERSION` and `STORE_CODE`).
 
     Case ids (the file names less their suffixes) are part of it, folders are not: two copies
     of one data set share a store, and a copy with one byte changed does not. `fresh` reads
     every file again instead of trusting the memo.
     """
+    return _code_key(data_key(cases, prep, known_labels, memo, fresh))
+
+
+def _code_key(data: str) -> str:
+    """The store key of data `data` as this code builds them."""
+    return stable_hash({"version": STORE_VERSION, "code": source_digest(*STORE_CODE), "data": data})
+
+
+def data_key(
+    cases: Sequence[CaseFiles],
+    prep: Preprocessing,
+    known_labels: Sequence[int] = (),
+    memo: DigestMemo | None = None,
+    fresh: bool = False,
+) -> str:
+    """What a store holds, whatever code built it: every input file's bytes, the case ids
+    and the preprocessing settings. Runs record it as their `dataset_key`, so runs made on
+    other data are told apart from runs whose data were read by other code (which their
+    code fingerprint tells)."""
     memo = memo or DigestMemo(None)
     files = [
         [
@@ -110,8 +130,6 @@ def store_key(
     ]
     return stable_hash(
         {
-            "version": STORE_VERSION,
-            "code": source_digest(*STORE_CODE),
             "window": prep.window_hu,
             "size": prep.slice_size,
             "nonfinite": prep.nonfinite,
@@ -195,6 +213,8 @@ class SliceStore:
         self.root = Path(root)
         meta = json.loads((self.root / "index.json").read_text())
         self.key: str = meta["key"]
+        self.data_key: str = meta.get("data_key", self.key)
+        """What the store holds, whatever code built it (`data_key`)."""
         self.slice_size: int = meta["slice_size"]
         self.case_ids: list[str] = meta["case_ids"]
         self.cases: dict[str, dict] = meta["cases"]
@@ -262,7 +282,8 @@ def build_slice_store(
     slices = Path(cache_dir) / "slices"
     sweep_stale_builds(slices)
     with DigestMemo.in_cache(cache_dir) as memo:
-        key = store_key(cases, prep, known_labels, memo, fresh=verify_requested())
+        data = data_key(cases, prep, known_labels, memo, fresh=verify_requested())
+        key = _code_key(data)
         root = slices / key
         if root.exists():
             problem = check_folder(root, memo, full=full_check_due(root, memo))
@@ -273,7 +294,7 @@ def build_slice_store(
                     problem = f"it cannot be opened ({exc})"
             log.warning("rebuilding the slice store %s: %s", root, problem)
         with building(slices, key) as tmp:
-            _write_store(tmp, key, cases, prep, known_labels, progress)
+            _write_store(tmp, key, data, cases, prep, known_labels, progress)
             write_manifest(tmp)
             publish(tmp, root, memo)
     return SliceStore(root)
@@ -282,6 +303,7 @@ def build_slice_store(
 def _write_store(
     out: Path,
     key: str,
+    data: str,
     cases: Sequence[CaseFiles],
     prep: Preprocessing,
     known_labels: Sequence[int],
@@ -343,6 +365,7 @@ def _write_store(
         del labels
     meta = {
         "key": key,
+        "data_key": data,
         "version": STORE_VERSION,
         "slice_size": size,
         "window_hu": list(prep.window_hu),

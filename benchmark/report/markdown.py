@@ -153,10 +153,10 @@ def data_note(left_out: pd.DataFrame) -> list[str]:
     keys = ", ".join(f"`{k[:8]}`" for k in sorted(left_out["dataset_key"].astype(str).unique()))
     return [
         f"> **⚠️ Left out {plural(len(left_out), 'run')} made on other data** than the newest "
-        f"run ({listed}; slice stores {keys}): other input files, a phantom generated "
-        "elsewhere, or inputs read by other preprocessing code. Their test volumes differ, so "
-        "they are not compared with these; rerun them on these data (`--mix-code` does not "
-        "pool them).",
+        f"ranked run ({listed}; data keys {keys}): other input files or preprocessing "
+        "settings, such as a copy of the data set with a file changed or a phantom generated "
+        "elsewhere. Their test volumes differ, so they are not compared with these; rerun "
+        "them on these data (`--mix-code` does not pool them).",
         "",
     ]
 
