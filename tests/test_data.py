@@ -273,8 +273,13 @@ def test_a_dataset_json_that_agrees_with_the_protocol_is_read_in_either_nnunet_f
     (tmp_path / "dataset.json").write_text(json.dumps(swapped))
     with pytest.raises(DatasetError, match="label 2 is 'left_kidney'"):
         check_dataset_json(tmp_path, ours, 3)
-    (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"kidneys": [2, 13]}}))
-    with pytest.raises(DatasetError, match="region-based labels are not supported"):
+    # KiTS23's nnU-Net conversion: regions beside plain ids; the regions are no labels of
+    # their own, and a curated subset (numTraining above the cases found) is only a warning.
+    kits = {"background": 0, "kidney": [1, 2, 3], "masses": [2, 3], "tumor": 2}
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": kits, "numTraining": 489}))
+    check_dataset_json(tmp_path, {1: "kidney", 2: "tumor", 3: "cyst"}, 3)
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"kidney": {"id": 1}}}))
+    with pytest.raises(DatasetError, match="label 'kidney': .* is not an id"):
         check_dataset_json(tmp_path, ours, 3)
     (tmp_path / "dataset.json").write_text("{not json")
     with pytest.raises(DatasetError, match="not a readable JSON file"):
@@ -296,3 +301,17 @@ def test_pseudo_labels_in_labels_unlabeled_are_not_read_as_unlabeled_images(tiny
     (tiny_dataset / "labelsUnlabeled").mkdir()
     index = discover(tiny_dataset)
     assert [c.case_id for c in index.unlabeled] == ["u_000", "u_001"]
+
+
+def test_a_dataset_json_counting_other_cases_is_a_warning(tmp_path, caplog):
+    """An AMOS-style subset (CT cases kept, dataset.json untouched) is legitimate; a partial
+    copy may not be. Either way the run says so and goes on."""
+    import json
+    import logging
+
+    from benchmark.data.reader import check_dataset_json
+
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": {}, "numTraining": 240}))
+    with caplog.at_level(logging.WARNING, logger="labelbench.data"):
+        check_dataset_json(tmp_path, {1: "liver"}, 200)
+    assert "numTraining = 240, but 200 labeled cases found" in caplog.text

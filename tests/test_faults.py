@@ -184,11 +184,6 @@ def dataset_json_swaps_the_kidneys(root: Path) -> list[str]:
     return [str(path), "label 2 is 'Left Kidney'", "'right_kidney'", "as id 13"]
 
 
-def dataset_json_counts_more_cases(root: Path) -> list[str]:
-    path = _dataset_json(root, numTraining=50)  # a partial copy of the data set
-    return [str(path), "numTraining = 50, but 6 labeled cases found"]
-
-
 def dataset_json_is_not_nifti(root: Path) -> list[str]:
     path = _dataset_json(root, file_ending=".mha")
     return [str(path), "file_ending '.mha': only NIfTI"]
@@ -203,7 +198,6 @@ def broken_label_link(root: Path) -> list[str]:
 DATA_FAULTS: list[Callable[[Path], list[str]]] = [
     broken_label_link,
     dataset_json_swaps_the_kidneys,
-    dataset_json_counts_more_cases,
     dataset_json_is_not_nifti,
     pixdim_disagrees_with_affine,
     no_orientation_codes,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import os
 import re
 import zlib
@@ -26,6 +27,7 @@ IMAGE_DIRS = ("imagesTr", "images")
 LABEL_DIRS = ("labelsTr", "labels")
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+log = logging.getLogger("labelbench.data")
 
 
 @dataclass(frozen=True)
@@ -162,11 +164,13 @@ def _by_case(files: list[Path], case_of: Callable[[Path], str], what: str) -> di
 
 def check_dataset_json(root: Path, labels: Mapping[int, str], n_labeled: int) -> None:
     """An nnU-Net `dataset.json` beside the data must agree with what is read and how it is
-    scored: its `file_ending` is NIfTI, its `numTraining` is the number of labeled cases
-    found (a partial copy is refused), and no label it names is another id's organ in the
+    scored: its `file_ending` is NIfTI, and no label it names is another id's organ in the
     protocol (a left/right or other swap would score every organ under a wrong name). Names
     are compared without case, spaces or underscores; a name the protocol does not use is
-    allowed (data sets spell organs their own way). No file, no check."""
+    allowed (data sets spell organs their own way), and region-based entries (a name for a
+    list of ids) are not labels of their own. A `numTraining` other than the number of
+    labeled cases found is a warning (a partial copy, or a curated subset). No file, no
+    check."""
     path = root / "dataset.json"
     if not path.is_file():
         return
@@ -180,11 +184,11 @@ def check_dataset_json(root: Path, labels: Mapping[int, str], n_labeled: int) ->
     if ending is not None and ending not in NIFTI_SUFFIXES:
         raise DatasetError(f"{path}: file_ending {ending!r}: only NIfTI (.nii.gz, .nii) is read")
     n = meta.get("numTraining")
-    if n is not None and n != n_labeled:
-        raise DatasetError(
-            f"{path}: numTraining = {n}, but {plural(n_labeled, 'labeled case')} found in "
-            f"{root} (an incomplete copy?)"
-        )
+    if n is not None and n != n_labeled:  # a curated subset is legitimate: said, not refused
+        log.warning(
+            "%s: numTraining = %s, but %s found in %s (an incomplete copy, or a subset?)",
+            path, n, plural(n_labeled, "labeled case"), root,
+        )  # fmt: skip
     declared = _declared_labels(meta.get("labels", {}), path)
     ours = {_norm(name): i for i, name in labels.items()}
     for i, name in sorted(declared.items()):
@@ -206,11 +210,10 @@ def _declared_labels(raw: object, path: Path) -> dict[int, str]:
             out[value] = str(key)
         elif isinstance(value, str) and str(key).isdigit():
             out[int(key)] = value
+        elif isinstance(value, list):  # a region (nnU-Net v2): a union of ids, not one label
+            continue
         else:
-            raise DatasetError(
-                f"{path}: label {key!r}: {value!r} is not an id (region-based labels are not "
-                f"supported)"
-            )
+            raise DatasetError(f"{path}: label {key!r}: {value!r} is not an id")
     return out
 
 
