@@ -31,7 +31,8 @@ def check_labels(pred: object, images: torch.Tensor, num_classes: int) -> torch.
             "probabilities or masks"
         )
     if pred.numel():
-        low, high = int(pred.min()), int(pred.max())
+        wide = pred.to(torch.int64)  # min/max are not implemented for every unsigned dtype
+        low, high = int(wide.min()), int(wide.max())
         if low < 0 or high >= num_classes:
             raise PredictionError(
                 f"predict returned label ids {low}..{high}: the protocol's are 0..{num_classes - 1}"

@@ -126,8 +126,8 @@ class Validator:
 
     def score_slices(self, pred: torch.Tensor | np.ndarray) -> float:
         """Mean DSC over cases and organs of (N, S, S) predicted labels of `slices`."""
-        if not isinstance(pred, torch.Tensor):
-            pred = torch.from_numpy(np.asarray(pred))
+        if not isinstance(pred, torch.Tensor):  # any array: flipped views (negative strides) too
+            pred = torch.as_tensor(np.ascontiguousarray(pred))
         if len(pred) != len(self.slices):
             raise ValueError(f"expected {len(self.slices)} predicted slices, got {len(pred)}")
         size = self.store.slice_size

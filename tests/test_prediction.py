@@ -40,7 +40,8 @@ def test_what_predict_must_return(pred, message):
         check_labels(pred, IMAGES, 14)
     good = torch.randint(0, 14, (2, 8, 8))
     assert check_labels(good, IMAGES, 14) is good
-    assert check_labels(good.to(torch.uint8), IMAGES, 14) is not None
+    for dtype in (torch.uint8, torch.int16, torch.int32, torch.uint16, torch.uint32):
+        assert check_labels(good.to(dtype), IMAGES, 14) is not None, dtype
 
 
 @pytest.mark.parametrize(
@@ -58,9 +59,24 @@ def test_a_run_whose_predict_breaks_the_contract_fails_unscored(
     shift,
     message,
 ):
+    # Broken only after fit and the checks: the test cases' prediction is checked too.
+    import benchmark.runner as runner
+
     cls = get_method("nearest-mean")
-    real = cls.predict
-    monkeypatch.setattr(cls, "predict", lambda self, images: shift(real(self, images)))
+    real, checked = cls.predict, runner.check_fitted
+    state = {"tested": False}
+
+    def after_checks(*args):
+        trust = checked(*args)
+        state["tested"] = True
+        return trust
+
+    def predict(self, images):
+        pred = real(self, images)
+        return shift(pred) if state["tested"] else pred
+
+    monkeypatch.setattr(runner, "check_fitted", after_checks)
+    monkeypatch.setattr(cls, "predict", predict)
     results = tmp_path / "runs"
     r = CliRunner().invoke(
         app, ["run", "-m", "nearest-mean", "-b", "4slices", "-p", "tiny", "--results", str(results)]
@@ -86,3 +102,19 @@ def test_a_method_sees_its_own_rows_only(tiny_data):  # noqa: F811
     assert not images.labeled and not images.subset([0], labeled=True).labeled
     with pytest.raises(ValueError, match="no labels"):
         images.labels()
+
+
+def test_the_validator_takes_any_array_of_label_maps(tiny_data):  # noqa: F811
+    """A flipped view (negative strides, as a test-time flip makes) and unsigned ids score as
+    their int64 copy does."""
+    import numpy as np
+
+    from benchmark.validation import Validator
+
+    val = Validator(tiny_data.store, tiny_data.split.val, tiny_data.protocol)
+    truth = np.asarray(tiny_data.store.labels[val.slices.rows], dtype=np.int64)
+    expected = val.score_slices(truth)
+    flipped = np.ascontiguousarray(truth[:, ::-1])[:, ::-1]  # a view with negative strides
+    assert flipped.strides[1] < 0
+    assert val.score_slices(flipped) == expected
+    assert val.score_slices(torch.from_numpy(truth).to(torch.uint16)) == expected
