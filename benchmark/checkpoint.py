@@ -59,8 +59,9 @@ def _temporary(path: Path, suffix: str = ".tmp") -> Path:
 def _remove_dead_temporaries(path: Path) -> None:
     """Remove what saves of `path` killed before moving it in place left: the temporaries of
     this host whose process is gone (another host's pid means nothing here), and those named
-    `<stem>.<pid>.tmp` by earlier versions once their pid is gone here and they are
-    `STALE_AFTER_S` old (they do not say their host)."""
+    `<stem>.<pid>.tmp` by earlier versions once their pid is gone here, each once it is
+    `STALE_AFTER_S` old: containers that share a host name need not share pids, so a live
+    save of another one (its file written moments ago) is left alone."""
     host = socket.gethostname()
     named = re.compile(rf"{re.escape(path.stem)}\.(?:(.+)-)?(\d+)(?:\.json)?\.tmp")
     for tmp in path.parent.glob(f"{path.stem}.*.tmp"):
@@ -68,7 +69,7 @@ def _remove_dead_temporaries(path: Path) -> None:
         if match is None or match[1] not in (host, None) or pid_alive(int(match[2])):
             continue
         with contextlib.suppress(FileNotFoundError):
-            if match[1] is None and time.time() - tmp.stat().st_mtime < STALE_AFTER_S:
+            if time.time() - tmp.stat().st_mtime < STALE_AFTER_S:
                 continue
             tmp.unlink()
             log.info("removed %s, left by a save that was killed", tmp)

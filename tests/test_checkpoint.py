@@ -69,16 +69,21 @@ def test_saving_or_loading_a_name_removes_what_killed_saves_of_it_left(tmp_path)
         f"m.{host}-{live}.tmp": True,
         f"m.elsewhere-{dead}.tmp": True,
         f"n.{host}-{dead}.tmp": True,
+        # recent: another container with this host name (its own pids) may be saving it
+        f"m.{host}-{dead + 1}.tmp": True,
     }
     for name in names:
         (tmp_path / name).write_bytes(b"partial")
     old = time.time() - 3600
-    os.utime(tmp_path / f"m.{dead}.tmp", (old, old))
+    for name in (f"m.{dead}.tmp", f"m.{host}-{dead}.tmp", f"m.{host}-{dead}.json.tmp"):
+        os.utime(tmp_path / name, (old, old))
     save_verified({"w": torch.zeros(2)}, tmp_path / "m.pt", {"config": {}})
     kept = {p.name for p in tmp_path.glob("*.tmp")}
     assert kept == {name for name, stays in names.items() if stays}
     assert load_verified(tmp_path / "m.pt", {}) is not None
 
     (tmp_path / f"n.{host}-{dead}.json.tmp").write_bytes(b"partial")  # never saved at all
+    for name in (f"n.{host}-{dead}.json.tmp", f"n.{host}-{dead}.tmp"):
+        os.utime(tmp_path / name, (old, old))
     assert load_verified(tmp_path / "n.pt", {}) is None
     assert not list(tmp_path.glob("n.*"))
