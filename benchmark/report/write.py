@@ -108,7 +108,12 @@ def report_from_store(
     generative = store.generative(protocol=name)
     if runs.empty and generative.empty:
         others = sorted(set(store.runs(status=FINISHED)["protocol"]))
-        hint = f" (it has runs of: {', '.join(others)}; pass --protocol)" if others else ""
+        hint = (
+            f" (it has runs of: {', '.join(others)}; pass --protocol with that name, or the "
+            "protocol's .toml file for one that is not built in)"
+            if others
+            else ""
+        )
         raise StoreError(f"{store.path}: no completed runs for protocol '{name}'{hint}")
     metrics = store.metrics(runs.run_id)
     if not runs.empty and not metrics["run_id"].isin(runs["run_id"]).any() and generative.empty:
