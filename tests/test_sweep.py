@@ -723,7 +723,9 @@ def test_ray_executor_on_a_real_local_cluster(tmp_path, toy):
     assert again.exit_code == 0 and "0 completed, 0 unfit, 2 already done" in again.output
 
 
-def test_a_worker_that_keys_the_run_otherwise_than_the_driver_does_no_work(isolated, tmp_path):
+def test_a_worker_that_keys_the_run_otherwise_than_the_driver_does_no_work(
+    isolated, tmp_path, monkeypatch
+):
     """A worker on another node prepares the run from its own cache, code and packages; a
     run keyed otherwise would be stored under a key the driver never finds. It stops before
     any work, and the driver never stores a run under an unplanned key."""
@@ -733,6 +735,11 @@ def test_a_worker_that_keys_the_run_otherwise_than_the_driver_does_no_work(isola
 
     request = RunRequest("diffusion-linear", "4slices", protocol="tiny", device="cpu",
                          results=tmp_path / "runs")  # fmt: skip
+    # A worker sets its environment and thread count: restored after this test.
+    monkeypatch.setattr(os, "environ", os.environ.copy())
+    import torch
+
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
     prep = prepare(request, Progress(quiet=True))
     assert _planned(prep, prep.run_key) is prep
     for point in (run_point, pretrain_point):
