@@ -19,6 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from benchmark.cli import app
+from benchmark.errors import DatasetError
 from tests.conftest import tiny_protocol_text, write_case
 from tests.faults import (
     BAD,
@@ -324,6 +325,14 @@ def test_nonfinite_window_min_is_a_protocol_choice(flare, tmp_path):
     ctx = load_data(protocol, flare, Progress(quiet=True))
     rows = ctx.store.rows_of_case(BAD)
     assert np.isfinite(np.asarray(ctx.store.images[rows], dtype=np.float32)).all()
+
+    # Raw values with a NaN: the replacement (the window's low end, below 0) does not make
+    # them pass for HU.
+    data = np.asanyarray(nib.load(image(flare)).dataobj).astype(np.float32)
+    data = data - np.nanmin(data) + 24
+    resave(image(flare), data)
+    with pytest.raises(DatasetError, match="no voxel below 0"):
+        load_data(protocol, flare, Progress(quiet=True))
 
     path.write_text(text.replace("[preprocess]\n", '[preprocess]\nnonfinite = "zero"\n'))
     with pytest.raises(Exception, match="preprocess.nonfinite must be"):

@@ -187,9 +187,8 @@ def finite(volume: np.ndarray, path: Path, prep: Preprocessing) -> np.ndarray:
         _check_hu(volume, path)
         return volume
     if prep.nonfinite == "window_min":
-        volume = np.where(bad, np.float32(prep.window_hu[0]), volume)
-        _check_hu(volume, path)
-        return volume
+        _check_hu(volume[~bad], path)  # on the voxels the file holds, not the replacements
+        return np.where(bad, np.float32(prep.window_hu[0]), volume)
     n_nan = int(np.isnan(volume).sum())
     raise DatasetError(
         f"{path}: {count} voxels are not finite ({n_nan} NaN, {count - n_nan} ±Inf); fix the "
