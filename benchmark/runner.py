@@ -49,7 +49,7 @@ from benchmark.provenance import (
 )
 from benchmark.registry import get_method
 from benchmark.store import MetricRow, ResultsStore, RunRecord, wide
-from benchmark.trust import Trust, check_fitted
+from benchmark.trust import Trust, check_fitted, recorded_curve
 from benchmark.validation import Validator
 
 
@@ -402,7 +402,8 @@ def perform(prep: Prepared, progress: Progress) -> tuple[RunRecord, list[MetricR
     except Exception as exc:  # recorded, not raised: a sweep goes on after a failed run
         error = f"{type(exc).__name__}: {exc}"
         ctx.log.debug(traceback.format_exc())
-        rows, trust = [], Trust()
+        # No scores; the learning curve so far stays with the run, to see where it failed.
+        rows, trust = [], Trust(curve=recorded_curve(ctx))
     wall_s = sum(prep.phases.values()) + time.perf_counter() - t_run
     provenance = build_provenance(data, describe_device(device), phases, wall_s, started)
     record = _record(prep, run_id, error, provenance, peak_memory_mb(device), ctx.info, trust)

@@ -29,6 +29,11 @@ class Trust:
     curve: list[tuple[int, float, float]] = field(default_factory=list)
 
 
+def recorded_curve(ctx: RunContext) -> list[tuple[int, float, float]]:
+    """The learning curve the method recorded, as the store keeps it."""
+    return [(p.samples, p.train_loss, p.val_dsc) for p in ctx.curve]
+
+
 def check_fitted(method: Method, labeled: SliceSet, ctx: RunContext, protocol: Protocol) -> Trust:
     """Validation score of the fitted model, the sanity gate on its own labeled slices, and
     the learning curve the method recorded.
@@ -39,7 +44,7 @@ def check_fitted(method: Method, labeled: SliceSet, ctx: RunContext, protocol: P
     its own, is off-protocol; the reason says so when it validated (a curve) but never
     called `Selection.finish(ctx.info)`.
     """
-    trust = Trust(curve=[(p.samples, p.train_loss, p.val_dsc) for p in ctx.curve])
+    trust = Trust(curve=recorded_curve(ctx))
     selection = ctx.info.get("selection")
     if selection is not None:
         trust.val_dsc = round(selection["val_dsc"], 6)

@@ -382,6 +382,26 @@ def test_a_run_whose_curve_goes_past_its_declared_samples_is_off_protocol(tmp_pa
     assert on is None and beyond_budget(Compute(None, 0, "own"), [10**6]) is None
 
 
+def test_a_run_that_fails_after_fit_keeps_its_learning_curve(tmp_path, monkeypatch):
+    """No scores, but the curve so far: where a failed run got to is worth seeing."""
+    import benchmark.runner as runner
+
+    _protocol(tmp_path, monkeypatch, "lenient", 0.0)
+
+    def boom(*args):
+        raise RuntimeError("disk full while predicting")
+
+    monkeypatch.setattr(runner, "predict_case", boom)
+    results = tmp_path / "runs"
+    r = bench("run", "-m", "unet-scratch", "-b", "4slices", "-p", "lenient", "--results",
+              str(results), "--set", "batch_size=2")  # fmt: skip
+    assert r.exit_code == 1 and "disk full while predicting" in r.stderr
+    store = ResultsStore(results)
+    runs = store.runs(status=None)
+    assert list(runs["status"]) == ["failed"] and store.metrics(runs["run_id"]).empty
+    assert list(store.curves(runs["run_id"])["samples"]) == [4, 6]
+
+
 # --------------------------------------------------------------------------- store
 
 
