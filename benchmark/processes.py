@@ -73,14 +73,22 @@ def scratch_folder(prefix: str) -> Iterator[Path]:
         yield Path(tmp)
 
 
-def remove_dead_scratch(root: Path, prefix: str) -> None:
-    """Remove the `scratch_folder`s under `root` whose process is dead: the pid in the name is
-    gone from this host and no live process holds the lock (the name alone could be another
-    host's, or another pid namespace's, in a shared folder)."""
+def remove_dead_scratch(root: Path, prefix: str, min_age_s: float | None = None) -> None:
+    """Remove the folders `<prefix><pid>-<id>` under `root` (a `scratch_folder`, a phantom
+    build) whose process is dead: no live process holds the lock (the name alone could be
+    another host's, or another pid namespace's, in a shared folder), and the pid in the name
+    is gone from this host or, with `min_age_s`, the folder is that old (a reused pid, or
+    another host's dead build)."""
+    now = time.time()
     for folder in root.glob(f"{prefix}*"):
         named = re.fullmatch(rf"{re.escape(prefix)}(\d+)-\w+", folder.name)
-        dead = named is not None and not pid_alive(int(named[1]))
-        if dead and folder.is_dir() and not held_by_live_process(folder):
+        if named is None or not folder.is_dir():
+            continue
+        try:
+            old = min_age_s is not None and now - folder.stat().st_mtime >= min_age_s
+        except OSError:
+            continue
+        if (old or not pid_alive(int(named[1]))) and not held_by_live_process(folder):
             shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -24,14 +24,13 @@ import numpy as np
 from benchmark.data.cache import (
     LOCK,
     STALE_AFTER_S,
-    held_by_live_process,
     publish,
     write_manifest,
 )
 from benchmark.data.digests import DigestMemo
 from benchmark.data.phantom.case import generate_case
 from benchmark.data.phantom.settings import ORGANS, PhantomSettings
-from benchmark.processes import die_with_parent, pid_alive
+from benchmark.processes import die_with_parent, remove_dead_scratch
 
 
 def _affine(shape: tuple[int, ...], spacing: tuple[float, float, float]) -> np.ndarray:
@@ -192,16 +191,8 @@ def _sweep_leftovers(out: Path) -> None:
     """Remove what killed builds of ``out`` left: hidden ``.{name}.tmp-*`` / ``.old-*``
     folders that no live process holds the lock of, once their process is gone from this
     host or they are `STALE_AFTER_S` old (a reused pid, or another host's dead build)."""
-    now = time.time()
-    for stale in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")]:
-        pid = stale.name.rsplit("-", 2)[-2]
-        try:
-            age = now - stale.stat().st_mtime
-        except OSError:
-            continue
-        gone = pid.isdigit() and not pid_alive(int(pid))
-        if (gone or age >= STALE_AFTER_S) and not held_by_live_process(stale):
-            shutil.rmtree(stale, ignore_errors=True)
+    for kind in ("tmp", "old"):
+        remove_dead_scratch(out.parent, f".{out.name}.{kind}-", STALE_AFTER_S)
 
 
 # --------------------------------------------------------------------------------------------
