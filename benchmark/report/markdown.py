@@ -143,13 +143,17 @@ def _short(code: str) -> str:
     return "-".join(part[:8] for part in code.split("-"))
 
 
+def _per_method(runs: pd.DataFrame) -> str:
+    """`method count, ...`: how many of `runs` each method has."""
+    return ", ".join(f"{m} {n}" for m, n in runs.groupby("method").size().items())
+
+
 def data_note(left_out: pd.DataFrame) -> list[str]:
     """Markdown lines naming the runs left out because they were made on other data than the
     newest run (`benchmark.report.frames.newest_data`)."""
     if left_out.empty:
         return []
-    by_method = left_out.groupby("method").size()
-    listed = ", ".join(f"{m} {n}" for m, n in by_method.items())
+    listed = _per_method(left_out)
     keys = ", ".join(f"`{k[:8]}`" for k in sorted(left_out["dataset_key"].astype(str).unique()))
     return [
         f"> **⚠️ Left out {plural(len(left_out), 'run')} made on other data** than the newest "
@@ -174,8 +178,7 @@ def code_note(runs: pd.DataFrame, left_out: pd.DataFrame, mix: bool) -> list[str
             "",
         ]
     if not left_out.empty:
-        by_method = left_out.groupby("method").size()
-        listed = ", ".join(f"{m} {n}" for m, n in by_method.items())
+        listed = _per_method(left_out)
         out += [
             f"Left out {plural(len(left_out), 'run')} made by older code than each method's "
             f"newest runs ({listed}); `bench report --mix-code` pools them.",
