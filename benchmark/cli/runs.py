@@ -228,7 +228,8 @@ def sweep(
     verify: VerifyOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Run every METHOD × BUDGET × SEED not yet in the store; exit code = runs that failed."""
+    """Run every METHOD × BUDGET × SEED not yet in the store; exit code 1 when a run failed
+    (2 is bad input, as everywhere)."""
     params = dict(locals())
     from benchmark.data.cache import verifying
     from benchmark.metrics.registry import display_name
@@ -270,4 +271,4 @@ def sweep(
         highlight=False,
     )
     if failed:
-        raise typer.Exit(min(failed, 100))
+        raise typer.Exit(1)  # not the count: 2 failed runs would read as bad input
