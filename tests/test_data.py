@@ -212,6 +212,29 @@ def test_geometry_tolerance_is_nnunets(tmp_path):
         check_pair(case, at(-200.0), at(-199.99))
 
 
+def test_an_oblique_direction_passes_by_what_it_moves_not_by_its_components(tmp_path):
+    """A tilt of 1e-6 rad against an oblique image (a qform quaternion read against an sform
+    differs that much) moves no voxel by a micrometre and passes; np.allclose's atol=1e-8 on
+    the near-zero components refused it. A tilt of 1e-3 rad moves the far corner by about
+    0.1 mm and is refused."""
+    write_case(tmp_path / "imagesTr", "a")
+    case = discover(tmp_path).labeled[0]
+    header = read_header(case.image)
+
+    def tilted(angle: float):  # oblique in-plane, then tilted out of plane by `angle`
+        c, s = np.cos(0.3), np.sin(0.3)
+        in_plane = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+        c, s = np.cos(angle), np.sin(angle)
+        out_of_plane = np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
+        affine = np.eye(4)
+        affine[:3, :3] = out_of_plane @ in_plane @ np.diag([0.8, 0.8, 3.0])
+        return dataclasses.replace(header, affine=tuple(map(tuple, affine)))
+
+    check_pair(case, tilted(0.0), tilted(1e-6))
+    with pytest.raises(DatasetError, match=r"a.nii.gz: label direction .* moving voxels by up"):
+        check_pair(case, tilted(0.0), tilted(1e-3))
+
+
 def test_a_label_damaged_after_preprocessing_names_the_file_when_scored(tiny_dataset):
     """The runner reads test labels again to score them: a decode error there is a
     DatasetError naming the file, like at preprocessing."""

@@ -355,6 +355,11 @@ def read_volume(
 # voxels are scored against the image's voxels one by one.
 GEOMETRY_RTOL = 1e-5
 GEOMETRY_ATOL = 1e-8
+# Direction cosines are compared by what they move instead: atol=1e-8 on a near-zero
+# component of an oblique matrix refused a tilt of 1e-6 rad (a qform quaternion read against
+# an sform), which moves no voxel by a micrometre. A direction passes when no voxel of the
+# volume moves by more than this fraction of the smallest voxel spacing.
+DIRECTION_TOL_VOXELS = 1e-3
 
 
 def _close(a: np.ndarray, b: np.ndarray) -> bool:
@@ -372,6 +377,16 @@ def _direction(affine: tuple[tuple[float, ...], ...]) -> np.ndarray:
     return m / np.linalg.norm(m, axis=0)
 
 
+def _tilt_mm(
+    a: tuple[tuple[float, ...], ...], b: tuple[tuple[float, ...], ...], header: Header
+) -> float:
+    """Largest shift (mm) that the difference of two affines' directions gives any voxel of a
+    volume of `header`'s size, bounded above: each axis's change of unit vector times the
+    volume's largest extent."""
+    change = np.linalg.norm(_direction(a) - _direction(b), axis=0).sum()
+    return float(change * max(header.shape) * max(header.spacing))
+
+
 def _show(field: str, affine: tuple[tuple[float, ...], ...], matrix: bool) -> str:
     if field == "origin":
         return "(" + ", ".join(f"{v:.2f}" for v in _origin(affine)) + ") mm"
@@ -380,8 +395,9 @@ def _show(field: str, affine: tuple[tuple[float, ...], ...], matrix: bool) -> st
 
 
 def check_pair(case: CaseFiles, image: Header, label: Header) -> None:
-    """Image and label must lie on one voxel grid: the same shape, spacing, direction and
-    origin, within nnU-Net's tolerance (`GEOMETRY_RTOL`, `GEOMETRY_ATOL`).
+    """Image and label must lie on one voxel grid: the same shape, spacing and origin, within
+    nnU-Net's tolerance (`GEOMETRY_RTOL`, `GEOMETRY_ATOL`), and directions that move no voxel
+    by more than `DIRECTION_TOL_VOXELS` of a voxel.
 
     Direction and origin are those of the stored affines, as nnU-Net compares them: in
     canonical orientation the far corner of a flipped axis becomes the origin, and float32
@@ -407,20 +423,24 @@ def check_same_grid(
             f"{path}: {what} spacing {header.spacing} mm differs from {of} spacing "
             f"{ref.spacing} mm ({reference})"
         )
-    for field, part in (("direction", _direction), ("origin", _origin)):
-        if not _close(part(ref.affine), part(header.affine)):
-            # Axis codes (RAS, LPS, ...) say it when they differ; an oblique tilt needs the
-            # matrix.
-            matrix = nib.aff2axcodes(np.asarray(ref.affine)) == nib.aff2axcodes(
-                np.asarray(header.affine)
-            )
-            gap = float(np.max(np.abs(part(ref.affine) - part(header.affine))))
-            raise DatasetError(
-                f"{path}: {what} {field} {_show(field, header.affine, matrix)} differs "
-                f"from {of} {field} {_show(field, ref.affine, matrix)} ({reference}) by up "
-                f"to {gap:.2g}{' mm' if field == 'origin' else ''}; the {what} must be on "
-                f"the {of}'s voxel grid"
-            )
+    tilt = _tilt_mm(ref.affine, header.affine, ref)
+    if tilt > DIRECTION_TOL_VOXELS * min(ref.spacing):
+        # Axis codes (RAS, LPS, ...) say it when they differ; an oblique tilt needs the matrix.
+        matrix = nib.aff2axcodes(np.asarray(ref.affine)) == nib.aff2axcodes(
+            np.asarray(header.affine)
+        )
+        raise DatasetError(
+            f"{path}: {what} direction {_show('direction', header.affine, matrix)} differs "
+            f"from {of} direction {_show('direction', ref.affine, matrix)} ({reference}), "
+            f"moving voxels by up to {tilt:.2g} mm; the {what} must be on the {of}'s voxel grid"
+        )
+    if not _close(_origin(ref.affine), _origin(header.affine)):
+        gap = float(np.max(np.abs(_origin(ref.affine) - _origin(header.affine))))
+        raise DatasetError(
+            f"{path}: {what} origin {_show('origin', header.affine, False)} differs from "
+            f"{of} origin {_show('origin', ref.affine, False)} ({reference}) by up to "
+            f"{gap:.2g} mm; the {what} must be on the {of}'s voxel grid"
+        )
 
 
 def read_label(path: Path, known: Collection[int]) -> tuple[np.ndarray, tuple[float, float, float]]:
