@@ -134,7 +134,7 @@ EXECUTION_ONLY = {
     "unet-scratch": {"predict_batch_size"},
     "simclr": {"predict_batch_size"},
     "mae": {"predict_batch_size"},
-    "diffusion-linear": {"predict_batch_size", "checkpoint_every"},
+    "diffusion-linear": {"predict_batch_size", "checkpoint_every", "feature_memory_mb"},
     "diffusion-decoder": {"predict_batch_size", "checkpoint_every"},
     "nnunet": {"processes", "augmentation_processes", "keep_files"},
 }

@@ -153,13 +153,14 @@ def test_feature_bank_returns_the_taps_features_channels_last_in_ram_and_on_disk
     taps = DecoderTaps(build_unet(TINY), build_scheduler(TINY), 16, (0, 1), (50, 150))
     idx = np.array([4, 1, 2])
     expected = by_resolution(taps(unlabeled.images(np.sort(idx))))
-    for memory_mb, tol in ((2048, 0.0), (0, 2e-3)):  # float32 in RAM; float16 memory map
+    assert all(torch.equal(e, e.half().float()) for e in expected), "float16 values"
+    for memory_mb in (2048, 0):  # float32 in RAM; float16 memory map: the same values
         bank = FeatureBank(taps, unlabeled, 3, memory_mb, torch.device("cpu"))
         assert bank.on_disk == (memory_mb == 0)
         got = bank.get(idx, torch.device("cpu"))
         for g, e in zip(got, expected, strict=True):
             assert g.shape == e.shape and g.is_contiguous(memory_format=torch.channels_last)
-            torch.testing.assert_close(g, e, rtol=tol, atol=tol * max(1.0, float(e.abs().max())))
+            assert torch.equal(g, e), memory_mb
         # a sorted index tensor (what a fit pre-draws) gives the same rows
         by_tensor = bank.get(torch.from_numpy(np.sort(idx)), torch.device("cpu"))
         for g, t in zip(got, by_tensor, strict=True):
@@ -272,10 +273,12 @@ def test_a_head_fit_with_its_draws_made_up_front_is_bitwise_the_step_by_step_fit
     torch.manual_seed(0)
     taps = DecoderTaps(build_unet(TINY), build_scheduler(TINY), 16, (0, 1), (50, 150))
     cpu = torch.device("cpu")
+    fits = []
     for memory_mb in (2048, 0):
         bank = FeatureBank(taps, labeled, 2, memory_mb, cpu)
         ctx = RunContext(cpu, 3, 14, Path(tmp_path), QUIET)
         fitted = train_head(bank, labeled, cfg, ctx, taps.group_channels)
+        fits.append(fitted.state_dict())
 
         torch.manual_seed(3)  # the reference: train_head as it drew step by step
         ref = build_head(head, taps.group_channels, 14, 32, 2, (8, 4), cfg.vote, 16)
@@ -295,6 +298,18 @@ def test_a_head_fit_with_its_draws_made_up_front_is_bitwise_the_step_by_step_fit
             fitted.state_dict().items(), ref.state_dict().values(), strict=True
         ):
             assert torch.equal(a, b), (memory_mb, name)
+    # where the features live changes no weight: they are float16 values in RAM too
+    for name, a in fits[0].items():
+        assert torch.equal(a, fits[1][name]), name
+
+
+def test_features_are_float16_values_and_one_beyond_its_range_fails_the_run():
+    from methods.diffusion.features import storable
+
+    x = torch.tensor([0.1, 1.0 / 3.0, 1000.5])
+    assert torch.equal(storable(x, 0, 50), x.half().float())
+    with pytest.raises(FloatingPointError, match="block 1 at timestep 150 .* 7e\\+04"):
+        storable(torch.tensor([1.0, 7e4]), 1, 150)
 
 
 def test_ensemble_votes():

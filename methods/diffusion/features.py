@@ -42,9 +42,10 @@ class DecoderTaps:
     """Deterministic decoder features of a frozen DDPM UNet.
 
     `__call__` returns one tensor per (timestep, block), in that nesting order, each of shape
-    (N, C_block, h_block, w_block) at the block's own resolution (float32). Upsample them to
-    the slice size (bilinear) and concatenate for pixel features; `channels` gives C_block.
-    Hooks are attached only during a call, so several tap sets can share one backbone.
+    (N, C_block, h_block, w_block) at the block's own resolution (float32 holding float16
+    values: see `storable`). Upsample them to the slice size (bilinear) and concatenate for
+    pixel features; `channels` gives C_block. Hooks are attached only during a call, so
+    several tap sets can share one backbone.
     """
 
     def __init__(
@@ -105,8 +106,24 @@ class DecoderTaps:
                 xt = self.scheduler.add_noise(original_samples=x0, noise=noise, timesteps=ts)
                 out.clear()
                 self.model(xt, ts)
-                feats.extend(out[b].float() for b in self.blocks)
+                feats.extend(storable(out[b], b, t) for b in self.blocks)
         return feats
+
+
+def storable(features: torch.Tensor, block: int, timestep: int) -> torch.Tensor:
+    """`features` rounded to float16 and back to float32, as a `FeatureBank` on disk stores
+    them. Every consumer (the bank in memory or on disk, validation, prediction) sees these
+    same values, so a head is selected and scored on the inputs it was trained on, and a
+    budget whose features spill to disk is not computed at another precision than one whose
+    features stay in memory. A value beyond float16's range fails the run, never an inf."""
+    rounded = features.half()
+    if not torch.isfinite(rounded).all():
+        worst = float(features.float().abs().max())
+        raise FloatingPointError(
+            f"decoder block {block} at timestep {timestep} gives features up to {worst:.3g} "
+            "(or non-finite), beyond float16's range (65504) in which features are kept"
+        )
+    return rounded.float()
 
 
 def by_resolution(feats: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -72,9 +72,10 @@ class DiffusionLinearConfig(DDPMConfig):
     (3e-3 for mlp-ensemble, 3e-2 for linear)."""
     weight_decay: float = non_negative(1e-4)
     """AdamW weight decay of the head."""
-    feature_memory_mb: int = non_negative(2048)
+    feature_memory_mb: int = non_negative(2048, execution=True)
     """Cached features above this size go to a float16 disk memory map instead of memory
-    (RAM on the CPU, the GPU's memory on a GPU)."""
+    (RAM on the CPU, the GPU's memory on a GPU). Execution only: features are float16 values
+    wherever they live (`features.storable`)."""
     predict_batch_size: int = positive(32, execution=True)
     """Slices per forward pass when extracting features (execution only)."""
 
