@@ -68,6 +68,9 @@ NOT_CORE = (
     "benchmark.store",
     "benchmark.store_schema",
     "benchmark.sweep",
+    "benchmark.sweep_local",
+    "benchmark.sweep_ray",
+    "benchmark.sweep_worker",
 )
 """Core modules that cannot change a segmentation score (a test keeps every module of
 `benchmark` in exactly one of the two lists, so a new module needs a decision)."""

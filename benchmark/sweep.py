@@ -14,32 +14,25 @@ fine-tuning runs that need it, and runs the rest on an executor:
 Workers never touch the SQLite store: they return their record and metric rows, and the
 driver alone writes each run in its own transaction as it finishes. A sweep killed halfway
 keeps every finished run, and started again does only the missing ones.
+
+This module holds the grid (`SweepRequest`), its plan and the driver (`run_sweep`); the
+executors live in `benchmark.sweep_local` and `benchmark.sweep_ray`, and what their workers
+run in `benchmark.sweep_worker`.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
-import pickle
-import signal
-import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from benchmark.config import apply_overrides
-from benchmark.data.cache import VERIFY_ENV, verify_requested
 from benchmark.data.context import DataContext, load_data
-from benchmark.data.source import cache_root
 from benchmark.errors import ConfigError
-from benchmark.method import RunContext
-from benchmark.processes import die_with_parent, scratch_folder, usable_cpus
 from benchmark.progress import Progress
-from benchmark.protocol import Protocol, available_protocols, load_protocol, stable_hash
+from benchmark.protocol import Protocol, available_protocols, load_protocol
 from benchmark.provenance import resolve_device
 from benchmark.registry import get_method
 from benchmark.runner import (
@@ -49,14 +42,13 @@ from benchmark.runner import (
     ensure_ceiling,
     failed_record,
     mean_scores,
-    perform,
     prepare,
-    run_pretraining,
 )
 from benchmark.store import FINISHED, ResultsStore, RunRecord, check_results_dir
+from benchmark.sweep_local import _run_local
+from benchmark.sweep_ray import NO_RAY, _run_ray
 
 EXECUTORS = ("local", "ray")
-NO_RAY = "--executor ray needs Ray: pip install 'ray>=2.9'"
 
 
 @dataclass
@@ -194,93 +186,6 @@ def _locator(protocol: Protocol) -> str:
     return str(protocol.path.resolve())
 
 
-def pretraining_groups(pending: list[Prepared]) -> dict[str, list[Prepared]]:
-    """Runs that need a pretraining, grouped by what identifies it (shared across methods)."""
-    groups: dict[str, list[Prepared]] = {}
-    for prep in pending:
-        if prep.method_cls.uses_pretraining:
-            key = stable_hash(prep.method_cls(prep.config).pretrain_key(prep.request.seed))
-            groups.setdefault(key, []).append(prep)
-    return groups
-
-
-def worker_env() -> dict[str, str]:
-    """What a worker process needs to see the same cache, protocols and plugins as the driver."""
-    env = {
-        "LABELBENCH_CACHE": str(cache_root().resolve()),
-        # A dependency's import-time warning, silenced in the CLI too; workers import first.
-        "PYTHONWARNINGS": "ignore:`torch.jit.interface` is deprecated:FutureWarning",
-    }
-    if "LABELBENCH_PROTOCOLS" in os.environ:
-        env["LABELBENCH_PROTOCOLS"] = os.environ["LABELBENCH_PROTOCOLS"]
-    if verify_requested():  # --verify: the workers' own reads (the unlabeled pool) too
-        env[VERIFY_ENV] = "1"
-    prefixes = {sys.prefix, sys.base_prefix}
-    extra = [p for p in sys.path if p and os.path.isdir(p) and not p.startswith(tuple(prefixes))]
-    if extra:
-        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(extra))
-    return env
-
-
-def _set_threads(n: int | None) -> None:
-    if n:
-        import torch
-
-        torch.set_num_threads(n)
-
-
-def run_point(
-    request: RunRequest,
-    env: dict[str, str],
-    threads: int | None = None,
-    _after: Any = None,
-    expected: str = "",
-) -> tuple[RunRecord, list[MetricRow]]:
-    """A worker's whole run: data from the shared cache, fit, predict, score. No store access.
-    `expected`: the run key the driver planned (checked before any work)."""
-    os.environ.update(env)
-    _set_threads(threads)
-    progress = Progress(quiet=True)
-    return perform(_planned(prepare(request, progress), expected), progress)
-
-
-def pretrain_point(
-    request: RunRequest, env: dict[str, str], threads: int | None = None, expected: str = ""
-) -> str:
-    """A worker's pretraining for `request`'s method and seed; returns the cache key."""
-    os.environ.update(env)
-    _set_threads(threads)
-    progress = Progress(quiet=True)
-    prep = _planned(prepare(request, progress), expected)
-    return _pretrain(prep, progress)
-
-
-def _planned(prep: Prepared, expected: str) -> Prepared:
-    """`prep` when a worker prepared the run the driver planned. A worker on another node
-    prepares it from its own cache, code and packages; a run keyed otherwise would be stored
-    under a key the driver never looks up (every resume would run it again), on other data."""
-    if expected and prep.run_key != expected:
-        raise RuntimeError(
-            f"this worker keys the run {prep.run_key[:12]}, the driver planned "
-            f"{expected[:12]}: its data, code or packages differ from the driver's (share the "
-            "cache folder and install the same code and packages on every node)"
-        )
-    return prep
-
-
-def _pretrain(prep: Prepared, progress: Progress) -> str:
-    data = prep.data
-    ctx = RunContext(
-        device=resolve_device(prep.request.device),
-        seed=prep.request.seed,
-        num_classes=data.protocol.num_classes,
-        cache_dir=cache_root() / "pretrain",
-        progress=progress,
-    )
-    run_pretraining(prep.method_cls(prep.config), data.protocol, data.index, ctx, progress)
-    return str(ctx.info.get("pretrain_cache", ""))
-
-
 Report = Callable[[Finished], None]
 
 
@@ -323,271 +228,3 @@ def run_sweep(req: SweepRequest, progress: Progress, report: Report | None = Non
             report(f)
     task.close()
     return SweepResult(finished)
-
-
-# --------------------------------------------------------------------------- local
-
-
-def _run_local(
-    req: SweepRequest,
-    pending: list[Prepared],
-    record: Callable[[Prepared, RunRecord, list[MetricRow]], None],
-    progress: Progress,
-    stop: float | None = None,
-) -> list[Prepared]:
-    """Run `pending`; returns the runs left unstarted because `stop` (a `time.monotonic()`
-    instant after which no job starts) had passed."""
-
-    def stopped() -> bool:
-        return stop is not None and time.monotonic() >= stop
-
-    groups = pretraining_groups(pending)
-    if req.jobs > 1:
-        return _run_processes(req, pending, groups, record, stopped)
-    todo = list(pending)
-    for group in groups.values():
-        if stopped():
-            return todo
-        try:
-            _pretrain(group[0], progress)
-        except Exception as exc:  # every run that needs it fails with the reason, once
-            for prep in group:
-                record(prep, failed_record(prep, _pretrain_error(exc)), [])
-                todo.remove(prep)
-    while todo and not stopped():
-        prep = todo.pop(0)
-        record(prep, *perform(prep, progress))
-    return todo
-
-
-def _pretrain_error(exc: BaseException) -> str:
-    return f"pretraining failed: {type(exc).__name__}: {exc}"
-
-
-def _child(request: RunRequest, env: dict[str, str], threads: int, out: str, key: str) -> None:
-    _own_group()
-    try:
-        result: Any = run_point(request, env, threads, expected=key)
-    except Exception as exc:  # raised outside the run's own try (its data, its device):
-        result = {"error": f"{type(exc).__name__}: {exc}"}  # recorded, not retried
-    _dump(result, out)
-
-
-def _pretrain_child(
-    request: RunRequest, env: dict[str, str], threads: int, out: str, key: str
-) -> None:
-    _own_group()
-    try:
-        result: dict[str, str] = {"key": pretrain_point(request, env, threads, key)}
-    except Exception as exc:  # the driver fails every run that needs it, with the reason
-        result = {"error": _pretrain_error(exc)}
-    _dump(result, out)
-
-
-def _own_group() -> None:
-    """A worker's first step: a process group of its own, which `_stop` ends with every
-    process the worker starts, and death with the driver, even a SIGKILLed one that stops
-    nothing (the driver's loop thread started it and lives as long as it runs)."""
-    import multiprocessing as mp
-
-    os.setpgrp()
-    driver = mp.parent_process()
-    if driver is not None and driver.pid is not None:  # always, in a spawned worker
-        die_with_parent(driver.pid)
-
-
-def _stop(proc: Any, grace: float = 10.0) -> None:
-    """End a worker and the processes it started (its process group, `_child`'s): SIGTERM,
-    then SIGKILL to what is left after `grace` seconds."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:  # the group is gone, or the worker has not made it yet
-            if proc.is_alive():
-                proc.kill() if sig == signal.SIGKILL else proc.terminate()
-        proc.join(grace if sig == signal.SIGTERM else None)
-
-
-@contextmanager
-def _terminate_interrupts() -> Iterator[None]:
-    """SIGTERM and SIGHUP (a batch job's time limit, a closed terminal) end the driver as
-    Ctrl-C does: by an interrupt, so that it stops its workers on the way out instead of
-    leaving them running. Only in the main thread, where Python delivers signals."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
-
-    before = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, handler in before.items():
-            signal.signal(sig, handler)
-
-
-def _dump(result: Any, out: str) -> None:
-    tmp = out + ".tmp"
-    with open(tmp, "wb") as f:
-        pickle.dump(result, f)
-    os.replace(tmp, out)
-
-
-@dataclass
-class _Task:
-    """A job of the local process pool: one pretraining (`group` set) or one run."""
-
-    prep: Prepared
-    group: str | None = None
-    """The pretraining's key, when this task is one."""
-    needs: str | None = None
-    """The key of the pretraining this run waits for, if any."""
-    attempt: int = 0
-
-
-def _run_processes(
-    req: SweepRequest,
-    pending: list[Prepared],
-    groups: dict[str, list[Prepared]],
-    record: Callable[[Prepared, RunRecord, list[MetricRow]], None],
-    stopped: Callable[[], bool] = lambda: False,
-) -> list[Prepared]:
-    """`req.jobs` jobs at a time, each in a spawned process; a dead one is retried once.
-    Once `stopped()`, no job starts; returns the runs left unstarted.
-
-    The pretrainings are jobs too, queued first: a run waits only for its own pretraining,
-    and runs that need none start at once, so no slot idles while pretraining goes on. A
-    pretraining that fails fails every run that needs it, with its reason.
-    """
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    env = worker_env()
-    threads = max(1, usable_cpus() // req.jobs)
-    owner = {id(p): key for key, group in groups.items() for p in group}
-    queue = [_Task(group[0], group=key) for key, group in groups.items()]
-    queue += [_Task(prep, needs=owner.get(id(prep))) for prep in pending]
-    done: set[str] = set()
-    running: dict[Any, tuple[_Task, Path]] = {}
-
-    def fail_group(key: str, error: str) -> None:
-        for task in [t for t in queue if t.needs == key]:
-            queue.remove(task)
-            record(task.prep, failed_record(task.prep, error), [])
-
-    def finish(proc: Any) -> None:
-        """Record what a worker that has ended left, or queue its one retry."""
-        task, out = running.pop(proc)
-        proc.join()
-        result = None
-        if out.exists():
-            with out.open("rb") as f:
-                result = pickle.load(f)
-        if result is None and task.attempt == 0:
-            queue.insert(0, _Task(task.prep, task.group, task.needs, attempt=1))
-        elif task.group is not None:
-            if result is not None and "key" in result:
-                done.add(task.group)
-            else:
-                error = (
-                    result["error"]
-                    if result is not None
-                    else "pretraining failed: its worker process died twice "
-                    f"(exit code {proc.exitcode})"
-                )
-                fail_group(task.group, error)
-        elif isinstance(result, dict):
-            record(task.prep, failed_record(task.prep, result["error"]), [])
-        elif result is not None:
-            record(task.prep, *result)
-        else:
-            error = f"worker process died twice (exit code {proc.exitcode})"
-            record(task.prep, failed_record(task.prep, error, info={"attempts": 2}), [])
-
-    with scratch_folder("labelbench-sweep-") as tmp, _terminate_interrupts():
-        try:
-            while (queue and not stopped()) or running:
-                for task in [t for t in queue if t.needs is None or t.needs in done]:
-                    if len(running) >= req.jobs or stopped():
-                        break
-                    queue.remove(task)
-                    kind = "pretrain" if task.group else "run"
-                    out = tmp / f"{kind}-{task.prep.run_key}-{task.attempt}.pkl"
-                    target = _pretrain_child if task.group else _child
-                    # Not a daemon: a method may start processes of its own (nnU-Net does).
-                    proc = ctx.Process(
-                        target=target,
-                        args=(task.prep.request, env, threads, str(out), task.prep.run_key),
-                    )
-                    proc.start()
-                    running[proc] = (task, out)
-                for proc in [p for p in running if not p.is_alive()]:
-                    finish(proc)
-                time.sleep(0.05)
-        finally:  # the driver leaving early (an interrupt) takes its workers with it
-            for proc in running:
-                _stop(proc)
-    return [t.prep for t in queue if t.group is None]
-
-
-# --------------------------------------------------------------------------- ray
-
-
-def _run_ray(
-    req: SweepRequest,
-    pending: list[Prepared],
-    record: Callable[[Prepared, RunRecord, list[MetricRow]], None],
-) -> None:
-    try:
-        import ray
-    except ImportError:  # found by `plan`, yet broken
-        raise ConfigError(NO_RAY) from None
-    env = worker_env()
-    started_here = not ray.is_initialized()
-    if started_here:
-        if req.ray_address:
-            ray.init(address=req.ray_address, runtime_env={"env_vars": env}, log_to_driver=False)
-        else:
-            ray.init(
-                num_cpus=usable_cpus(),
-                include_dashboard=False,
-                runtime_env={"env_vars": env},
-                log_to_driver=False,
-            )
-    try:
-        _submit_and_collect(ray, req, pending, record, env)
-    finally:
-        if started_here:
-            ray.shutdown()
-
-
-def _submit_and_collect(ray: Any, req: SweepRequest, pending, record, env) -> None:
-    # `auto` is resolved by each worker on its node, so it is resolved against the cluster
-    # here: a run that would find a GPU there must ask Ray for one, or it shares it unseen.
-    cluster_gpus = req.device == "auto" and ray.cluster_resources().get("GPU", 0) >= 1
-    gpus = 1 if req.device.startswith("cuda") or cluster_gpus else 0
-    opts = {"num_cpus": req.cpus_per_run, "num_gpus": gpus, "max_retries": 1}
-    pretrain_task = ray.remote(pretrain_point).options(**opts)
-    run_task = ray.remote(run_point).options(**opts)
-    after: dict[str, Any] = {}
-    for key, group in pretraining_groups(pending).items():
-        after[key] = pretrain_task.remote(group[0].request, env, req.cpus_per_run, group[0].run_key)
-    owner = {
-        id(p): k for k, group in pretraining_groups(pending).items() for p in group
-    }  # which pretraining each run waits for
-    refs = {}
-    for prep in pending:
-        dep = after.get(owner.get(id(prep), ""))
-        refs[run_task.remote(prep.request, env, req.cpus_per_run, dep, prep.run_key)] = prep
-    while refs:
-        ready, _ = ray.wait(list(refs), num_returns=1)
-        prep = refs.pop(ready[0])
-        try:
-            rec, rows = ray.get(ready[0])
-        except ray.exceptions.RayError as exc:
-            reason = str(exc).strip().splitlines()
-            error = f"{type(exc).__name__}: {reason[-1] if reason else ''}".strip()
-            rec, rows = failed_record(prep, error, info={"executor": "ray"}), []
-        record(prep, rec, rows)

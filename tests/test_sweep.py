@@ -600,7 +600,7 @@ def test_ray_tasks_ask_for_a_gpu_when_auto_finds_them_in_the_cluster(device, clu
     for one, or Ray places any number of runs on one GPU."""
     from types import SimpleNamespace
 
-    from benchmark.sweep import _submit_and_collect
+    from benchmark.sweep_ray import _submit_and_collect
 
     options = []
 
@@ -673,17 +673,17 @@ def test_a_run_another_sweep_finished_meanwhile_is_kept_and_reported_done_elsewh
     (and the run_id it printed); the other says so and counts it as already done."""
     from dataclasses import replace
 
-    from benchmark import sweep as sweep_module
+    from benchmark import sweep_local
 
     results = tmp_path / "runs"
-    perform = sweep_module.perform
+    perform = sweep_local.perform
 
     def finished_elsewhere_meanwhile(prep, progress):
         rec, rows = perform(prep, progress)
         ResultsStore(results).write_run(replace(rec, run_id="theirs"), rows)
         return rec, rows
 
-    monkeypatch.setattr(sweep_module, "perform", finished_elsewhere_meanwhile)
+    monkeypatch.setattr(sweep_local, "perform", finished_elsewhere_meanwhile)
     r = sweep(results, "--methods", "toy-plain", "--budgets", "4slices", "--seeds", "0")
     assert r.exit_code == 0, r.output
     assert "done elsewhere meanwhile as run theirs" in " ".join(r.output.split())
@@ -732,7 +732,7 @@ def test_a_worker_that_keys_the_run_otherwise_than_the_driver_does_no_work(
     any work, and the driver never stores a run under an unplanned key."""
     from benchmark.progress import Progress
     from benchmark.runner import RunRequest, prepare
-    from benchmark.sweep import _planned, pretrain_point, run_point, worker_env
+    from benchmark.sweep_worker import _planned, pretrain_point, run_point, worker_env
 
     request = RunRequest("diffusion-linear", "4slices", protocol="tiny", device="cpu",
                          results=tmp_path / "runs")  # fmt: skip
@@ -753,7 +753,7 @@ def test_verify_reaches_a_sweeps_workers(monkeypatch):
     """`--verify` is a context variable in the driver; a worker process sees it through its
     environment, so the unlabeled pool it reads is verified too."""
     from benchmark.data.cache import VERIFY_ENV, verify_requested, verifying
-    from benchmark.sweep import worker_env
+    from benchmark.sweep_worker import worker_env
 
     monkeypatch.delenv(VERIFY_ENV, raising=False)
     assert VERIFY_ENV not in worker_env()
