@@ -322,6 +322,22 @@ def test_ensemble_votes():
     assert head.labels([]).item() == 2  # the mean probability: 0.6 for class 2
 
 
+def test_a_majority_tie_goes_to_the_tied_label_of_higher_mean_probability():
+    """Four members split two to two between background and organ 3: torch.mode (DDPM-Seg's
+    vote) gives the pixel to background, the lowest id; the organ's mean probability is
+    higher, so it wins. A clear majority still wins against a higher mean probability."""
+    head = MLPEnsemble([2], num_classes=4, size=1, members=4, hidden=(4,))
+    probs = torch.tensor(
+        [[0.5, 0.0, 0.1, 0.4], [0.5, 0.0, 0.1, 0.4], [0.1, 0.0, 0.0, 0.9], [0.1, 0.0, 0.0, 0.9]]
+    )
+    head.member_logits = lambda feats: probs.log().clamp_min(-30).view(4, 1, 4, 1, 1)
+    assert probs.argmax(1).mode(0).values.item() == 0, "torch.mode: the lowest id"
+    assert head.labels([]).item() == 3
+    three = torch.tensor([[0.5, 0.0, 0.1, 0.4]] * 3 + [[0.0, 0.0, 0.0, 1.0]])
+    head.member_logits = lambda feats: three.log().clamp_min(-30).view(4, 1, 4, 1, 1)
+    assert head.labels([]).item() == 0  # 3 votes to 1, though organ 3's mean is 0.55
+
+
 def test_tap_blocks_sit_where_the_docstring_says_and_hooks_do_not_leak():
     """3 levels: up_blocks 0, 1, 2 at 1/2, 1/1, 1/1; 6 levels (the paper preset's layout):
     1, 2, 3 at 1/8, 1/4, 1/2 (DDPM-Seg's 32², 64², 128² of a 256 model)."""

@@ -114,7 +114,9 @@ class MLPEnsemble(nn.Module):
     keeps small organs from vanishing). Prediction (`labels`) applies the first layer at
     each group's own resolution and upsamples its output (exact: the layer is linear), then
     votes: `majority` (the mode of the members' argmax, DDPM-Seg's `predict_labels`) or
-    `mean-prob` (argmax of the mean softmax).
+    `mean-prob` (argmax of the mean softmax). A majority tie (ten members split five to five)
+    goes to the tied label of higher mean probability: DDPM-Seg's `torch.mode` gives it to
+    the lowest label id on a CPU, which is background, so ties took pixels from organs.
     """
 
     def __init__(
@@ -246,10 +248,17 @@ class MLPEnsemble(nn.Module):
         return x
 
     def labels(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        logits = self.member_logits(feats)
+        logits = self.member_logits(feats)  # (M, N, K, S, S)
+        mean_prob = torch.zeros_like(logits[0])
+        for member in logits:  # one member at a time: no second (M, N, K, S, S) tensor
+            mean_prob.add_(member.softmax(1), alpha=1 / len(logits))
         if self.vote == "mean-prob":
-            return logits.softmax(2).mean(0).argmax(1)
-        return logits.argmax(2).mode(0).values
+            return mean_prob.argmax(1)
+        votes = torch.zeros_like(mean_prob)
+        for member in logits:
+            votes.scatter_add_(1, member.argmax(1, keepdim=True), torch.ones_like(votes[:, :1]))
+        # The mean probability (at most 1) adds less than one vote: it decides ties only.
+        return votes.add_(mean_prob, alpha=0.5).argmax(1)
 
 
 def _bilinear_at(f: torch.Tensor, row: torch.Tensor, col: torch.Tensor, size: int) -> torch.Tensor:

@@ -58,7 +58,8 @@ class DiffusionLinearConfig(DDPMConfig):
     hidden: tuple[int, ...] = positive((128, 32))
     """mlp-ensemble: hidden widths, each Linear, ReLU, BatchNorm1d (DDPM-Seg: 128, 32)."""
     vote: str = "majority"
-    """mlp-ensemble: majority (mode of the members' labels, DDPM-Seg's) or mean-prob."""
+    """mlp-ensemble: majority (mode of the members' labels, DDPM-Seg's; a tie goes to the
+    tied label of higher mean probability) or mean-prob."""
     pixels: int = positive(256)
     """mlp-ensemble: random pixels per slice per step (DDPM-Seg trains on pixel batches)."""
     iterations: int | None = positive(None)
