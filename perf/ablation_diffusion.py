@@ -35,22 +35,40 @@ import pandas as pd
 import torch
 
 from benchmark.compute import configure, steps_for
+from benchmark.config import identity_dict
 from benchmark.data.context import load_data
 from benchmark.data.source import cache_root
 from benchmark.errors import LabelbenchError
+from benchmark.fingerprint import code_fingerprint
 from benchmark.method import RunContext, SliceSet
 from benchmark.progress import Progress
-from benchmark.protocol import load_protocol
+from benchmark.protocol import load_protocol, stable_hash
 from benchmark.provenance import describe_device, resolve_device
 from benchmark.runner import run_pretraining
 from benchmark.validation import Validator
 from methods.diffusion.features import FeatureBank
-from methods.diffusion.linear import DiffusionLinear, make_taps, train_head
+from methods.diffusion.linear import (
+    DiffusionLinear,
+    DiffusionLinearConfig,
+    make_taps,
+    train_head,
+)
 
 FACTORS = ["pretrain_samples", "finetune_samples", "resolution", "head", "taps", "timesteps"]
-KEY = [*FACTORS, "budget", "seed"]
+KEY = [*FACTORS, "budget", "seed", "setup"]
 """A row's identity: a CSV row is reused only for this exact variant, fine-tuning length
-included (a protocol whose length changed recomputes its rows instead of reusing them)."""
+included, made under the same `setup` (a changed protocol, head code or `--set` recomputes
+its rows instead of reusing them)."""
+UNRECORDED = "unrecorded"
+"""The setup of rows written before the column existed: never reused."""
+
+
+def setup_key(protocol_hash: str, base: DiffusionLinearConfig) -> str:
+    """What a row depends on beyond its factors: the protocol (its split, validation cases and
+    training length), the code of the method and the core, package versions, and the config
+    that `--set` gave (learning rate, members, pixels, vote, noise seed, ...)."""
+    code = code_fingerprint(DiffusionLinear.__module__)
+    return stable_hash({"protocol": protocol_hash, "code": code, "config": identity_dict(base)})
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -102,6 +120,9 @@ class Results:
             self.table = pd.read_csv(self.csv, dtype={"taps": str, "timesteps": str})
             if "finetune_samples" not in self.table:  # rows of unknown length: never reused
                 self.table.insert(1, "finetune_samples", pd.NA)
+            if "setup" not in self.table:  # rows of an unknown setup: never reused
+                self.table["setup"] = UNRECORDED
+            self.table["setup"] = self.table["setup"].fillna(UNRECORDED).astype(str)
             self.done = set(map(tuple, self.table[KEY].astype(str).values))
 
     def has(self, **key) -> bool:
@@ -147,7 +168,9 @@ def markdown(table: pd.DataFrame, args: argparse.Namespace, device: str) -> str:
     if "device" in t and t["device"].notna().any():  # the devices that measured the rows
         device = " and ".join(sorted(set(t["device"].dropna())))
     budgets = [b for b in args.budgets if b in set(t["budget"])]
-    agg = t.groupby([*FACTORS, "budget"])["val_dsc"].agg(["mean", "std", "count"])
+    several = t["setup"].nunique() > 1  # rows of several setups are shown apart, never pooled
+    columns = ["setup", *FACTORS] if several else FACTORS
+    agg = t.groupby([*columns, "budget"])["val_dsc"].agg(["mean", "std", "count"])
     wide = agg["mean"].unstack("budget").reindex(columns=budgets)
     wide["mean"] = wide.mean(axis=1)
     wide = wide.sort_values("mean", ascending=False)
@@ -160,10 +183,21 @@ def markdown(table: pd.DataFrame, args: argparse.Namespace, device: str) -> str:
         "pretraining and fine-tuning samples are its own columns; compare rows only where "
         "they agree (the paired table below does).",
         "",
-        "| pretrain samples | fine-tune samples | input | head | taps | timesteps | "
-        + " | ".join(budgets)
-        + " | mean |",
-        "|---:|---:|---:|---|---|---|" + "---:|" * (len(budgets) + 1),
+    ]
+    if several:
+        lines += [
+            f"The rows come from {t['setup'].nunique()} setups (protocol, code or `--set` "
+            "differ; `unrecorded`: rows made before the setup was recorded). Compare rows only "
+            "within one setup.",
+            "",
+        ]
+    lines += [
+        "| " + ("setup | " if several else "") + "pretrain samples | fine-tune samples | input "
+        "| head | taps | timesteps | " + " | ".join(budgets) + " | mean |",
+        "|"
+        + ("---|" if several else "")
+        + "---:|---:|---:|---|---|---|"
+        + "---:|" * (len(budgets) + 1),
     ]
     best = wide["mean"].max()
     for key, row in wide.iterrows():
@@ -219,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         base, _ = configure(DiffusionLinear, args.overrides, protocol.training)
         ft = base.iterations * base.batch_size  # labeled samples each head is trained on
+        setup = setup_key(protocol.hash, base)
         for b in args.budgets:
             protocol.budget(b)
         levels = len(base.channels)
@@ -245,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     t_start, fits_done, fit_time, pre_done, pre_time = time.perf_counter(), 0, 0.0, 0, 0.0
     remaining = sum(
         not results.has(pretrain_samples=n, finetune_samples=ft, resolution=r, head=h,
-                        taps=_label(tp), timesteps=_label(ts), budget=b, seed=s)
+                        taps=_label(tp), timesteps=_label(ts), budget=b, seed=s,
+                        setup=setup)
         for n, r, s in groups for b in args.budgets for tp in args.tap_sets
         for ts in args.timesteps for h in args.heads
     )  # fmt: skip
@@ -255,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
             for b in args.budgets for tp in args.tap_sets for ts in args.timesteps
             for h in args.heads
             if not results.has(pretrain_samples=n, finetune_samples=ft, resolution=r, head=h,
-                               taps=_label(tp), timesteps=_label(ts), budget=b, seed=s)
+                               taps=_label(tp), timesteps=_label(ts), budget=b, seed=s,
+                        setup=setup)
         ]  # fmt: skip
         if not todo:
             continue
@@ -307,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
                             "kept_samples": sel["kept_samples"],
                             "n_labeled": len(labeled), "channels": sum(taps.channels),
                             "features_s": round(feat_s, 1), "fit_s": round(fit_s, 1),
-                            "device": describe_device(device),
+                            "device": describe_device(device), "setup": setup,
                         })  # fmt: skip
                         fits_done, fit_time = fits_done + 1, fit_time + fit_s
                         remaining -= 1

@@ -483,6 +483,13 @@ def test_ablation_runs_tiny_resumes_and_refuses_bad_grids(tmp_path, capsys):
     )
     table = pd.read_csv(out / "ablation.csv")
     assert len(table) == 9 and sorted(set(table["finetune_samples"])) == [6, 8]
+    # another head setting (here its learning rate) is another setup: recomputed, not reused
+    other_lr = [*tiny, "--set", "lr=0.05"]
+    again = [*common, *other_lr, "--resolutions", "16", "--heads", "linear", "--tap-sets", "1"]
+    assert ablation.main([*again, "--out", str(out)]) == 0
+    table = pd.read_csv(out / "ablation.csv")
+    assert len(table) == 10 and table["setup"].nunique() == 3
+    assert "rows come from 3 setups" in (out / "ABLATION.md").read_text()
     bad = tmp_path / "bad"
     assert ablation.main([*common, "--tap-sets", "0,7", "--out", str(bad)]) == 2
     assert "--tap-sets" in capsys.readouterr().err and not bad.exists()
