@@ -197,11 +197,14 @@ class Selection:
             self._validate()
 
     def _validate(self) -> None:
-        was_training = self.model.training
+        # Each module's own mode comes back: `train(True)` on the whole model would put a part
+        # the method keeps in eval mode (frozen batch norm statistics) back into training.
+        modes = [(m, m.training) for m in self.model.modules()]
         self.model.eval()
         with torch.no_grad():
             dsc = float(self.score())
-        self.model.train(was_training)
+        for module, training in modes:
+            module.training = training
         samples = self._step * self.batch_size
         self.curve.append(CurvePoint(samples, float(np.mean(self._losses)), dsc))
         self._losses = []

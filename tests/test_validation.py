@@ -133,6 +133,20 @@ def test_selection_keeps_the_best_validated_weights(select):
         assert kept == 0.6 and model.w.item() == 8
 
 
+def test_validation_gives_each_module_back_its_own_mode():
+    """A model that trains with a frozen part in eval mode (batch norm statistics kept) has
+    that part in eval mode still after a validation, and the rest back in training."""
+    model = torch.nn.Sequential(torch.nn.BatchNorm1d(2), torch.nn.Linear(2, 2))
+    model.train()
+    model[0].eval()
+    seen = []
+    sel = Selection(model, lambda: seen.append(model.training) or 0.5, batch_size=1, steps=2,
+                    every_samples=1, select=False, curve=[])  # fmt: skip
+    sel.step(loss=1.0)
+    assert seen == [False], "validated in eval mode"
+    assert model.training and model[1].training and not model[0].training
+
+
 @pytest.mark.parametrize("steps", [23, 100, 120])
 def test_optimize_validates_the_model_of_each_due_step_and_keeps_every_loss(steps):
     """Losses are read in batches, yet each validation sees the weights of its own step and
