@@ -2,14 +2,16 @@
 
 A method builds from its default config and the protocol's training budget, pretrains when
 it says it does, fits the budget's labeled slices, predicts (N, S, S) int64 labels in range
-for (N, 1, S, S) images, and makes the same prediction again for the same seed (on its
-cached pretraining, as the runner's next budget or seed would). A plugin package gets this
+for (N, 1, S, S) images, makes the same prediction again for the same seed (on its
+cached pretraining, as the runner's next budget or seed would), and predicts each slice
+alone as it does in a batch. A plugin package gets this
 test by being installed.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -69,9 +71,15 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> DataContext:
 
 
 def fit_and_predict(
-    name: str, data: DataContext, seed: int, images: torch.Tensor, cache: Path
-) -> torch.Tensor:
-    """What the runner does with a method, up to its prediction for `images`."""
+    name: str,
+    data: DataContext,
+    seed: int,
+    images: torch.Tensor,
+    cache: Path,
+    one_by_one: bool = False,
+) -> Any:
+    """What the runner does with a method, up to its prediction for `images`; with
+    `one_by_one`, also its predictions of each image alone, concatenated."""
     protocol = data.protocol
     method_cls = installed_methods()[name].load()
     config, _ = configure(method_cls, TINY_SETS.get(name, []), protocol.training)
@@ -86,7 +94,10 @@ def fit_and_predict(
     _, rows = data.budget_rows(protocol.budget("4slices"), seed)
     method.fit(SliceSet(data.store, rows, labeled=True), ctx)
     with torch.no_grad():
-        return method.predict(images)
+        if not one_by_one:
+            return method.predict(images)
+        alone = torch.cat([method.predict(images[i : i + 1]) for i in range(len(images))])
+        return method.predict(images), alone
 
 
 @pytest.mark.parametrize("name", _methods())
@@ -102,5 +113,8 @@ def test_method_contract(name: str, tiny: DataContext, tmp_path: Path) -> None:
 
     # The second fit reads the first one's cached pretraining, as a run of another budget or
     # seed does; pretraining twice would double the test's time.
-    again = fit_and_predict(name, tiny, 3, images, tmp_path / "again")
+    again, alone = fit_and_predict(name, tiny, 3, images, tmp_path / "again", one_by_one=True)
     assert torch.equal(first, again), f"{name}: two fits with seed 3 predict differently"
+    # The runner predicts whole cases, validation and the sanity gate chunks of slices: a
+    # slice's label map must not depend on the slices predicted with it.
+    assert torch.equal(first, alone), f"{name}: a slice predicted alone gets other labels"

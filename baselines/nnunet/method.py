@@ -213,14 +213,21 @@ class NNUNet(Method):
         }
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
-        stack = images[:, 0].cpu().numpy().astype(np.float32)[None]  # (1, N, S, S)
+        slices = images[:, 0].cpu().numpy().astype(np.float32)  # (N, S, S)
         # The training slices' spacing (the plan's): nnU-Net does not resample. The first
         # axis is the slice axis of a 2D stack, never resampled; SimpleITKIO reads 2D images
         # with spacing 999 there.
         props = {"spacing": [999.0, *NOMINAL_SPACING_MM]}
+        labels = np.empty(slices.shape, dtype=np.int64)
         with quiet():
-            seg = self.predictor.predict_single_npy_array(stack, props)
-        return torch.from_numpy(np.asarray(seg, dtype=np.int64))
+            # One case per slice, as each labeled slice was one case in training. nnU-Net
+            # crops a case to its nonzero bounding box: a stack of slices would be cropped to
+            # their union and tiled over air the network never saw beside a slice, and the
+            # prediction of a slice would depend on which slices came with it.
+            for i, image in enumerate(slices):
+                seg = self.predictor.predict_single_npy_array(image[None, None], props)
+                labels[i] = np.asarray(seg)[0]
+        return torch.from_numpy(labels)
 
 
 @contextlib.contextmanager
