@@ -8,7 +8,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from benchmark.data.reader import check_pair, discover, read_header, read_label, read_volume
+from benchmark.data.reader import (
+    Header,
+    check_pair,
+    discover,
+    read_header,
+    read_label,
+    read_volume,
+)
 from benchmark.data.slicestore import (
     Preprocessing,
     build_slice_store,
@@ -221,18 +228,23 @@ def test_an_oblique_direction_passes_by_what_it_moves_not_by_its_components(tmp_
     case = discover(tmp_path).labeled[0]
     header = read_header(case.image)
 
-    def tilted(angle: float):  # oblique in-plane, then tilted out of plane by `angle`
-        c, s = np.cos(0.3), np.sin(0.3)
+    def tilted(angle: float, shape=header.shape, spacing=(0.8, 0.8, 3.0)):
+        c, s = np.cos(0.3), np.sin(0.3)  # oblique in-plane, then tilted out of plane
         in_plane = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
         c, s = np.cos(angle), np.sin(angle)
         out_of_plane = np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
         affine = np.eye(4)
-        affine[:3, :3] = out_of_plane @ in_plane @ np.diag([0.8, 0.8, 3.0])
-        return dataclasses.replace(header, affine=tuple(map(tuple, affine)))
+        affine[:3, :3] = out_of_plane @ in_plane @ np.diag(spacing)
+        return Header(shape, spacing, tuple(map(tuple, affine)))
 
     check_pair(case, tilted(0.0), tilted(1e-6))
     with pytest.raises(DatasetError, match=r"a.nii.gz: label direction .* moving voxels by up"):
         check_pair(case, tilted(0.0), tilted(1e-3))
+    # A FLARE-sized volume: the far corner moves 5.3e-4 mm, under 0.001 of its 0.74 mm voxel.
+    flare = {"shape": (512, 512, 100), "spacing": (0.74, 0.74, 2.5)}
+    check_pair(case, tilted(0.0, **flare), tilted(1e-6, **flare))
+    with pytest.raises(DatasetError, match=r"moving voxels by up to 0.53 mm"):
+        check_pair(case, tilted(0.0, **flare), tilted(1e-3, **flare))
 
 
 def test_a_label_damaged_after_preprocessing_names_the_file_when_scored(tiny_dataset):

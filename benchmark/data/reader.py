@@ -381,10 +381,14 @@ def _tilt_mm(
     a: tuple[tuple[float, ...], ...], b: tuple[tuple[float, ...], ...], header: Header
 ) -> float:
     """Largest shift (mm) that the difference of two affines' directions gives any voxel of a
-    volume of `header`'s size, bounded above: each axis's change of unit vector times the
-    volume's largest extent."""
-    change = np.linalg.norm(_direction(a) - _direction(b), axis=0).sum()
-    return float(change * max(header.shape) * max(header.spacing))
+    volume of `header`'s size and spacing. The shift is linear in the voxel index, so it is
+    largest at one of the volume's eight corners (in the stored axis order of `a`)."""
+    order = nib.io_orientation(np.asarray(a))[:, 0].astype(int)  # stored axis → canonical axis
+    shape = np.array(header.shape)[order]
+    spacing = np.array(header.spacing)[order]
+    change = (_direction(a) - _direction(b)) * spacing  # (3, 3): mm per stored voxel step
+    corners = np.array(np.meshgrid(*[[0, n - 1] for n in shape], indexing="ij")).reshape(3, -1)
+    return float(np.linalg.norm(change @ corners, axis=0).max())
 
 
 def _show(field: str, affine: tuple[tuple[float, ...], ...], matrix: bool) -> str:
