@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import shlex
 import sys
 import time
@@ -65,10 +66,14 @@ UNRECORDED = "unrecorded"
 
 def setup_key(protocol_hash: str, base: DiffusionLinearConfig) -> str:
     """What a row depends on beyond its factors: the protocol (its split, validation cases and
-    training length), the code of the method and the core, package versions, and the config
-    that `--set` gave (learning rate, members, pixels, vote, noise seed, ...)."""
+    training length), the code of the method and the core, package versions (so rows made
+    with another torch build are kept apart), this script, and the config that `--set` gave
+    (learning rate, members, pixels, vote, noise seed, ...)."""
     code = code_fingerprint(DiffusionLinear.__module__)
-    return stable_hash({"protocol": protocol_hash, "code": code, "config": identity_dict(base)})
+    script = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    return stable_hash(
+        {"protocol": protocol_hash, "code": code, "script": script, "config": identity_dict(base)}
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -116,8 +121,10 @@ class Results:
         self.csv, self.md = out / "ablation.csv", out / "ABLATION.md"
         self.table: pd.DataFrame | None = None
         self.done: set[tuple[str, ...]] = set()
+        self.header: list[str] | None = None  # the CSV file's columns
         if self.csv.exists():
             self.table = pd.read_csv(self.csv, dtype={"taps": str, "timesteps": str})
+            self.header = list(self.table.columns)
             if "finetune_samples" not in self.table:  # rows of unknown length: never reused
                 self.table.insert(1, "finetune_samples", pd.NA)
             if "setup" not in self.table:  # rows of an unknown setup: never reused
@@ -130,8 +137,14 @@ class Results:
 
     def add(self, row: dict) -> None:
         frame = pd.DataFrame([row])
-        frame.to_csv(self.csv, mode="a", header=not self.csv.exists(), index=False)
         self.table = frame if self.table is None else pd.concat([self.table, frame])
+        if self.header is not None and set(self.header) == set(frame.columns):
+            frame[self.header].to_csv(self.csv, mode="a", header=False, index=False)
+        else:  # a new file, or one of an older layout: the whole table, columns migrated
+            tmp = self.csv.with_suffix(".csv.tmp")
+            self.table.to_csv(tmp, index=False)
+            tmp.replace(self.csv)
+            self.header = list(self.table.columns)
         self.done.add(tuple(str(row[k]) for k in KEY))
 
 
@@ -292,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             for h in args.heads
             if not results.has(pretrain_samples=n, finetune_samples=ft, resolution=r, head=h,
                                taps=_label(tp), timesteps=_label(ts), budget=b, seed=s,
-                        setup=setup)
+                               setup=setup)
         ]  # fmt: skip
         if not todo:
             continue

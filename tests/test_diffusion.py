@@ -490,6 +490,15 @@ def test_ablation_runs_tiny_resumes_and_refuses_bad_grids(tmp_path, capsys):
     table = pd.read_csv(out / "ablation.csv")
     assert len(table) == 10 and table["setup"].nunique() == 3
     assert "rows come from 3 setups" in (out / "ABLATION.md").read_text()
+    # a CSV of the layout before `setup` (as the committed study's) summarizes and resumes:
+    # its rows are never reused, and the file is rewritten with the column, not mixed
+    old = tmp_path / "old"
+    old.mkdir()
+    table.drop(columns="setup").head(2).to_csv(old / "ablation.csv", index=False)
+    assert ablation.main(["--budgets", "4slices", "--summarize", "--out", str(old)]) == 0
+    assert ablation.main([*again, "--out", str(old)]) == 0
+    migrated = pd.read_csv(old / "ablation.csv")
+    assert len(migrated) == 3 and list(migrated["setup"].fillna("-"))[:2] == ["unrecorded"] * 2
     bad = tmp_path / "bad"
     assert ablation.main([*common, "--tap-sets", "0,7", "--out", str(bad)]) == 2
     assert "--tap-sets" in capsys.readouterr().err and not bad.exists()
