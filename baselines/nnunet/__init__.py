@@ -10,8 +10,9 @@ experiment planning, preprocessing of the `2d` configuration) and nnU-Net's trai
 class named by `trainer`, nnUNetTrainer by default: its loss with deep supervision, SGD with
 Nesterov momentum and poly learning rate, patch sampling with foreground oversampling,
 augmentation) trains on every labeled slice, followed by nnU-Net's final validation. Test
-slices are predicted with `nnUNetPredictor`: each call's (N, 1, S, S) slices as one
-N × S × S stack, which the `2d` configuration predicts slice by slice with its sliding window.
+slices are predicted with `nnUNetPredictor`, each slice as a case of its own (1 × S × S), as
+each labeled slice was one case in training: a slice's labels never depend on the slices
+predicted with it.
 
 Schedule: the protocol's fine-tuning budget in samples, like every other method. nnU-Net's
 batch comes from its plan (2 for a few slices, up to 5 % of the data set's voxels per batch),

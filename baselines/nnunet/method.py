@@ -217,7 +217,7 @@ class NNUNet(Method):
         # The training slices' spacing (the plan's): nnU-Net does not resample. The first
         # axis is the slice axis of a 2D stack, never resampled; SimpleITKIO reads 2D images
         # with spacing 999 there.
-        props = {"spacing": [999.0, *NOMINAL_SPACING_MM]}
+        spacing = [999.0, *NOMINAL_SPACING_MM]
         labels = np.empty(slices.shape, dtype=np.int64)
         with quiet():
             # One case per slice, as each labeled slice was one case in training. nnU-Net
@@ -225,6 +225,7 @@ class NNUNet(Method):
             # their union and tiled over air the network never saw beside a slice, and the
             # prediction of a slice would depend on which slices came with it.
             for i, image in enumerate(slices):
+                props = {"spacing": spacing}  # nnU-Net writes its crop into it: one per call
                 seg = self.predictor.predict_single_npy_array(image[None, None], props)
                 labels[i] = np.asarray(seg)[0]
         return torch.from_numpy(labels)

@@ -123,6 +123,8 @@ def storable(features: torch.Tensor, block: int, timestep: int) -> torch.Tensor:
             f"decoder block {block} at timestep {timestep} gives features up to {worst:.3g} "
             "(or non-finite), beyond float16's range (65504) in which features are kept"
         )
+    if features.dtype == torch.float32:  # in place: no second float32 copy of the block
+        return features.copy_(rounded)
     return rounded.float()
 
 
