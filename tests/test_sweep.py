@@ -704,7 +704,7 @@ def test_ray_executor_on_a_real_local_cluster(tmp_path, toy):
         results, "--methods", "toy-mean,toy-crash,toy-fail", "--budgets", "4slices,1pct",
         "--seeds", "0", "--executor", "ray",
     )  # fmt: skip
-    assert r.exit_code == 4, r.output
+    assert r.exit_code == 1 and "4 failed" in r.output, r.output
     assert completed(results) == [("toy-mean", "1pct", 0), ("toy-mean", "4slices", 0)]
     assert marks(toy, "pretrain") == 1
     assert marks(toy, "crash") == 4, "each crashing task ran twice: Ray retried it once"
