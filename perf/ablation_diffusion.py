@@ -291,22 +291,20 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     t_start, fits_done, fit_time, pre_done, pre_time = time.perf_counter(), 0, 0.0, 0, 0.0
-    remaining = sum(
-        not results.has(pretrain_samples=n, finetune_samples=ft, resolution=r, head=h,
-                        taps=_label(tp), timesteps=_label(ts), budget=b, seed=s,
-                        setup=setup)
-        for n, r, s in groups for b in args.budgets for tp in args.tap_sets
-        for ts in args.timesteps for h in args.heads
-    )  # fmt: skip
-    for gi, (n, r, s) in enumerate(groups):
-        todo = [
+    pending = {  # per pretraining, the head fits the CSV does not hold yet
+        (n, r, s): [
             (b, tp, ts, h)
             for b in args.budgets for tp in args.tap_sets for ts in args.timesteps
             for h in args.heads
             if not results.has(pretrain_samples=n, finetune_samples=ft, resolution=r, head=h,
                                taps=_label(tp), timesteps=_label(ts), budget=b, seed=s,
                                setup=setup)
-        ]  # fmt: skip
+        ]
+        for n, r, s in groups
+    }  # fmt: skip
+    remaining = sum(map(len, pending.values()))
+    for gi, (n, r, s) in enumerate(groups):
+        todo = pending[(n, r, s)]
         if not todo:
             continue
         steps = steps_for(n, base.pretrain_batch_size)
