@@ -2,15 +2,25 @@
 
 The official script is FLARE22/Evaluation/FLARE22_DSC_NSD_Eval.py in the public FLARE
 repository (JunMa11/FLARE), with its SurfaceDice.py, a copy of DeepMind's surface-distance.
-This module follows their rules step by step, not their text:
+Its 2024 revision is the one FLARE24 scores the same 13 organs with
+(FLARE24/T2andT3_FLARE24_DSC_NSD_Eval.py, March 2024). This module follows their rules and
+the order of their steps, not their text:
 
 - the volumes are the files' voxel arrays as stored (no reorientation), the spacing is the
   label file's header zooms (float32);
-- per label: absent from both → DSC = NSD = 1; absent from the ground truth only → 0, 0; else
-  for aorta, IVC and esophagus both masks are cut to ``[z_lower:z_upper]`` of the ground
-  truth's slice indices along the file's third axis (its last slice left out); DSC on the
-  (cut) masks; from the 2024 revision on, NSD = 0 where DSC < 0.2; else NSD from
-  ``compute_surface_distances`` and ``compute_surface_dice_at_tolerance``;
+- per label, the script's branches in its order, each counting the organ's voxels again as
+  it does (`evaluate_case` costs what the script's loop costs; `perf/bench_metrics.py` times
+  it): absent from both → DSC = NSD = 1; absent from the ground truth only → 0, 0; from the
+  2024 revision on, absent from the prediction only → 0, 0; else for aorta, IVC and
+  esophagus both masks are cut to ``[z_lower:z_upper]`` of the ground truth's slice indices
+  along the file's third axis (its last slice left out); DSC on the (cut) masks; from the
+  2024 revision on, NSD = 0 where DSC < 0.2 (FLARE23's script gates at 0.1); else NSD from
+  ``compute_surface_distances`` and ``compute_surface_dice_at_tolerance``.
+
+Surface distances are DeepMind's own (`surface-distance`, a dev dependency), as the script
+uses them (``surface="deepmind"``, the default). ``surface="rewrite"`` uses this module's
+rewrite of them from their rules, which `tests/test_conformance.py` holds to the package:
+
 - ``compute_surface_distances``: crop both masks to the bounding box of their union, zero-pad
   one voxel, neighbourhood codes by correlating with the 2x2x2 kernel [[[128, 64], [32, 16]],
   [[8, 4], [2, 1]]], surfels where the code is neither 0 nor 255, each with the area of its
@@ -20,15 +30,16 @@ This module follows their rules step by step, not their text:
 - ``compute_surface_dice_at_tolerance``: surfel area with ``distance <= tolerance`` (float64)
   on both sides over the total surfel area of both.
 
-The normal table is DeepMind's, taken from MONAI's copy of it (not from labelbench), and
-scaled in float64 in the official order. Used by `tests/test_conformance.py` and by
-`perf/bench_metrics.py` (DeepMind's `surface-distance` is not installed here).
+The rewrite's normal table is DeepMind's, taken from MONAI's copy of it (not from
+labelbench), and scaled in float64 in the official order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+import warnings
+from collections.abc import Callable, Collection, Mapping
 from functools import cache
+from types import SimpleNamespace
 
 import numpy as np
 from scipy import ndimage
@@ -66,7 +77,12 @@ def compute_surface_distances(mask_gt: np.ndarray, mask_pred: np.ndarray, spacin
     union = mask_gt | mask_pred
     if not union.any():
         empty = np.array([])
-        return {"gt_to_pred": empty, "pred_to_gt": empty, "areas_gt": empty, "areas_pred": empty}
+        return {
+            "distances_gt_to_pred": empty,
+            "distances_pred_to_gt": empty,
+            "surfel_areas_gt": empty,
+            "surfel_areas_pred": empty,
+        }
     lo = np.array([np.flatnonzero(union.any(axis=tuple(a for a in range(3) if a != i))).min()
                    for i in range(3)])  # fmt: skip
     hi = np.array([np.flatnonzero(union.any(axis=tuple(a for a in range(3) if a != i))).max()
@@ -98,18 +114,18 @@ def compute_surface_distances(mask_gt: np.ndarray, mask_pred: np.ndarray, spacin
     if len(pred_to_gt):
         pred_to_gt, areas_pred = np.array(sorted(zip(pred_to_gt, areas_pred, strict=True))).T
     return {
-        "gt_to_pred": gt_to_pred,
-        "pred_to_gt": pred_to_gt,
-        "areas_gt": areas_gt,
-        "areas_pred": areas_pred,
+        "distances_gt_to_pred": gt_to_pred,
+        "distances_pred_to_gt": pred_to_gt,
+        "surfel_areas_gt": areas_gt,
+        "surfel_areas_pred": areas_pred,
     }
 
 
 def compute_surface_dice_at_tolerance(distances: dict, tolerance_mm: float) -> float:
-    overlap_gt = np.sum(distances["areas_gt"][distances["gt_to_pred"] <= tolerance_mm])
-    overlap_pred = np.sum(distances["areas_pred"][distances["pred_to_gt"] <= tolerance_mm])
-    total = np.sum(distances["areas_gt"]) + np.sum(distances["areas_pred"])
-    return float((overlap_gt + overlap_pred) / total)
+    areas_gt, areas_pred = distances["surfel_areas_gt"], distances["surfel_areas_pred"]
+    overlap_gt = np.sum(areas_gt[distances["distances_gt_to_pred"] <= tolerance_mm])
+    overlap_pred = np.sum(areas_pred[distances["distances_pred_to_gt"] <= tolerance_mm])
+    return float((overlap_gt + overlap_pred) / (np.sum(areas_gt) + np.sum(areas_pred)))
 
 
 def compute_dice_coefficient(mask_gt: np.ndarray, mask_pred: np.ndarray) -> float:
@@ -119,6 +135,50 @@ def compute_dice_coefficient(mask_gt: np.ndarray, mask_pred: np.ndarray) -> floa
     return float(2 * (mask_gt & mask_pred).sum() / volume_sum)
 
 
+SURFACES = ("deepmind", "rewrite")
+
+
+@cache
+def _deepmind() -> SimpleNamespace:
+    """DeepMind's surface-distance functions, as the official script calls them. Its 0.1
+    release still writes `np.Inf` and `np.NaN` (for a mask without surfels, and for the DSC
+    of two empty masks), which NumPy 2 removed: the aliases are put back for it, NumPy's own
+    inf and nan. Its `scipy.ndimage.filters` and `.morphology` imports are deprecated
+    namespaces of the same functions; their warnings are silenced for it."""
+    for alias, value in (("Inf", np.inf), ("NaN", np.nan)):
+        if not hasattr(np, alias):
+            setattr(np, alias, value)
+    import surface_distance
+
+    def quiet(fn: Callable) -> Callable:
+        def call(*args):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return fn(*args)
+
+        return call
+
+    return SimpleNamespace(
+        compute_surface_distances=quiet(surface_distance.compute_surface_distances),
+        compute_surface_dice_at_tolerance=surface_distance.compute_surface_dice_at_tolerance,
+        compute_dice_coefficient=surface_distance.compute_dice_coefficient,
+    )
+
+
+def surface_functions(surface: str = "deepmind") -> SimpleNamespace:
+    """`compute_surface_distances`, `compute_surface_dice_at_tolerance` and
+    `compute_dice_coefficient`: DeepMind's, or this module's rewrite of them."""
+    if surface == "deepmind":
+        return _deepmind()
+    if surface == "rewrite":
+        return SimpleNamespace(
+            compute_surface_distances=compute_surface_distances,
+            compute_surface_dice_at_tolerance=compute_surface_dice_at_tolerance,
+            compute_dice_coefficient=compute_dice_coefficient,
+        )
+    raise ValueError(f"surface must be one of {SURFACES}, not {surface!r}")
+
+
 def evaluate_case(
     gt_data: np.ndarray,
     seg_data: np.ndarray,
@@ -126,39 +186,44 @@ def evaluate_case(
     tolerances: Mapping[int, float] = TOLERANCE_MM,
     zrange_labels: Collection[int] = ZRANGE_LABELS,
     min_dsc: float = 0.2,
+    surface: str = "deepmind",
 ) -> dict[int, tuple[float, float]]:
     """(DSC, NSD) per label of one case in the files' own voxel order, as the official loop
     computes them (2024 revision; ``min_dsc=0`` for the 2022 original). NaN where the official
     loop divides 0 by 0 (a z-range organ on a single ground-truth slice)."""
+    sd = surface_functions(surface)
     out: dict[int, tuple[float, float]] = {}
     for i, tolerance in tolerances.items():
-        gt_i, seg_i = gt_data == i, seg_data == i
-        if not gt_i.any() and not seg_i.any():
+        if np.sum(gt_data == i) == 0 and np.sum(seg_data == i) == 0:
             out[i] = (1.0, 1.0)
-            continue
-        if not gt_i.any():
+        elif np.sum(gt_data == i) == 0 and np.sum(seg_data == i) > 0:
             out[i] = (0.0, 0.0)
-            continue
-        if i in zrange_labels:
-            z = np.where(gt_i)[2]
-            z_lower, z_upper = z.min(), z.max()
-            gt_i, seg_i = gt_i[:, :, z_lower:z_upper], seg_i[:, :, z_lower:z_upper]
-        dsc = compute_dice_coefficient(gt_i, seg_i)
-        if dsc < min_dsc:
-            nsd = 0.0
-        elif not gt_i.any() and not seg_i.any():
-            nsd = float("nan")
+        elif min_dsc > 0 and np.sum(gt_data == i) > 0 and np.sum(seg_data == i) == 0:
+            out[i] = (0.0, 0.0)  # the 2024 revision's branch, before any cut
         else:
-            distances = compute_surface_distances(gt_i, seg_i, spacing)
-            nsd = compute_surface_dice_at_tolerance(distances, tolerance)
-        out[i] = (dsc, nsd)
+            if i in zrange_labels:
+                z = np.where(np.uint8(gt_data == i) > 0)[2]
+                z_lower, z_upper = np.min(z), np.max(z)
+                gt_i = gt_data[:, :, z_lower:z_upper] == i
+                seg_i = seg_data[:, :, z_lower:z_upper] == i
+            else:
+                gt_i, seg_i = gt_data == i, seg_data == i
+            dsc = float(sd.compute_dice_coefficient(gt_i, seg_i))
+            if dsc < min_dsc:
+                nsd = 0.0
+            elif not gt_i.any() and not seg_i.any():
+                nsd = float("nan")  # 0 / 0 in the script, with a warning
+            else:
+                distances = sd.compute_surface_distances(gt_i, seg_i, spacing)
+                nsd = float(sd.compute_surface_dice_at_tolerance(distances, tolerance))
+            out[i] = (dsc, nsd)
     return out
 
 
 def float32_ties(gt_data: np.ndarray, seg_data: np.ndarray, spacing, label: int) -> int:
     """Surfels of one label whose distance exceeds its tolerance in float64 but not after
     rounding to float32: where a float32 comparison (MONAI's) and the official one differ."""
-    distances = compute_surface_distances(gt_data == label, seg_data == label, spacing)
+    distances = _deepmind().compute_surface_distances(gt_data == label, seg_data == label, spacing)
     tol = TOLERANCE_MM[label]
-    d = np.concatenate([distances["gt_to_pred"], distances["pred_to_gt"]])
+    d = np.concatenate([distances["distances_gt_to_pred"], distances["distances_pred_to_gt"]])
     return int(np.count_nonzero((d > tol) & (d.astype(np.float32) <= np.float32(tol))))

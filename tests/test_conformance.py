@@ -3,7 +3,8 @@
 Cases are written as NIfTI files in several orientations with float32 spacings and exact
 distance ties, read back through labelbench's reader (canonical orientation, the file's
 slice order kept) and scored by `score_case`; the reference (`tests/flare22_official.py`)
-reads the same files' voxel arrays as stored, as the official script does.
+reads the same files' voxel arrays as stored, as the official script does, and measures
+surfaces with DeepMind's surface-distance, as that script does.
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ from scipy import ndimage
 from benchmark.data.reader import read_header, read_label, slice_order
 from benchmark.metrics.registry import Scoring
 from benchmark.metrics.segmentation import SliceOrder, score_case
-from tests.flare22_official import TOLERANCE_MM, ZRANGE_LABELS, evaluate_case, float32_ties
+from tests.flare22_official import (
+    TOLERANCE_MM,
+    ZRANGE_LABELS,
+    evaluate_case,
+    float32_ties,
+    surface_functions,
+)
 
 SHAPE = (34, 30, 26)  # file voxel order
 SPACING = (0.9, 0.8, 0.6)  # mm per file axis; stored as float32 in the header
@@ -171,3 +178,22 @@ def test_zrange_follows_the_files_slice_order(tmp_path):
     assert ours(gt_path, pred_path)[5] == {"dsc": 1.0, "nsd": 1.0}
     # Read as if stored in RAS order, the canonical last slice would be dropped instead.
     assert ours(gt_path, pred_path, order=SliceOrder())[5]["dsc"] < 1.0
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_rewrite_of_surface_distances_is_deepminds(seed):
+    """The reference's own rewrite of DeepMind's surface distances (kept to state the rules)
+    gives DeepMind's distances and surfel areas exactly, on the tie cases."""
+    gt, pred = make_case(seed)
+    deepmind, rewrite = surface_functions("deepmind"), surface_functions("rewrite")
+    for label in ORGANS:
+        if not (gt == label).any() or not (pred == label).any():
+            continue
+        a = deepmind.compute_surface_distances(gt == label, pred == label, SPACING_F32)
+        b = rewrite.compute_surface_distances(gt == label, pred == label, SPACING_F32)
+        assert a.keys() == b.keys()
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=f"{label} {key}")
+    assert evaluate_case(gt, pred, SPACING_F32, surface="rewrite") == evaluate_case(
+        gt, pred, SPACING_F32
+    )
