@@ -180,6 +180,35 @@ def test_zrange_follows_the_files_slice_order(tmp_path):
     assert ours(gt_path, pred_path, order=SliceOrder())[5]["dsc"] < 1.0
 
 
+@pytest.mark.parametrize("orientation", sorted(ORIENTATIONS))
+def test_spacing_is_the_headers_voxel_size(tmp_path, orientation):
+    """The official script reads pixdim; an affine one float32 step off it (within the
+    reader's tolerance) must not move a distance off its tie with the tolerance, in any
+    stored orientation (nibabel recomputes the zooms from the affine when it reorients)."""
+    pixdim = (0.8, 0.8, 0.5)
+    gt = np.zeros(SHAPE, np.uint8)
+    gt[8:16, 8:16, 4:12] = 2  # right kidney, tolerance 3 mm
+    pred = np.roll(gt, 6, axis=2)  # 6 file slices of 0.5 mm: exactly 3 mm
+    affine = np.eye(4)
+    step = np.nextafter(np.float32(0.5), np.float32(1))  # 0.50000006
+    affine[:3, :3] = ORIENTATIONS[orientation] * np.array([0.8, 0.8, float(step)])
+    paths = []
+    for name, labels in (("gt", gt), ("pred", pred)):
+        img = nib.Nifti1Image(labels, affine)
+        img.header.set_sform(affine, code=1)
+        img.header.set_qform(None, code=0)
+        img.header.set_zooms(pixdim)
+        paths.append(tmp_path / f"{name}.nii.gz")
+        nib.save(img, paths[-1])
+    assert nib.load(paths[0]).header.get_zooms() == pixdim
+    *_, reference = official(*paths, min_dsc=0.0)
+    by_affine = evaluate_case(gt, pred, (0.8, 0.8, float(step)), min_dsc=0.0)
+    assert reference[2][1] == 1.0 and by_affine[2][1] < 1.0  # the tie decides
+    mine = ours(*paths, min_dsc=0.0)
+    assert mine[2]["nsd"] == pytest.approx(reference[2][1], abs=1e-9, rel=0)
+    assert mine[2]["dsc"] == pytest.approx(reference[2][0], abs=1e-9, rel=0)
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_the_rewrite_of_surface_distances_is_deepminds(seed):
     """The reference's own rewrite of DeepMind's surface distances (kept to state the rules)

@@ -313,12 +313,22 @@ def read_header(path: Path) -> Header:
     """
     raw = _load(path)
     img = _canonical(raw, path)
-    zooms = img.header.get_zooms()[:3]
-    return Header(
-        tuple(int(s) for s in img.shape[:3]),
-        tuple(float(z) for z in zooms),
-        _as_tuple(raw.affine),
-    )
+    return Header(tuple(int(s) for s in img.shape[:3]), _spacing(raw), _as_tuple(raw.affine))
+
+
+def _spacing(raw: nib.Nifti1Image) -> tuple[float, float, float]:
+    """The header's voxel size (pixdim), as FLARE's scoring reads it, in canonical axis order.
+
+    Not the reoriented image's zooms: nibabel recomputes those from the affine when it has to
+    reorient, and the affine's voxel size may differ from pixdim by float32 rounding
+    (`SPACING_RTOL` allows that much), which moves a distance off an exact tie with an NSD
+    tolerance. A file stored in RAS+ order already kept pixdim, so both orders agree.
+    """
+    zooms = raw.header.get_zooms()[:3]
+    spacing = [0.0, 0.0, 0.0]
+    for stored, (axis, _) in enumerate(nib.io_orientation(raw.affine)):
+        spacing[int(axis)] = float(zooms[stored])
+    return spacing[0], spacing[1], spacing[2]
 
 
 def slice_order(affine: tuple[tuple[float, ...], ...]) -> tuple[int, bool]:
@@ -341,11 +351,11 @@ def read_volume(
 ) -> tuple[np.ndarray, tuple[float, float, float]]:
     """Voxel array (X, Y, Z) in canonical orientation and its spacing (mm); a compressed
     file's checksum is verified."""
-    img = _canonical(_load(path, verified=True), path)
+    raw = _load(path, verified=True)
+    img = _canonical(raw, path)
     with _decoding(path):
         data = np.asanyarray(img.dataobj).astype(dtype, copy=False)
-    spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
-    return np.ascontiguousarray(data), spacing  # type: ignore[return-value]
+    return np.ascontiguousarray(data), _spacing(raw)
 
 
 # nnU-Net's tolerance: nnunetv2 2.8 (experiment_planning/verify_dataset_integrity.py,
