@@ -101,8 +101,10 @@ def _ranking(
         f"{plural(int(tests['p'].notna().sum()), 'comparison')} of this table (every budget, "
         f"every metric); ▼ marks a method significantly worse than the best (adjusted p < "
         f"{ALPHA}, and worse on the pairs both were scored on). Every other metric is compared "
-        "with the method best in it. Cost: mean wall "
-        "time per run, largest peak memory.",
+        "with the method best in it. Intervals and p hold for the seeds that were run: a "
+        "seed's model scores every test case, and a shift of a whole model is not resampled "
+        "(seeds are resampled within each case), so with few seeds they can be too narrow. "
+        "Cost: mean wall time per run, largest peak memory.",
         "",
         *_power_note(tests),
     ]

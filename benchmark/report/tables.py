@@ -15,9 +15,9 @@ from benchmark.report.stats import N_BOOT, case_ci
 def summarize(runs: pd.DataFrame, metrics: pd.DataFrame, n_boot: int = N_BOOT) -> pd.DataFrame:
     """One row per (method, budget), budgets by median n_labeled, then methods by name.
 
-    For every metric `m` of `metrics`: `m`, the mean over all (seed, case) rows of the
-    per-case organ-mean score, and `m_lo`/`m_hi`, its 95% two-level percentile bootstrap
-    (test cases, then seeds within each case). Pass runs of a single protocol hash.
+    For every metric `m` of `metrics`: `m`, the mean over test cases of each case's mean
+    over seeds of its organ-mean score, and `m_lo`/`m_hi`, its 95% two-level percentile
+    bootstrap (test cases, then seeds within each case). Pass runs of a single protocol hash.
     """
     require_runs(runs)
     scores = case_scores(runs, metrics)
