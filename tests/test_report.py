@@ -182,6 +182,18 @@ def test_markdown_has_every_method_budget_and_per_organ_table():
     assert render_markdown("tiny", runs, metrics) == render_markdown("tiny", runs, metrics)
 
 
+def test_the_metrics_are_described_by_their_declarations():
+    runs, metrics = synthetic()
+    md = render_markdown("tiny", runs, metrics)
+    assert "(DSC: Dice similarity coefficient (0-1); NSD: normalized surface Dice" in md
+    assert "HD95" not in md  # not scored by these runs
+    metrics["hd95"] = 3.0
+    metrics["voldiff"] = 1.0  # a metric this checkout does not declare
+    md = render_markdown("tiny", runs, metrics)
+    assert "HD95 (mm): 95th-percentile Hausdorff distance in mm" in md
+    assert "VOLDIFF: a metric this checkout does not declare" in md
+
+
 def test_cells_with_fewer_seeds_say_so():
     runs, metrics = synthetic(budgets={"4slices": 4})
     dropped = runs.run_id.iloc[0]  # one seed of alpha is missing

@@ -2,8 +2,9 @@
 
 Protocol keys (`[metrics]`): `nsd_tolerance_mm`, the tolerance in mm of every label id, and
 `nsd_min_dsc`, the DSC below which NSD is 0 without being computed. The gate is that of the
-official script's 2024 revision (FLARE22/Evaluation/FLARE22_DSC_NSD_Eval.py, as in FLARE23
-and FLARE24: ``if DSC_i < 0.2: NSD_i = 0``); the 2022 original has none, which 0 reproduces.
+official script's 2024 revision (FLARE22/Evaluation/FLARE22_DSC_NSD_Eval.py, the loop FLARE24
+scores the same 13 organs with, FLARE24/T2andT3_FLARE24_DSC_NSD_Eval.py: ``if DSC_i < 0.2:
+NSD_i = 0``; FLARE23's script gates at 0.1); the 2022 original has none, which 0 reproduces.
 1 when the organ is absent from both volumes, 0 when it is in one only.
 """
 

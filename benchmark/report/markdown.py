@@ -11,12 +11,14 @@ from collections import Counter
 
 import pandas as pd
 
+from benchmark.metrics.registry import get_metric
 from benchmark.report.formatting import f3, md_table, plural
 from benchmark.report.frames import (
     UNKNOWN,
     check_metrics,
     config_variants,
     hash_order,
+    metric_names,
     mixed_methods,
     newest_code,
     newest_data,
@@ -29,6 +31,21 @@ from benchmark.report.frames import (
 )
 from benchmark.report.sections import results_section
 from benchmark.report.stats import N_BOOT
+
+
+def _metric_key(runs: pd.DataFrame, metrics: pd.DataFrame) -> str:
+    """What each metric scored by these runs is, from its declaration ("DSC: Dice ...")."""
+    mine = metrics[metrics["run_id"].isin(runs["run_id"])]
+    parts = []
+    for name in metric_names(metrics):
+        if not mine[name].notna().any():
+            continue
+        try:
+            metric = get_metric(name)
+            parts.append(f"{metric.display}: {metric.doc}")
+        except ValueError:  # a store may hold a metric this checkout does not declare
+            parts.append(f"{name.upper()}: a metric this checkout does not declare")
+    return "; ".join(parts)
 
 
 def render_markdown(
@@ -72,8 +89,8 @@ def render_markdown(
     )
     how_to_read = (
         "Each score is the mean over test cases of each case's mean over seeds of a per-case "
-        "score: the mean over organs of one of the protocol's metrics (DSC: Dice; NSD: normalized "
-        "surface Dice; HD95: 95th-percentile Hausdorff distance in mm). Brackets: "
+        "score: the mean over organs of one of the protocol's metrics "
+        f"({_metric_key(runs, metrics)}). Brackets: "
         f"95% percentile bootstrap CI, two-level ({N_BOOT} resamples: test cases drawn with "
         "replacement, then seeds within each drawn case). Budget headers give the number of "
         "labeled training slices; bold marks the best method per column."
