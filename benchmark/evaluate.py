@@ -1,15 +1,19 @@
 """`bench evaluate`: score predictions made outside the harness under a protocol's rules.
 
-A folder of 3D label maps, one per test case of the protocol's split, named like nnU-Net
-writes them (`<case>.nii.gz`) or like the case's image (`<case>_0000.nii.gz`, as FLARE22
-submissions often are); `.nii` works too and JSON files (nnU-Net's `plans.json`, ...) are
-ignored. Every file must lie on the voxel grid of its case's ground-truth file (shape,
-spacing, direction, origin) and hold only the protocol's label ids. Everything is read and
+A folder of 3D label maps, one per test case of the protocol's split, named like the case's
+ground-truth file, as nnU-Net writes them and the official FLARE22 script looks them up
+(`<case>.nii.gz`), or like the case's image (`<case>_0000.nii.gz`); `.nii` works too and
+JSON files (nnU-Net's `plans.json`, ...) are ignored. Every file must lie on the voxel grid
+of its case's ground-truth file, stored in its axis order (shape, spacing, direction, origin:
+the official script and nnU-Net compare stored arrays; the same voxels in another axis order
+are refused with a message that says so), and hold only the protocol's label ids. A
+submission name stands for one set of files per protocol: the same files again replace
+their row, other files under a name in the store are refused. Everything is read and
 checked before anything is written: bad input is one `DatasetError` and no row, no CSV.
 
 The scores go into the results store as a finished run whose method is the submission's name
 and whose budget is `submission`, with the SHA-256 of every file (its provenance). It is
-shown in the leaderboard in its own section and never ranked with the protocol's methods:
+listed in the leaderboard under "Not ranked", never ranked with the protocol's methods:
 its training data, label budget and compute are unknown to the harness. A per-case CSV like
 the official FLARE22 script's (`Name`, then `<organ>_<METRIC>` columns) is written next to
 the store, `<results>/submissions/<name>.csv`, at full precision (the official rounds to 4
@@ -26,6 +30,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
+
 from benchmark.data.context import DataContext, load_data
 from benchmark.data.digests import file_digest
 from benchmark.data.reader import (
@@ -33,6 +40,7 @@ from benchmark.data.reader import (
     check_same_grid,
     read_header,
     read_label,
+    same_voxels_reordered,
 )
 from benchmark.errors import ConfigError, DatasetError, StoreError
 from benchmark.metrics.registry import display_name
@@ -68,11 +76,19 @@ class Evaluation:
     csv: Path
 
 
-def _case_of(path: Path) -> str | None:
+IMAGE_SUFFIX = "_0000"
+"""What nnU-Net (and FLARE22's images) put after a case id in an image's name."""
+
+
+def _case_of(path: Path, wanted: set[str]) -> str | None:
+    """The case a prediction file is for: its name less the NIfTI suffix when that is a
+    test case (a case id may itself end in `_0000`), else less the image suffix too."""
     for suffix in NIFTI_SUFFIXES:
         if path.name.endswith(suffix):
             stem = path.name[: -len(suffix)]
-            return stem[: -len("_0000")] if stem.endswith("_0000") else stem
+            if stem in wanted or not stem.endswith(IMAGE_SUFFIX):
+                return stem
+            return stem[: -len(IMAGE_SUFFIX)]
     return None
 
 
@@ -81,13 +97,16 @@ def find_predictions(folder: Path, test_cases: Sequence[str]) -> dict[str, Path]
     or two files for one case."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise DatasetError(f"{folder}: prediction folder does not exist")
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise DatasetError(f"{folder}: prediction folder {what}")
     wanted = set(test_cases)
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         if path.name.endswith(IGNORED_SUFFIXES) or path.name.startswith("."):
             continue
-        case = _case_of(path)
+        if path.is_symlink() and not path.exists():
+            raise DatasetError(f"{path}: a link to a file that does not exist")
+        case = _case_of(path, wanted)
         if case is None or not path.is_file():
             raise DatasetError(
                 f"{path}: not a prediction file (expected <case>.nii.gz for the test cases)"
@@ -110,16 +129,31 @@ def find_predictions(folder: Path, test_cases: Sequence[str]) -> dict[str, Path]
     return found
 
 
+def _check_grid(path: Path, reference: Path) -> None:
+    """The prediction must be stored on its ground truth's voxel grid, in its axis order (the
+    same affine): the official script and nnU-Net's evaluation compare the stored arrays."""
+    header, ref = read_header(path), read_header(reference)
+    try:
+        check_same_grid(path, header, reference, ref, "prediction", "ground truth")
+    except DatasetError:
+        if not same_voxels_reordered(header, ref):
+            raise
+        codes, ref_codes = (nib.aff2axcodes(np.asarray(h.affine)) for h in (header, ref))
+        raise DatasetError(
+            f"{path}: prediction is stored {''.join(codes)}, its ground truth "
+            f"{''.join(ref_codes)} ({reference}): the same voxels in another axis order; save "
+            f"it in the ground truth's axis order (with its affine), as the official script "
+            f"compares the stored arrays"
+        ) from None
+
+
 def _score(data: DataContext, files: dict[str, Path], progress: Progress) -> list[MetricRow]:
     references = {c.case_id: c.label for c in data.index.labeled}
     rows: list[MetricRow] = []
     for case_id in progress.track(data.split.test, "evaluate"):
         path, reference = files[case_id], references[case_id]
         assert reference is not None
-        check_same_grid(
-            path, read_header(path), reference, read_header(reference), "prediction",
-            "ground truth",
-        )  # fmt: skip
+        _check_grid(path, reference)
         labels, _ = read_label(path, data.protocol.labels)
         rows.extend(score_prediction(data, case_id, labels))
     return rows
@@ -147,6 +181,27 @@ def write_case_csv(rows: Sequence[MetricRow], files: dict[str, Path], path: Path
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _check_name_free(results: Path, name: str, key: str, protocol_hash: str) -> None:
+    """A submission name stands for one set of files per protocol: other files under a name
+    already in the store would sit beside them as a second row and overwrite their CSV."""
+    store = ResultsStore(results)
+    if not store.path.exists():
+        return
+    runs = store.runs(status=None)
+    taken = runs[
+        (runs["method"] == name)
+        & (runs["budget"] == SUBMISSION)
+        & (runs["protocol_hash"] == protocol_hash)
+        & (runs["run_key"] != key)
+    ]
+    if not taken.empty:
+        raise ConfigError(
+            f"--name {name}: a submission of that name with other files is in "
+            f"{store.path} (scored {taken['finished_at'].iloc[-1]}); give these files "
+            f"another --name"
+        )
 
 
 def evaluate(request: EvaluateRequest, progress: Progress) -> Evaluation:
@@ -178,6 +233,7 @@ def evaluate(request: EvaluateRequest, progress: Progress) -> Evaluation:
             "files": digests,
         }
     )
+    _check_name_free(request.results, name, key, protocol.hash)
     wall = time.perf_counter() - t0
     record = RunRecord(
         **vars(build_provenance(data, "", {"evaluate": wall}, wall, started)),

@@ -45,7 +45,7 @@ def test_evaluate_reproduces_the_run_and_rejects_bad_input(tmp_path):
     table = list(csv.reader((results / "submissions" / "mine.csv").open()))
     assert table[0][0] == "Name" and "liver_DSC" in table[0] and "liver_NSD" in table[0]
     assert sorted(row[0] for row in table[1:]) == [p.name for p in files]
-    # FLARE22 naming (<case>_0000.nii.gz) scores the same
+    # image naming (<case>_0000.nii.gz) scores the same
     flare = tmp_path / "flare"
     flare.mkdir()
     for p in files:
@@ -54,6 +54,25 @@ def test_evaluate_reproduces_the_run_and_rejects_bad_input(tmp_path):
     assert r.exit_code == 0, r.output
     runs = ResultsStore(results).runs()
     assert _rows(results, runs[runs.method == "flare"].run_id.iloc[0]) == _rows(results, run_id)
+    # the same files again replace their row; other files under a taken name are refused
+    r = bench("evaluate", "--pred", str(preds), "-p", "tiny", "--results", str(results),
+              "--name", "mine")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert (ResultsStore(results).runs().method == "mine").sum() == 1
+    r = bench("evaluate", "--pred", str(flare), "-p", "tiny", "--results", str(results),
+              "--name", "mine")  # fmt: skip
+    assert r.exit_code == 2 and "other files" in error_line(r)
+    assert (ResultsStore(results).runs().method == "mine").sum() == 1
+    table = list(csv.reader((results / "submissions" / "mine.csv").open()))
+    assert sorted(row[0] for row in table[1:]) == [p.name for p in files]  # not overwritten
+    # the leaderboard lists the submission, unranked, with its scores in every metric
+    r = bench("report", "-p", "tiny", "--results", str(results), "--out", str(tmp_path / "rep"))
+    assert r.exit_code == 0, r.output
+    board = (tmp_path / "rep" / "LEADERBOARD.md").read_text()
+    unranked = board[board.index("## Not ranked") :]
+    row = next(ln for ln in unranked.splitlines() if ln.startswith("| mine "))
+    assert "| submission |" in row and "bench evaluate" in row
+    assert "test DSC" in unranked and "test NSD" in unranked
 
     def broken(name: str, change) -> None:
         folder = tmp_path / name
@@ -78,10 +97,37 @@ def test_evaluate_reproduces_the_run_and_rejects_bad_input(tmp_path):
     assert "case_999.nii.gz: extra file" in line
     line = broken("shape", lambda d, f: rewrite(f[1], lambda a: a[:-1]))
     assert f"{f_name(files[1])}: prediction shape" in line and "ground truth" in line
+
+    def half_voxel_off(path) -> None:  # stored LAS, half a voxel beside the truth's voxels
+        img = nib.load(path).as_reoriented(np.array([[0, -1], [1, 1], [2, 1]]))
+        affine = img.affine.copy()
+        affine[:3, 3] += 0.5 * affine[:3, 0]
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj), affine), path)
+
+    line = broken("half_voxel", lambda d, f: half_voxel_off(f[0]))
+    assert "differs from ground truth" in line and "another axis order" not in line
+    # the same voxels stored in another axis order: refused (their affine differs, and the
+    # official script compares stored arrays), saying what is wrong
+    for name, ornt in {
+        "lps": [[0, -1], [1, -1], [2, 1]],
+        "head_first": [[0, 1], [1, 1], [2, -1]],
+        "permuted": [[2, 1], [0, 1], [1, 1]],
+    }.items():
+        line = broken(name, lambda d, f, o=ornt: nib.save(
+            nib.load(f[0]).as_reoriented(np.array(o)), f[0]))  # fmt: skip
+        assert "the same voxels in another axis order" in line, line
+    shift = np.eye(4)
+    shift[0, 3] = 7.3  # mm
     line = broken("moved", lambda d, f: nib.save(
+        nib.Nifti1Image(np.asarray(nib.load(f[0]).dataobj), shift @ nib.load(f[0]).affine),
+        f[0]))  # fmt: skip
+    assert "origin" in line and "differs from ground truth" in line
+    # mirrored in world x about the origin, around which the phantom is centred: the same
+    # voxel centres, in another order
+    line = broken("mirrored", lambda d, f: nib.save(
         nib.Nifti1Image(np.asarray(nib.load(f[0]).dataobj), np.diag([-1.0, 1, 1, 1])
                         @ nib.load(f[0]).affine), f[0]))  # fmt: skip
-    assert "differs from ground truth" in line
+    assert "stored LAS" in line and "another axis order" in line
     line = broken("labels", lambda d, f: rewrite(f[0], lambda a: np.where(a == 1, 99, a)))
     assert "label ids [99]" in line
     line = broken("corrupt", lambda d, f: f[1].write_bytes(f[1].read_bytes()[:-40]))
@@ -102,3 +148,39 @@ def test_evaluate_reproduces_the_run_and_rejects_bad_input(tmp_path):
 
 def f_name(path) -> str:
     return path.name
+
+
+def test_a_case_id_may_end_like_an_image_name(tmp_path):
+    """`a_0000.nii.gz` is the prediction of case `a_0000` when that is a test case, and of
+    case `a` (image naming) when `a` is."""
+    from benchmark.evaluate import find_predictions
+
+    (tmp_path / "a_0000.nii.gz").write_bytes(b"")
+    (tmp_path / "b.nii.gz").write_bytes(b"")
+    assert find_predictions(tmp_path, ["a_0000", "b"]) == {
+        "a_0000": tmp_path / "a_0000.nii.gz",
+        "b": tmp_path / "b.nii.gz",
+    }
+    assert find_predictions(tmp_path, ["a", "b"])["a"] == tmp_path / "a_0000.nii.gz"
+
+
+def test_the_prediction_folder_must_be_a_folder(tmp_path):
+    from benchmark.errors import DatasetError
+    from benchmark.evaluate import find_predictions
+
+    (tmp_path / "file.nii.gz").write_bytes(b"")
+    for path, says in ((tmp_path / "file.nii.gz", "is a file"), (tmp_path / "x", "does not")):
+        try:
+            find_predictions(path, ["a"])
+        except DatasetError as exc:
+            assert says in str(exc)
+        else:
+            raise AssertionError("no error")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.nii.gz").symlink_to(tmp_path / "gone.nii.gz")
+    try:
+        find_predictions(tmp_path / "d", ["a"])
+    except DatasetError as exc:
+        assert "does not exist" in str(exc) and "a.nii.gz" in str(exc)
+    else:
+        raise AssertionError("no error")

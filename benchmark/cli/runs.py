@@ -159,8 +159,9 @@ def evaluate(
         Path,
         typer.Option(
             "--pred",
-            help="Folder of 3D label maps, one per test case: <case>.nii.gz (nnU-Net) or "
-            "<case>_0000.nii.gz (FLARE22), on the ground truth's voxel grid.",
+            help="Folder of 3D label maps, one per test case: <case>.nii.gz (as the "
+            "ground truth, nnU-Net and FLARE22) or <case>_0000.nii.gz (as the image), on the "
+            "ground truth's voxel grid and in its axis order.",
         ),
     ],
     protocol: ProtocolOpt = "phantom",

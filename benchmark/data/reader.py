@@ -457,6 +457,27 @@ def check_same_grid(
         )
 
 
+def same_voxels_reordered(header: Header, ref: Header) -> bool:
+    """Whether a file of `header` holds the voxels of `ref`'s grid stored in another axis
+    order (LPS against RAS, slices head first): every voxel centre lands on one of `ref`'s,
+    to `DIRECTION_TOL_VOXELS` of a voxel, through a signed permutation of the axes. Such a
+    file fails `check_same_grid` (its affine differs), and this says why in plain words."""
+    if ref.shape != header.shape or not _close(np.array(ref.spacing), np.array(header.spacing)):
+        return False
+    # Voxel index of the file → voxel index of `ref`.
+    to_ref = np.linalg.inv(np.asarray(ref.affine)) @ np.asarray(header.affine)
+    stored = np.array(header.shape)[nib.io_orientation(np.asarray(header.affine))[:, 0].astype(int)]
+    ref_stored = np.array(ref.shape)[nib.io_orientation(np.asarray(ref.affine))[:, 0].astype(int)]
+    axes = np.round(to_ref[:3, :3])
+    if not (np.all(np.abs(axes).sum(axis=0) == 1) and np.all(np.abs(axes).sum(axis=1) == 1)):
+        return False
+    corners = np.array(np.meshgrid(*[[0, n - 1] for n in stored], indexing="ij")).reshape(3, -1)
+    target = axes @ corners + np.round(to_ref[:3, 3:])
+    off = np.abs(to_ref[:3, :3] @ corners + to_ref[:3, 3:] - target).max()
+    inside = np.all(target >= 0) and np.all(target <= (ref_stored - 1)[:, None])
+    return bool(inside and off <= DIRECTION_TOL_VOXELS)
+
+
 def read_label(path: Path, known: Collection[int]) -> tuple[np.ndarray, tuple[float, float, float]]:
     """Label volume (X, Y, Z) as uint8; every id must be 0 or one of `known`."""
     data, spacing = read_volume(path, dtype=np.float32)

@@ -11,7 +11,7 @@ from collections import Counter
 
 import pandas as pd
 
-from benchmark.metrics.registry import get_metric
+from benchmark.metrics.registry import display_name, get_metric
 from benchmark.report.formatting import f3, md_table, plural
 from benchmark.report.frames import (
     UNKNOWN,
@@ -227,30 +227,35 @@ def _reason(run: pd.Series) -> str:
 
 
 def unranked_section(unranked: pd.DataFrame, metrics: pd.DataFrame) -> list[str]:
-    """Markdown listing every finished run left out of the ranking, with its scores."""
+    """Markdown listing every finished run left out of the ranking, with its mean test score
+    in every metric it was scored on."""
     if unranked.empty:
         return []
-    mean = metrics.groupby("run_id")["dsc"].mean() if "dsc" in metrics else pd.Series()
+    mine = metrics[metrics["run_id"].isin(unranked["run_id"])]
+    names = [n for n in metric_names(metrics) if mine[n].notna().any()]
+    means = mine.groupby("run_id")[names].mean() if names else pd.DataFrame()
     rows = [
         [
             str(r.method),
             str(r.budget),
             str(r.seed),
-            f3(mean.get(r.run_id, float("nan"))),
+            *(f3(means[n].get(r.run_id, float("nan"))) for n in names),
             f3(r.get("train_dsc", float("nan"))),
             _reason(r),
         ]
         for _, r in unranked.sort_values(["method", "budget", "seed"]).iterrows()
     ]
-    header = ["method", "budget", "seed", "test DSC", "train-slice DSC", "why not ranked"]
+    header = ["method", "budget", "seed", *(f"test {display_name(n)}" for n in names)]
+    header += ["train-slice DSC", "why not ranked"]
     return [
         "## Not ranked",
         "",
         "Finished runs that are shown but never ranked: `unfit` runs failed the sanity gate "
         "(their fitted model does not segment its own labeled slices), off-protocol runs "
-        "trained with other compute than the protocol's budget.",
+        "trained with other compute than the protocol's budget, and submissions (budget "
+        "`submission`, scored with `bench evaluate`) were trained outside the harness.",
         "",
-        md_table(header, rows, "llrrrl"),
+        md_table(header, rows, "llr" + "r" * len(names) + "rl"),
         "",
     ]
 
