@@ -50,3 +50,58 @@ def test_only_files_with_a_same_size_partner_are_hashed(tiny_dataset):
     with pytest.raises(DatasetError, match="u_leak_0000.nii.gz: unlabeled image is a copy of"):
         check_leakage(discover(tiny_dataset), Counting(None))
     assert sorted(hashed) == ["case_004_0000.nii.gz", "u_leak_0000.nii.gz"]
+
+
+@pytest.mark.parametrize("how", ["uncompressed", "float32 header", "reoriented"])
+def test_a_labeled_image_saved_again_is_caught_by_its_voxels(tiny_dataset, how):
+    import nibabel as nib
+    import numpy as np
+
+    labeled = tiny_dataset / "imagesTr" / "case_004_0000.nii.gz"
+    img = nib.load(labeled)
+    suffix = ".nii" if how == "uncompressed" else ".nii.gz"
+    copy = tiny_dataset / "imagesUnlabeled" / f"u_again_0000{suffix}"
+    if how == "float32 header":
+        img = nib.Nifti1Image(np.asarray(img.dataobj, dtype=np.float32), img.affine)
+        img.header.set_xyzt_units("mm")
+    if how == "reoriented":
+        img = img.as_reoriented(np.array([[0, -1], [1, -1], [2, 1]]))  # stored LPS
+    nib.save(img, copy)
+    assert copy.stat().st_size != labeled.stat().st_size  # not a byte copy
+    computed: list[tuple[str, str]] = []
+
+    class Counting(DigestMemo):
+        def value(self, path, kind, compute, fresh=False):
+            computed.append((Path(path).name, kind))
+            return super().value(path, kind, compute, fresh)
+
+    with pytest.raises(DatasetError) as caught:
+        check_leakage(discover(tiny_dataset), Counting(None))
+    line = str(caught.value)
+    assert str(copy) in line and str(labeled) in line and "the same voxels, saved again" in line
+    assert (copy.name, "voxels-sha256") in computed
+
+
+def test_voxels_are_decoded_only_where_shape_and_voxel_size_match(tmp_path):
+    """Headers alone rule out unlabeled images of another grid; the one unlabeled image on a
+    labeled image's grid is decoded, with the labeled images of that grid."""
+    from tests.conftest import write_case
+
+    root = tmp_path / "Dataset002_Grids"
+    for i in range(3):
+        write_case(root / "imagesTr", f"case_{i:03d}", spacing=(0.8, 0.8, 3.0 + i), seed=i)
+    write_case(root / "imagesUnlabeled", "u_000", spacing=(0.7, 0.7, 3.0), seed=100,
+               with_label=False)  # fmt: skip
+    write_case(root / "imagesUnlabeled", "u_001", spacing=(0.8, 0.8, 4.0), seed=101,
+               with_label=False)  # fmt: skip
+    computed: list[tuple[str, str]] = []
+
+    class Counting(DigestMemo):
+        def value(self, path, kind, compute, fresh=False):
+            computed.append((Path(path).name, kind))
+            return super().value(path, kind, compute, fresh)
+
+    check_leakage(discover(root), Counting(None))  # no copy: passes
+    decoded = {name for name, kind in computed if kind == "voxels-sha256"}
+    assert decoded == {"u_001_0000.nii.gz", "case_001_0000.nii.gz"}
+    assert sum(kind == "grid" for _, kind in computed) == 5

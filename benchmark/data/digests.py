@@ -15,6 +15,7 @@ import hashlib
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 HASH = "sha256"
@@ -106,22 +107,30 @@ class DigestMemo:
     def digest(self, path: Path, fresh: bool = False) -> str:
         """The `HASH` digest of `path`'s content; from the memo when the file's size, times
         and inode are those it had when last hashed, unless `fresh`."""
+        return self.value(path, HASH, file_digest, fresh)
+
+    def value(
+        self, path: Path, kind: str, compute: Callable[[Path], str], fresh: bool = False
+    ) -> str:
+        """`compute(path)`, memoised like `digest` under `kind` (another kind than `HASH`,
+        such as a digest of the decoded voxels, is kept beside the file's digest)."""
         path = Path(path).resolve()
+        key = str(path) if kind == HASH else f"{path}#{kind}"
         before = path.stat()
         if not fresh:
             rows = self._execute(
                 "SELECT size, mtime_ns, ctime_ns, inode, hash, digest FROM digests WHERE path = ?",
-                (str(path),),
+                (key,),
             )
-            if rows and rows[0][:4] == _signature(before) and rows[0][4] == HASH:
+            if rows and rows[0][:4] == _signature(before) and rows[0][4] == kind:
                 return rows[0][5]
         started = time.time_ns()
-        value = file_digest(path)
+        value = compute(path)
         after = path.stat()
         if _signature(after) == _signature(before) and started - after.st_mtime_ns > RACY_NS:
             self._execute(
                 "INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (str(path), *_signature(after), HASH, value),
+                (key, *_signature(after), kind, value),
             )
         return value
 

@@ -1,25 +1,46 @@
 """The leakage guard: no labeled image may also sit in the unlabeled pool.
 
 Pretraining sees the unlabeled pool; a labeled case copied into it (a test case above all)
-would let a method learn from the images it is scored on. Images are compared by the SHA-256
-of every byte (`benchmark.data.digests`, memoised like the slice-store keys), and only where
-an unlabeled and a labeled image have the same size, so a data set without copies costs one
-`stat` per file. A copy saved again (other compression, other header) is not caught.
+would let a method learn from the images it is scored on. Two checks, each memoised like the
+slice-store keys (`benchmark.data.digests`), so a warm start only stats the files:
+
+- **copies**: the SHA-256 of every byte, only where an unlabeled and a labeled image have the
+  same size;
+- **saved again** (other compression, header, data type or axis order): the SHA-256 of the
+  decoded voxels in canonical orientation, only where an unlabeled and a labeled image have
+  the same shape and voxel size, read from their headers alone.
+
+A copy whose voxel values were changed (resampled, cropped, re-windowed) is not caught.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 from benchmark.data.digests import DigestMemo
-from benchmark.data.reader import DatasetIndex
+from benchmark.data.reader import DatasetIndex, grid_signature, voxel_digest
 from benchmark.errors import DatasetError
+
+GRID = "grid"
+"""Memo kind of `grid_signature`."""
+VOXELS = "voxels-sha256"
+"""Memo kind of `voxel_digest`."""
 
 
 def _size(path: Path) -> int:
     try:
         return path.stat().st_size
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+
+
+def _memoised(
+    memo: DigestMemo, path: Path, kind: str, compute: Callable[[Path], str], fresh: bool
+) -> str:
+    try:
+        return memo.value(path, kind, compute, fresh)
     except OSError as exc:
         raise DatasetError(f"{path}: cannot be read ({exc.strerror or exc})") from None
 
@@ -31,9 +52,17 @@ def _digest(memo: DigestMemo, path: Path, fresh: bool) -> str:
         raise DatasetError(f"{path}: cannot be read ({exc.strerror or exc})") from None
 
 
+def _leak(unlabeled: Path, labeled: Path, how: str) -> DatasetError:
+    return DatasetError(
+        f"{unlabeled}: unlabeled image is a copy of the labeled image {labeled} ({how}); "
+        f"remove it from the unlabeled pool, pretraining must not see labeled cases"
+    )
+
+
 def check_leakage(index: DatasetIndex, memo: DigestMemo, fresh: bool = False) -> None:
-    """Raise `DatasetError` naming both files when an unlabeled image has the same bytes as a
-    labeled image. `fresh` hashes again instead of trusting the memo (`--verify`)."""
+    """Raise `DatasetError` naming both files when an unlabeled image has the bytes, or the
+    voxels, of a labeled image. `fresh` computes again instead of trusting the memo
+    (`--verify`)."""
     if not index.unlabeled:
         return
     labeled_by_size: dict[int, list[Path]] = defaultdict(list)
@@ -46,8 +75,15 @@ def check_leakage(index: DatasetIndex, memo: DigestMemo, fresh: bool = False) ->
         digest = _digest(memo, case.image, fresh)
         for labeled in same_size:
             if _digest(memo, labeled, fresh) == digest:
-                raise DatasetError(
-                    f"{case.image}: unlabeled image is a copy of the labeled image {labeled} "
-                    f"(same SHA-256); remove it from the unlabeled pool, pretraining must not "
-                    f"see labeled cases"
-                )
+                raise _leak(case.image, labeled, "same SHA-256")
+    labeled_by_grid: dict[str, list[Path]] = defaultdict(list)
+    for case in index.labeled:
+        labeled_by_grid[_memoised(memo, case.image, GRID, grid_signature, fresh)].append(case.image)
+    for case in index.unlabeled:
+        same_grid = labeled_by_grid.get(_memoised(memo, case.image, GRID, grid_signature, fresh))
+        if not same_grid:
+            continue
+        voxels = _memoised(memo, case.image, VOXELS, voxel_digest, fresh)
+        for labeled in same_grid:
+            if _memoised(memo, labeled, VOXELS, voxel_digest, fresh) == voxels:
+                raise _leak(case.image, labeled, "the same voxels, saved again")

@@ -7,6 +7,7 @@ of shape (X, Y, Z) with Z the slice axis, and spacing in mm taken from the heade
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import logging
 import os
@@ -329,6 +330,28 @@ def _spacing(raw: nib.Nifti1Image) -> tuple[float, float, float]:
     for stored, (axis, _) in enumerate(nib.io_orientation(raw.affine)):
         spacing[int(axis)] = float(zooms[stored])
     return spacing[0], spacing[1], spacing[2]
+
+
+def grid_signature(path: Path) -> str:
+    """Shape and voxel size in canonical axis order, from the header alone (no voxel is
+    decoded): what a volume saved again (other compression, data type or axis order) keeps."""
+    raw = _load(path)
+    order = nib.io_orientation(raw.affine)[:, 0].astype(int)  # stored axis → canonical axis
+    shape = [0, 0, 0]
+    for stored, axis in enumerate(order):
+        shape[axis] = int(raw.shape[stored])
+    spacing = ", ".join(f"{s:.5g}" for s in _spacing(raw))
+    return f"{'x'.join(map(str, shape))} @ ({spacing}) mm"
+
+
+def voxel_digest(path: Path) -> str:
+    """SHA-256 of the voxel values as float32 in canonical orientation, with the shape: the
+    same for a volume saved again with another header, compression, data type or axis
+    order, as long as its values are the same."""
+    data, _ = read_volume(path, dtype=np.float32)
+    digest = hashlib.sha256(str(data.shape).encode())
+    digest.update(memoryview(np.ascontiguousarray(data)).cast("B"))
+    return digest.hexdigest()
 
 
 def slice_order(affine: tuple[tuple[float, ...], ...]) -> tuple[int, bool]:
