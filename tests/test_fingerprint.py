@@ -115,3 +115,21 @@ def test_a_sweep_reuses_a_finished_run_only_under_the_same_code(tmp_path, toy): 
     codes = ResultsStore(results).runs().sort_values("finished_at")["code"].tolist()
     assert len(codes) == 2 and codes[0] != codes[1]
     assert codes[0].split("-")[::2] == codes[1].split("-")[::2]  # core and packages as before
+
+
+def test_a_package_version_changes_the_fingerprint(monkeypatch):
+    """Another installed version of a package that makes numbers (torch here) is other code."""
+    before = fingerprint.code_fingerprint("baselines.unet_scratch")
+    real = fingerprint.version
+    monkeypatch.setattr(
+        fingerprint, "version", lambda name: "0.0.1" if name == "torch" else real(name)
+    )
+    fingerprint.packages_digest.cache_clear()
+    try:
+        after = fingerprint.code_fingerprint("baselines.unet_scratch")
+    finally:
+        monkeypatch.undo()
+        fingerprint.packages_digest.cache_clear()
+    assert after != before
+    assert after.split("-")[:2] == before.split("-")[:2]  # core and method unchanged
+    assert fingerprint.code_fingerprint("baselines.unet_scratch") == before
