@@ -63,6 +63,10 @@ def test_methods_under_different_core_code_are_flagged():
     runs.loc[runs.code == NEW, "code"] = CORE_CHANGED
     md = render_markdown("tiny", runs, metrics)
     assert "ran under different core code or package versions" in md
+    # pooling every fingerprint does not hide it: one fingerprint per method, two cores
+    one_each = runs[~((runs.method == "alpha") & (runs.code == OLD))]
+    md = render_markdown("tiny", one_each, metrics, mix_code=True)
+    assert "ran under different core code or package versions" in md
 
 
 def test_runs_on_other_data_are_left_out_and_named_whatever_the_code_policy():

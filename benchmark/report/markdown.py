@@ -203,7 +203,7 @@ def code_note(runs: pd.DataFrame, left_out: pd.DataFrame, mix: bool) -> list[str
         ]
     codes = run_codes(runs)
     shared = codes.map(lambda c: (c.split("-")[0], c.split("-")[-1]))
-    if not mix and shared[codes != UNKNOWN].nunique() > 1:
+    if shared[codes != UNKNOWN].nunique() > 1:
         out += [
             "> **⚠️ The methods below ran under different core code or package versions** "
             "(the first and last parts of their fingerprints differ): rerun the older ones to "
