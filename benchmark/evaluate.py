@@ -7,8 +7,9 @@ JSON files (nnU-Net's `plans.json`, ...) are ignored. Every file must lie on the
 of its case's ground-truth file, stored in its axis order (shape, spacing, direction, origin:
 the official script and nnU-Net compare stored arrays; the same voxels in another axis order
 are refused with a message that says so), and hold only the protocol's label ids. A
-submission name stands for one set of files per protocol: the same files again replace
-their row, other files under a name in the store are refused. Everything is read and
+submission name stands for one set of files per protocol: the same files scored again
+replace their rows (after an edit to the protocol or the scoring code too), other files under
+a name in the store are refused, before any file is scored. Everything is read and
 checked before anything is written: bad input is one `DatasetError` and no row, no CSV.
 
 The scores go into the results store as a finished run whose method is the submission's name
@@ -16,13 +17,14 @@ and whose budget is `submission`, with the SHA-256 of every file (its provenance
 listed in the leaderboard under "Not ranked", never ranked with the protocol's methods:
 its training data, label budget and compute are unknown to the harness. A per-case CSV like
 the official FLARE22 script's (`Name`, then `<organ>_<METRIC>` columns) is written next to
-the store, `<results>/submissions/<name>.csv`, at full precision (the official rounds to 4
-decimals).
+the store, `<results>/submissions/<protocol>/<name>.csv`, at full precision (the official
+rounds to 4 decimals).
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import time
 import uuid
@@ -183,25 +185,25 @@ def write_case_csv(rows: Sequence[MetricRow], files: dict[str, Path], path: Path
     return path
 
 
-def _check_name_free(results: Path, name: str, key: str, protocol_hash: str) -> None:
-    """A submission name stands for one set of files per protocol: other files under a name
-    already in the store would sit beside them as a second row and overwrite their CSV."""
+def _earlier_scorings(results: Path, name: str, protocol: str, digests: dict) -> list[str]:
+    """The run_ids of the earlier scorings of these same files under `name` and `protocol`
+    (to be replaced); `ConfigError` when other files were scored under that name: a name
+    stands for one set of files per protocol, whose CSV it names."""
     store = ResultsStore(results)
     if not store.path.exists():
-        return
-    runs = store.runs(status=None)
-    taken = runs[
-        (runs["method"] == name)
-        & (runs["budget"] == SUBMISSION)
-        & (runs["protocol_hash"] == protocol_hash)
-        & (runs["run_key"] != key)
-    ]
-    if not taken.empty:
+        return []
+    runs = store.runs(protocol, status=None)
+    mine = runs[(runs["method"] == name) & (runs["budget"] == SUBMISSION)]
+    same, other = [], []
+    for run in mine.itertuples():
+        files = json.loads(run.info or "{}").get(SUBMISSION)
+        (same if files == digests else other).append(run)
+    if other:
         raise ConfigError(
-            f"--name {name}: a submission of that name with other files is in "
-            f"{store.path} (scored {taken['finished_at'].iloc[-1]}); give these files "
-            f"another --name"
+            f"--name {name}: a submission of that name with other files is in {store.path} "
+            f"(scored {other[-1].finished_at}); give these files another --name"
         )
+    return [run.run_id for run in same]
 
 
 def evaluate(request: EvaluateRequest, progress: Progress) -> Evaluation:
@@ -217,13 +219,15 @@ def evaluate(request: EvaluateRequest, progress: Progress) -> Evaluation:
         raise ConfigError(
             f"--name {name}: that is an installed method's name; give the submission its own"
         )
-    csv_dir = Path(request.results) / "submissions"
-    if csv_dir.exists() and not csv_dir.is_dir():
-        raise StoreError(f"{csv_dir}: is a file, where the per-case tables go; move it away")
+    csv_dir = Path(request.results) / "submissions" / protocol.name
+    for folder in (csv_dir.parent, csv_dir):
+        if folder.exists() and not folder.is_dir():
+            raise StoreError(f"{folder}: is a file, where the per-case tables go; move it away")
     data = load_data(protocol, request.data, progress)
     files = find_predictions(request.pred, data.split.test)
-    rows = _score(data, files, progress)  # reads and checks every file before any write
     digests = {c: {"file": p.name, "sha256": file_digest(p)} for c, p in sorted(files.items())}
+    earlier = _earlier_scorings(request.results, name, protocol.name, digests)
+    rows = _score(data, files, progress)  # reads and checks every file before any write
     key = stable_hash(
         {
             "submission": name,
@@ -233,7 +237,6 @@ def evaluate(request: EvaluateRequest, progress: Progress) -> Evaluation:
             "files": digests,
         }
     )
-    _check_name_free(request.results, name, key, protocol.hash)
     wall = time.perf_counter() - t0
     record = RunRecord(
         **vars(build_provenance(data, "", {"evaluate": wall}, wall, started)),
@@ -256,7 +259,7 @@ def evaluate(request: EvaluateRequest, progress: Progress) -> Evaluation:
     except OSError as exc:
         where = csv_dir / f"{name}.csv"
         raise StoreError(f"{where}: cannot be written ({exc.strerror or exc})") from None
-    # The same files scored again under the same name replace their earlier row.
-    ResultsStore(request.results).write_run(record, rows, replace=True)
+    # The same files scored again under the same name replace their earlier rows.
+    ResultsStore(request.results).write_run(record, rows, replace=True, supersedes=earlier)
     ensure_ceiling(request.results, data, progress)
     return Evaluation(record, rows, csv_path)

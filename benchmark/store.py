@@ -21,7 +21,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -287,7 +287,11 @@ class ResultsStore:
             return _finished_run(conn, run_key)
 
     def write_run(
-        self, record: RunRecord, metrics: Iterable[MetricRow] = (), replace: bool = False
+        self,
+        record: RunRecord,
+        metrics: Iterable[MetricRow] = (),
+        replace: bool = False,
+        supersedes: Sequence[str] = (),
     ) -> str | None:
         """Insert a run, its (case_id, organ_id, organ, metric, value) rows and its learning
         curve in one transaction.
@@ -295,11 +299,13 @@ class ResultsStore:
         A finished run whose key already has a finished run (another sweep or `bench run`
         finished it meanwhile) is discarded, and the run_id of the one kept is returned, so
         that a run_id once reported stays in the store. `replace` (`--force`) deletes the
-        earlier run instead. Returns None when `record` was written.
+        earlier run instead. `supersedes`: run_ids deleted in the same transaction (a
+        submission scored again). Returns None when `record` was written.
         """
         sql, values = _insert("runs", record)
         with self._connection() as conn, conn:
             conn.execute("BEGIN IMMEDIATE")  # no other writer between the look and the write
+            conn.executemany("DELETE FROM runs WHERE run_id = ?", [(r,) for r in supersedes])
             if record.status in FINISHED:
                 if replace:
                     conn.execute(

@@ -42,7 +42,7 @@ def test_evaluate_reproduces_the_run_and_rejects_bad_input(tmp_path):
     assert '"sha256"' in sub["info"] and files[0].name in sub["info"]
     # the same per-case, per-organ values, exactly
     assert _rows(results, sub.run_id) == _rows(results, run_id)
-    table = list(csv.reader((results / "submissions" / "mine.csv").open()))
+    table = list(csv.reader((results / "submissions" / "tiny" / "mine.csv").open()))
     assert table[0][0] == "Name" and "liver_DSC" in table[0] and "liver_NSD" in table[0]
     assert sorted(row[0] for row in table[1:]) == [p.name for p in files]
     # image naming (<case>_0000.nii.gz) scores the same
@@ -54,7 +54,11 @@ def test_evaluate_reproduces_the_run_and_rejects_bad_input(tmp_path):
     assert r.exit_code == 0, r.output
     runs = ResultsStore(results).runs()
     assert _rows(results, runs[runs.method == "flare"].run_id.iloc[0]) == _rows(results, run_id)
-    # the same files again replace their row; other files under a taken name are refused
+    # the same files again replace their row, also when scored by other code (another run
+    # key); other files under a taken name are refused
+    with sqlite3.connect(results / "labelbench.sqlite") as conn:
+        conn.execute("UPDATE runs SET run_key = 'scored-by-older-code' WHERE method = 'mine'")
+    conn.close()
     r = bench("evaluate", "--pred", str(preds), "-p", "tiny", "--results", str(results),
               "--name", "mine")  # fmt: skip
     assert r.exit_code == 0, r.output
@@ -63,7 +67,7 @@ def test_evaluate_reproduces_the_run_and_rejects_bad_input(tmp_path):
               "--name", "mine")  # fmt: skip
     assert r.exit_code == 2 and "other files" in error_line(r)
     assert (ResultsStore(results).runs().method == "mine").sum() == 1
-    table = list(csv.reader((results / "submissions" / "mine.csv").open()))
+    table = list(csv.reader((results / "submissions" / "tiny" / "mine.csv").open()))
     assert sorted(row[0] for row in table[1:]) == [p.name for p in files]  # not overwritten
     # the leaderboard lists the submission, unranked, with its scores in every metric
     r = bench("report", "-p", "tiny", "--results", str(results), "--out", str(tmp_path / "rep"))
@@ -83,7 +87,7 @@ def test_evaluate_reproduces_the_run_and_rejects_bad_input(tmp_path):
         assert r.exit_code == 2, r.output
         line = error_line(r)
         assert len(ResultsStore(results).runs(status=None)) == n_before
-        assert not (results / "submissions" / f"{name}.csv").exists()
+        assert not (results / "submissions" / "tiny" / f"{name}.csv").exists()
         return line
 
     def rewrite(path, edit) -> None:
@@ -184,3 +188,20 @@ def test_the_prediction_folder_must_be_a_folder(tmp_path):
         assert "does not exist" in str(exc) and "a.nii.gz" in str(exc)
     else:
         raise AssertionError("no error")
+
+
+def test_a_grid_off_by_a_hair_is_not_called_another_axis_order():
+    from benchmark.data.reader import Header, same_voxels_reordered
+
+    def header(affine) -> Header:
+        return Header((40, 36, 6), (0.8, 0.8, 3.0), tuple(map(tuple, affine)))
+
+    ras = np.diag([0.8, 0.8, 3.0, 1.0])
+    hair = ras.copy()
+    hair[0, 3] = 1e-6  # mm: fails the origin check, in the same axis order
+    assert not same_voxels_reordered(header(hair), header(ras))
+    lps = np.diag([-0.8, -0.8, 3.0, 1.0])
+    lps[:2, 3] = [39 * 0.8, 35 * 0.8]  # the far corner: the same voxel centres
+    assert same_voxels_reordered(header(lps), header(ras))
+    lps[0, 3] += 0.8  # one voxel beside them
+    assert not same_voxels_reordered(header(lps), header(ras))

@@ -79,7 +79,7 @@ def test_a_labeled_image_saved_again_is_caught_by_its_voxels(tiny_dataset, how):
         check_leakage(discover(tiny_dataset), Counting(None))
     line = str(caught.value)
     assert str(copy) in line and str(labeled) in line and "the same voxels, saved again" in line
-    assert (copy.name, "voxels-sha256") in computed
+    assert any(n == copy.name and k.startswith("voxels-sha256:") for n, k in computed)
 
 
 def test_voxels_are_decoded_only_where_shape_and_voxel_size_match(tmp_path):
@@ -102,6 +102,48 @@ def test_voxels_are_decoded_only_where_shape_and_voxel_size_match(tmp_path):
             return super().value(path, kind, compute, fresh)
 
     check_leakage(discover(root), Counting(None))  # no copy: passes
-    decoded = {name for name, kind in computed if kind == "voxels-sha256"}
+    decoded = {name for name, kind in computed if kind.startswith("voxels-sha256:")}
     assert decoded == {"u_001_0000.nii.gz", "case_001_0000.nii.gz"}
-    assert sum(kind == "grid" for _, kind in computed) == 5
+    assert sum(kind.startswith("grid:") for _, kind in computed) == 5
+
+
+def test_memoised_values_are_keyed_by_the_code_that_made_them(tiny_dataset, tmp_path, monkeypatch):
+    from benchmark.data import leakage
+
+    computed: list[str] = []
+
+    class Counting(DigestMemo):
+        def value(self, path, kind, compute, fresh=False):
+            def counted(p):
+                computed.append(kind)
+                return compute(p)
+
+            return super().value(path, kind, counted, fresh)
+
+    memo_file = tmp_path / "memo.sqlite"
+    monkeypatch.setattr(leakage, "RACY_NS", 0, raising=False)
+    monkeypatch.setattr("benchmark.data.digests.RACY_NS", 0)
+    check_leakage(discover(tiny_dataset), Counting(memo_file))
+    first = len(computed)
+    assert first > 0
+    check_leakage(discover(tiny_dataset), Counting(memo_file))
+    assert len(computed) == first  # warm: nothing computed again
+    monkeypatch.setattr(leakage, "_code", lambda: "other-reader")
+    check_leakage(discover(tiny_dataset), Counting(memo_file))
+    assert len(computed) == 2 * first  # other code: every value computed again
+
+
+def test_an_unreadable_unlabeled_image_is_left_to_pretraining(tiny_dataset, caplog):
+    import nibabel as nib
+    import numpy as np
+
+    source = tiny_dataset / "imagesUnlabeled" / "u_000_0000.nii.gz"
+    img = nib.load(source)
+    header = img.header.copy()
+    header.set_qform(None, code=0)
+    header.set_sform(None, code=0)
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), None, header), source)
+    assert int(nib.load(source).header["sform_code"]) == 0  # no orientation: the reader
+    # refuses the file, and the guard leaves it to pretraining
+    check_leakage(discover(tiny_dataset), DigestMemo(None))
+    assert "skipped an unreadable unlabeled image" in caplog.text

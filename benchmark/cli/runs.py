@@ -176,7 +176,7 @@ def evaluate(
     """Score predictions made outside the harness with the protocol's metrics and rules.
 
     The scores are stored as a submission (shown in the leaderboard, never ranked) with the
-    SHA-256 of every file, and written per case to RESULTS/submissions/NAME.csv.
+    SHA-256 of every file, and written per case to RESULTS/submissions/PROTOCOL/NAME.csv.
     """
     from benchmark.evaluate import EvaluateRequest
     from benchmark.evaluate import evaluate as run_evaluation

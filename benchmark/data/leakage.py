@@ -10,23 +10,43 @@ slice-store keys (`benchmark.data.digests`), so a warm start only stats the file
   decoded voxels in canonical orientation, only where an unlabeled and a labeled image have
   the same shape and voxel size, read from their headers alone.
 
-A copy whose voxel values were changed (resampled, cropped, re-windowed) is not caught.
+A copy whose voxel values were changed (resampled, cropped, re-windowed) is not caught. The
+memoised values are keyed by the reader's code and the decoding libraries' versions too. An
+unlabeled image that cannot be read is left to pretraining, the only command that reads the
+pool, to refuse: it does not stop a supervised run.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from collections import defaultdict
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 
 from benchmark.data.digests import DigestMemo
 from benchmark.data.reader import DatasetIndex, grid_signature, voxel_digest
 from benchmark.errors import DatasetError
+from benchmark.fingerprint import source_digest
+
+log = logging.getLogger(__name__)
 
 GRID = "grid"
-"""Memo kind of `grid_signature`."""
+"""Memo kind of `grid_signature` (before its `_code` suffix)."""
 VOXELS = "voxels-sha256"
-"""Memo kind of `voxel_digest`."""
+"""Memo kind of `voxel_digest` (before its `_code` suffix)."""
+
+
+@cache
+def _code() -> str:
+    """What the memoised values depend on besides the file: the reader's source and the
+    versions of the libraries that decode and reorient. Part of each memo kind, so values
+    computed by other code are computed again, never compared with fresh ones."""
+    from importlib.metadata import version
+
+    parts = [source_digest("benchmark.data.reader"), version("nibabel"), version("numpy")]
+    return hashlib.sha256(" ".join(parts).encode()).hexdigest()[:12]
 
 
 def _size(path: Path) -> int:
@@ -40,7 +60,7 @@ def _memoised(
     memo: DigestMemo, path: Path, kind: str, compute: Callable[[Path], str], fresh: bool
 ) -> str:
     try:
-        return memo.value(path, kind, compute, fresh)
+        return memo.value(path, f"{kind}:{_code()}", compute, fresh)
     except OSError as exc:
         raise DatasetError(f"{path}: cannot be read ({exc.strerror or exc})") from None
 
@@ -83,7 +103,11 @@ def check_leakage(index: DatasetIndex, memo: DigestMemo, fresh: bool = False) ->
         same_grid = labeled_by_grid.get(_memoised(memo, case.image, GRID, grid_signature, fresh))
         if not same_grid:
             continue
-        voxels = _memoised(memo, case.image, VOXELS, voxel_digest, fresh)
+        try:
+            voxels = _memoised(memo, case.image, VOXELS, voxel_digest, fresh)
+        except DatasetError as exc:  # pretraining, the only reader of the pool, refuses it
+            log.warning("leakage check skipped an unreadable unlabeled image: %s", exc)
+            continue
         for labeled in same_grid:
             if _memoised(memo, labeled, VOXELS, voxel_digest, fresh) == voxels:
                 raise _leak(case.image, labeled, "the same voxels, saved again")

@@ -310,11 +310,24 @@ def _canonical(img: nib.Nifti1Image, path: Path) -> nib.Nifti1Image:
 def read_header(path: Path) -> Header:
     """Shape and spacing in canonical orientation, and the stored affine.
 
-    Reads no voxel data when the file is stored in RAS+ order already.
+    Reads no voxel data.
     """
     raw = _load(path)
-    img = _canonical(raw, path)
-    return Header(tuple(int(s) for s in img.shape[:3]), _spacing(raw), _as_tuple(raw.affine))
+    return Header(_canonical_shape(raw), _spacing(raw), _as_tuple(raw.affine))
+
+
+def _canonical_shape(raw: nib.Nifti1Image) -> tuple[int, int, int]:
+    """The shape of a volume read in canonical orientation, from its header alone."""
+    shape = [0, 0, 0]
+    for stored, axis in enumerate(nib.io_orientation(raw.affine)[:, 0].astype(int)):
+        shape[axis] = int(raw.shape[stored])
+    return shape[0], shape[1], shape[2]
+
+
+def _stored(values: tuple, affine: tuple[tuple[float, ...], ...]) -> np.ndarray:
+    """Per-axis values in canonical order (a `Header`'s shape or spacing) → in the file's
+    stored axis order."""
+    return np.array(values)[nib.io_orientation(np.asarray(affine))[:, 0].astype(int)]
 
 
 def _spacing(raw: nib.Nifti1Image) -> tuple[float, float, float]:
@@ -334,14 +347,16 @@ def _spacing(raw: nib.Nifti1Image) -> tuple[float, float, float]:
 
 def grid_signature(path: Path) -> str:
     """Shape and voxel size in canonical axis order, from the header alone (no voxel is
-    decoded): what a volume saved again (other compression, data type or axis order) keeps."""
-    raw = _load(path)
-    order = nib.io_orientation(raw.affine)[:, 0].astype(int)  # stored axis → canonical axis
-    shape = [0, 0, 0]
-    for stored, axis in enumerate(order):
-        shape[axis] = int(raw.shape[stored])
-    spacing = ", ".join(f"{s:.5g}" for s in _spacing(raw))
-    return f"{'x'.join(map(str, shape))} @ ({spacing}) mm"
+    decoded): what a volume saved again (other compression, data type or axis order) keeps.
+    A header nibabel cannot read, or without a usable orientation, gives a signature of its
+    own (no other file shares it): it is the reading of that file that refuses it."""
+    try:
+        raw = nib.load(path)
+        spacing = ", ".join(f"{s:.5g}" for s in _spacing(raw))
+        shape = "x".join(map(str, _canonical_shape(raw)))
+    except Exception as exc:  # nibabel raises many types for a damaged header
+        return f"unreadable {path}: {_reason(exc)}"
+    return f"{shape} @ ({spacing}) mm"
 
 
 def voxel_digest(path: Path) -> str:
@@ -416,9 +431,7 @@ def _tilt_mm(
     """Largest shift (mm) that the difference of two affines' directions gives any voxel of a
     volume of `header`'s size and spacing. The shift is linear in the voxel index, so it is
     largest at one of the volume's eight corners (in the stored axis order of `a`)."""
-    order = nib.io_orientation(np.asarray(a))[:, 0].astype(int)  # stored axis → canonical axis
-    shape = np.array(header.shape)[order]
-    spacing = np.array(header.spacing)[order]
+    shape, spacing = _stored(header.shape, a), _stored(header.spacing, a)
     change = (_direction(a) - _direction(b)) * spacing  # (3, 3): mm per stored voxel step
     corners = np.array(np.meshgrid(*[[0, n - 1] for n in shape], indexing="ij")).reshape(3, -1)
     return float(np.linalg.norm(change @ corners, axis=0).max())
@@ -489,13 +502,14 @@ def same_voxels_reordered(header: Header, ref: Header) -> bool:
         return False
     # Voxel index of the file → voxel index of `ref`.
     to_ref = np.linalg.inv(np.asarray(ref.affine)) @ np.asarray(header.affine)
-    stored = np.array(header.shape)[nib.io_orientation(np.asarray(header.affine))[:, 0].astype(int)]
-    ref_stored = np.array(ref.shape)[nib.io_orientation(np.asarray(ref.affine))[:, 0].astype(int)]
-    axes = np.round(to_ref[:3, :3])
+    stored, ref_stored = _stored(header.shape, header.affine), _stored(ref.shape, ref.affine)
+    axes, shift = np.round(to_ref[:3, :3]), np.round(to_ref[:3, 3:])
     if not (np.all(np.abs(axes).sum(axis=0) == 1) and np.all(np.abs(axes).sum(axis=1) == 1)):
         return False
+    if np.array_equal(axes, np.eye(3)) and not shift.any():
+        return False  # the same axis order: what differs is not the order
     corners = np.array(np.meshgrid(*[[0, n - 1] for n in stored], indexing="ij")).reshape(3, -1)
-    target = axes @ corners + np.round(to_ref[:3, 3:])
+    target = axes @ corners + shift
     off = np.abs(to_ref[:3, :3] @ corners + to_ref[:3, 3:] - target).max()
     inside = np.all(target >= 0) and np.all(target <= (ref_stored - 1)[:, None])
     return bool(inside and off <= DIRECTION_TOL_VOXELS)
