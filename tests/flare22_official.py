@@ -17,8 +17,9 @@ the order of their steps, not their text:
   2024 revision on, NSD = 0 where DSC < 0.2 (FLARE23's script gates at 0.1); else NSD from
   ``compute_surface_distances`` and ``compute_surface_dice_at_tolerance``.
 
-Surface distances are DeepMind's own (`surface-distance`, a dev dependency), as the script
-uses them (``surface="deepmind"``, the default). ``surface="rewrite"`` uses this module's
+Surface distances are DeepMind's own (`surface-distance` 0.1, a dev dependency: DeepMind's
+later release of the code that the script's SurfaceDice.py copies, with the same 3D
+algorithm; ``surface="deepmind"``, the default). ``surface="rewrite"`` uses this module's
 rewrite of them from their rules, which `tests/test_conformance.py` holds to the package:
 
 - ``compute_surface_distances``: crop both masks to the bounding box of their union, zero-pad
@@ -39,7 +40,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Collection, Mapping
 from functools import cache
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 
 import numpy as np
 from scipy import ndimage
@@ -138,17 +139,26 @@ def compute_dice_coefficient(mask_gt: np.ndarray, mask_pred: np.ndarray) -> floa
 SURFACES = ("deepmind", "rewrite")
 
 
+class _NumpyWithAliases(ModuleType):
+    """NumPy as surface-distance 0.1 sees it: with `np.Inf` and `np.NaN` (for a mask without
+    surfels, and for the DSC of two empty masks), which NumPy 2 removed; every other name is
+    NumPy's own. Given to that package alone, so that no other code finds the aliases."""
+
+    Inf = np.inf
+    NaN = np.nan
+
+    def __getattr__(self, name: str):
+        return getattr(np, name)
+
+
 @cache
 def _deepmind() -> SimpleNamespace:
-    """DeepMind's surface-distance functions, as the official script calls them. Its 0.1
-    release still writes `np.Inf` and `np.NaN` (for a mask without surfels, and for the DSC
-    of two empty masks), which NumPy 2 removed: the aliases are put back for it, NumPy's own
-    inf and nan. Its `scipy.ndimage.filters` and `.morphology` imports are deprecated
-    namespaces of the same functions; their warnings are silenced for it."""
-    for alias, value in (("Inf", np.inf), ("NaN", np.nan)):
-        if not hasattr(np, alias):
-            setattr(np, alias, value)
-    import surface_distance
+    """DeepMind's surface-distance functions, as the official script calls them. Its
+    `scipy.ndimage.filters` and `.morphology` imports are deprecated namespaces of the same
+    functions; their warnings are silenced for it."""
+    from surface_distance import metrics
+
+    metrics.np = _NumpyWithAliases("numpy")
 
     def quiet(fn: Callable) -> Callable:
         def call(*args):
@@ -159,9 +169,9 @@ def _deepmind() -> SimpleNamespace:
         return call
 
     return SimpleNamespace(
-        compute_surface_distances=quiet(surface_distance.compute_surface_distances),
-        compute_surface_dice_at_tolerance=surface_distance.compute_surface_dice_at_tolerance,
-        compute_dice_coefficient=surface_distance.compute_dice_coefficient,
+        compute_surface_distances=quiet(metrics.compute_surface_distances),
+        compute_surface_dice_at_tolerance=metrics.compute_surface_dice_at_tolerance,
+        compute_dice_coefficient=metrics.compute_dice_coefficient,
     )
 
 

@@ -4,7 +4,7 @@ Cases are written as NIfTI files in several orientations with float32 spacings a
 distance ties, read back through labelbench's reader (canonical orientation, the file's
 slice order kept) and scored by `score_case`; the reference (`tests/flare22_official.py`)
 reads the same files' voxel arrays as stored, as the official script does, and measures
-surfaces with DeepMind's surface-distance, as that script does.
+surfaces with DeepMind's surface-distance, whose code that script copies.
 """
 
 from __future__ import annotations
@@ -226,3 +226,19 @@ def test_the_rewrite_of_surface_distances_is_deepminds(seed):
     assert evaluate_case(gt, pred, SPACING_F32, surface="rewrite") == evaluate_case(
         gt, pred, SPACING_F32
     )
+
+
+def test_a_missed_single_slice_zrange_organ_scores_0_as_in_2024(tmp_path):
+    """The 2024 script scores an organ missing from the prediction 0, 0 before any z-range
+    cut; the 2022 one cut it first, and an aorta on one ground-truth slice came out 0 / 0."""
+    gt = np.zeros(SHAPE, np.uint8)
+    gt[10:16, 10:16, 7] = 5  # aorta on a single file slice
+    gt[4:9, 4:9, 3:8] = 1  # liver, found exactly
+    pred = np.where(gt == 1, 1, 0).astype(np.uint8)
+    gt_path = write(tmp_path / "gt.nii.gz", gt, np.eye(3))
+    pred_path = write(tmp_path / "pred.nii.gz", pred, np.eye(3))
+    *_, reference = official(gt_path, pred_path)
+    assert reference[5] == (0.0, 0.0)
+    assert ours(gt_path, pred_path)[5] == {"dsc": 0.0, "nsd": 0.0}
+    *_, original = official(gt_path, pred_path, min_dsc=0.0)
+    assert np.isnan(original[5][0]) and np.isnan(original[5][1])
