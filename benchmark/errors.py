@@ -45,8 +45,8 @@ class WeightsError(LabelbenchError):
 
 
 class PredictionError(LabelbenchError):
-    """A method's `predict` returned something other than the label maps it promises: a run
-    records it as failed, never scores it."""
+    """A method's `predict` returned something other than the label maps it promises (a run
+    records it as failed, never scores it), or its `sample` non-finite images."""
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from benchmark.compute import configure
 from benchmark.config import config_dict, identity_dict
 from benchmark.data.context import DataContext, load_data
-from benchmark.errors import ConfigError, ProtocolError
+from benchmark.errors import ConfigError, PredictionError, ProtocolError
 from benchmark.method import SliceSet
 from benchmark.metrics.generative import (
     EXTRACTORS,
@@ -170,6 +170,19 @@ def _file_digest(path: Path | None) -> str:
     return f"{path.name} sha256:{sha256_file(path)[:16]}" if path else "none"
 
 
+def check_samples(samples: torch.Tensor, method: str, n: int) -> None:
+    """`PredictionError` when samples hold NaN or infinity: clipped to uint8 they would be
+    scored as black or white images, and a diverged model would get a plausible FID."""
+    if samples.shape[0] != n:
+        raise PredictionError(f"{method}: sample() returned {samples.shape[0]} images, not {n}")
+    bad = int((~torch.isfinite(samples)).flatten(1).any(1).sum())
+    if bad:
+        raise PredictionError(
+            f"{method}: {bad} of {n} samples hold NaN or infinite values (a diverged model?); "
+            f"nothing is scored or stored"
+        )
+
+
 def evaluate_fidelity(prep: PreparedFidelity, progress: Progress) -> FidelityOutcome:
     """Sample, score and store. Phases: data, prepare, pretrain, sample, metrics, diversity."""
     req, data = prep.request, prep.data
@@ -189,6 +202,7 @@ def evaluate_fidelity(prep: PreparedFidelity, progress: Progress) -> FidelityOut
     t = time.perf_counter()
     samples = model.sample(prep.n, sampler, steps, req.seed, ctx).cpu()
     phases["sample"] = time.perf_counter() - t
+    check_samples(samples, req.method, prep.n)
 
     t = time.perf_counter()
     real = real_images(data, prep.real_rows, int(samples.shape[-1]))

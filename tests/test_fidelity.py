@@ -193,8 +193,11 @@ def test_sfid_features_with_the_real_inception_architecture(random_inception):
         branch = ref.Mixed_6d.branch1x1(x)
     assert branch.shape == (3, 192, 17, 17) and branch.min() >= 0 and branch.max() > 0
     torch.testing.assert_close(sfid, branch[:, :7].permute(0, 2, 3, 1).reshape(3, -1))
-    # The file passes the check that refuses anything but an Inception state dict.
-    assert resolve_inception_weights(weights).name == generative.INCEPTION_FILE
+    # Random weights under the real file's name are not the real file: refused, unless the
+    # caller (a test, a speed script) says the numbers may mean nothing.
+    with pytest.raises(WeightsError, match="is not that of torch-fidelity's Inception weights"):
+        resolve_inception_weights(weights)
+    assert resolve_inception_weights(weights, verify=False).name == generative.INCEPTION_FILE
 
 
 def test_missing_or_wrong_weights_name_the_file_and_the_url(tmp_path, monkeypatch):
@@ -210,11 +213,26 @@ def test_missing_or_wrong_weights_name_the_file_and_the_url(tmp_path, monkeypatc
         resolve_inception_weights()
     bad = tmp_path / "bad.pth"
     bad.write_text("not a checkpoint")
-    with pytest.raises(WeightsError, match="cannot be read"):
+    with pytest.raises(WeightsError, match="SHA-256 .* is not that of torch-fidelity"):
         resolve_inception_weights(bad)
+    with pytest.raises(WeightsError, match="cannot be read"):
+        resolve_inception_weights(bad, verify=False)
     torch.save({"fc.weight": torch.zeros(1)}, bad)
     with pytest.raises(WeightsError, match="not torch-fidelity's Inception"):
-        resolve_inception_weights(bad)
+        resolve_inception_weights(bad, verify=False)
+
+
+def test_non_finite_samples_are_refused_not_scored_as_black_images():
+    from benchmark.errors import PredictionError
+    from benchmark.fidelity import check_samples
+
+    samples = discs(4, 0, size=16).float() / 255
+    check_samples(samples, "m", 4)
+    samples[2, 0, 3, 3] = float("nan")
+    with pytest.raises(PredictionError, match="1 of 4 samples hold NaN"):
+        check_samples(samples, "m", 4)
+    with pytest.raises(PredictionError, match="returned 4 images, not 5"):
+        check_samples(samples, "m", 5)
 
 
 def test_ms_ssim_diversity():

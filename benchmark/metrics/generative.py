@@ -41,10 +41,14 @@ from torch_fidelity.feature_extractor_inceptionv3 import (
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from torch_fidelity.utils import create_feature_extractor, extract_featuresdict_from_input_id_cached
 
+from benchmark.data.digests import file_digest
 from benchmark.errors import WeightsError
 
 INCEPTION_FILE = Path(URL_INCEPTION_V3).name  # weights-inception-2015-12-05-6726825d.pth
 INCEPTION_URL = URL_INCEPTION_V3
+INCEPTION_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
+"""SHA-256 of that file (its name carries the first 8 digits, as torch hub's names do): other
+weights, even of the same architecture, make numbers that are not FID."""
 WEIGHTS_ENV = "LABELBENCH_INCEPTION_WEIGHTS"
 PRC_NEIGHBORHOOD = 3
 KID_MAX_SUBSET = 1000
@@ -216,10 +220,13 @@ for _name, _cls in EXTRACTORS.values():
         register_feature_extractor(_name, _cls)
 
 
-def resolve_inception_weights(path: Path | str | None = None) -> Path:
+def resolve_inception_weights(path: Path | str | None = None, verify: bool = True) -> Path:
     """The local Inception weights file: `path`, else `$LABELBENCH_INCEPTION_WEIGHTS`, else
     torch's hub cache (`<torch hub dir>/checkpoints/weights-inception-2015-12-05-6726825d.pth`,
-    where torch-fidelity itself would store its download). Raises `WeightsError` if missing.
+    where torch-fidelity itself would store its download). Raises `WeightsError` if missing,
+    unreadable, or (with `verify`, always so for `bench fidelity`) not byte for byte the file
+    torch-fidelity publishes (`INCEPTION_SHA256`); `verify=False` is for the tests' and speed
+    scripts' Inception with random weights, whose numbers mean nothing.
     """
     if path is not None:
         where, candidate = "--inception-weights", Path(path)
@@ -235,6 +242,17 @@ def resolve_inception_weights(path: Path | str | None = None) -> Path:
             f"time: download {INCEPTION_URL} and pass --inception-weights FILE or set "
             f"{WEIGHTS_ENV}"
         )
+    if verify:
+        try:
+            digest = file_digest(candidate)
+        except OSError as exc:
+            raise WeightsError(f"{candidate}: cannot be read ({exc.strerror or exc})") from None
+        if digest != INCEPTION_SHA256:
+            raise WeightsError(
+                f"{candidate}: SHA-256 {digest[:16]}... is not that of torch-fidelity's "
+                f"Inception weights ({INCEPTION_SHA256[:16]}...); other weights do not give "
+                f"FID: download {INCEPTION_URL}"
+            )
     try:
         state = torch.load(candidate, map_location="cpu", weights_only=True)
     except Exception as exc:  # any unreadable or non-tensor file

@@ -328,7 +328,9 @@ def generative_section(gen: pd.DataFrame) -> list[str]:
         "default use VGG-16 features, so these are not comparable with published P / R); "
         "KID: kernel inception distance; MS-SSIM: mean "
         "pairwise MS-SSIM among the samples (lower = more diverse). Computed with "
-        "torch-fidelity; N is the number of samples and of real slices.",
+        "torch-fidelity; N is the number of samples and of real slices. FID and sFID are "
+        "biased upward at small N: compare rows of equal N only, never with published values "
+        "made with 50,000 samples.",
         "",
         md_table(header, rows, "llrr" + "r" * (len(header) - 4)),
         "",
