@@ -272,6 +272,8 @@ def execute(prep: Prepared, progress: Progress) -> RunOutcome:
     """Run a prepared run and record it; a run that raises is recorded as failed."""
     store = ResultsStore(prep.request.results)
     if not prep.request.force and (done := store.completed_run(prep.run_key)):
+        # A run killed between its row and its ceiling left the ceiling out: write it now.
+        ensure_ceiling(prep.request.results, prep.data, progress)
         return RunOutcome(done, "skipped")
     record, rows = perform(prep, progress)
     kept = store.write_run(record, rows, replace=prep.request.force)

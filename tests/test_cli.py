@@ -55,10 +55,19 @@ def test_run_skip_force_and_report(tmp_path):
     assert run[0] == "completed" and run[1] == 4 and run[2].count(":") == 4
     assert '"fit"' in run[6] and '"predict"' in run[6] and run[7] > 0 and '"torch"' in run[8]
     assert n_rows == 2 * 13 and 0.0 <= dsc[0] <= dsc[1] <= 1.0
+    # A run killed after its row was written and before its ceiling was: the rerun, which
+    # finds the run done, writes the ceiling.
+    with sqlite3.connect(results / "labelbench.sqlite") as conn:
+        assert conn.execute("SELECT count(*) FROM ceilings").fetchone()[0] > 0
+        conn.execute("DELETE FROM ceilings")
+    conn.close()
     again = bench(
         "run", "-m", "unet-scratch", "-b", "4slices", "-p", "tiny", "--results", str(results), *FAST
     )
     assert again.exit_code == 0 and "already completed" in again.stdout
+    with sqlite3.connect(results / "labelbench.sqlite") as conn:
+        assert conn.execute("SELECT count(*) FROM ceilings").fetchone()[0] == 2 * 13 * 2
+    conn.close()
     forced = bench(
         "run",
         "-m",
