@@ -4,12 +4,13 @@ A run is keyed by it (`benchmark.runner.prepare`), so a finished run is reused o
 same code, and `bench report` does not pool runs of different code unless asked. It has
 three parts, joined by `-`, each the first 16 hex digits of a SHA-256:
 
-- **core**: the modules of this package that decide a number (`CORE`): data reading,
-  preprocessing, split and budget draw (`benchmark.data`, its `context` included), protocol,
-  metrics, runner and its sanity gate (`benchmark.trust`), the shared supervised recipe,
-  validation and selection, compute matching, augmentation, the method interface, config
-  parsing, checkpoints and the check of predictions. Reporting, storage, the CLI and the
-  sweep driver (`NOT_CORE`) are left out: changing them changes no score.
+- **core**: the modules of this package that decide a number (`CORE`, less the FID code in
+  `CORE_EXCEPT`): data reading, preprocessing, split and budget draw (`benchmark.data`, its
+  `context` included), protocol, metrics, runner and its sanity gate (`benchmark.trust`),
+  the shared supervised recipe, validation and selection, compute matching, augmentation,
+  the method interface, config parsing, checkpoints and the check of predictions.
+  Reporting, storage, the CLI and the sweep driver (`NOT_CORE`) are left out: changing them
+  changes no score.
 - **method**: the method's own source: its module and every module of the same top-level
   package, or of this project's method packages (`METHOD_PACKAGES`), that it imports,
   directly or not (found by reading the `import` statements, without importing anything),
@@ -52,6 +53,10 @@ CORE = (
     "benchmark.validation",
 )
 """Core modules and packages (every `.py` file inside) whose code can change a score."""
+
+CORE_EXCEPT = ("benchmark.metrics.generative",)
+"""Modules inside a `CORE` package that no segmentation score passes through: FID and its
+kin, computed by `bench fidelity` only. An edit to them re-keys no run and no ceiling."""
 
 NOT_CORE = (
     "benchmark.cli",
@@ -184,8 +189,15 @@ def source_digest(*modules: str) -> str:
 
 
 def core_files() -> dict[str, Path]:
-    """Relative path → file of every core module that can change a score (`CORE`)."""
-    return {rel: path for name in CORE for rel, path in _module_files(name).items()}
+    """Relative path → file of every core module that can change a score (`CORE`, less
+    `CORE_EXCEPT`)."""
+    left_out = {rel for name in CORE_EXCEPT for rel in _module_files(name)}
+    return {
+        rel: path
+        for name in CORE
+        for rel, path in _module_files(name).items()
+        if rel not in left_out
+    }
 
 
 @cache

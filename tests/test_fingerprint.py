@@ -26,6 +26,13 @@ def test_every_core_module_is_declared_affecting_scores_or_not():
     assert names == set(CORE) | set(NOT_CORE), "add the new module to CORE or NOT_CORE"
 
 
+def test_the_fid_code_is_not_core():
+    """No segmentation score passes through FID's module: an edit to it re-keys no run."""
+    core = set(fingerprint.core_files())
+    assert "benchmark/metrics/generative.py" not in core
+    assert {"benchmark/metrics/nsd.py", "benchmark/metrics/segmentation.py"} <= core
+
+
 def test_a_method_covers_the_modules_of_its_package_that_it_imports():
     assert set(plugin_files("baselines.mae")) == {
         "baselines/__init__.py",
