@@ -404,8 +404,12 @@ def perform(prep: Prepared, progress: Progress) -> tuple[RunRecord, list[MetricR
     except Exception as exc:  # recorded, not raised: a sweep goes on after a failed run
         error = f"{type(exc).__name__}: {exc}"
         ctx.log.debug(traceback.format_exc())
-        # No scores; the learning curve so far stays with the run, to see where it failed.
-        rows, trust = [], Trust(curve=recorded_curve(ctx))
+        # No scores; the learning curve so far stays with the run, to see where it failed,
+        # and so do the checks made before it failed.
+        rows = []
+        trust = Trust(val_dsc=trust.val_dsc, train_dsc=trust.train_dsc, curve=recorded_curve(ctx))
+        if "fit" not in phases:  # fine-tuning did not finish: its samples are not known
+            prep = replace(prep, compute=replace(prep.compute, finetune_samples=None))
     wall_s = sum(prep.phases.values()) + time.perf_counter() - t_run
     provenance = build_provenance(data, describe_device(device), phases, wall_s, started)
     record = _record(prep, run_id, error, provenance, peak_memory_mb(device), ctx.info, trust)

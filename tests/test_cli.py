@@ -275,3 +275,56 @@ def test_data_phantom_command(tmp_path):
     )
     again = bench("data", "phantom", "--out", str(out), "--cases", "2")
     assert again.exit_code == 2 and "not empty" in error_line(again)
+
+
+def test_a_run_that_fails_in_fit_claims_no_finetune_samples(tmp_path, monkeypatch):
+    from baselines.unet_scratch import UNetScratch
+
+    def fail(self, labeled, ctx):
+        raise RuntimeError("fit broke")
+
+    monkeypatch.setattr(UNetScratch, "fit", fail)
+    results = tmp_path / "runs"
+    r = bench(
+        "run", "-m", "unet-scratch", "-b", "4slices", "-p", "tiny", "--results", str(results), *FAST
+    )
+    assert r.exit_code == 1, r.output
+    with sqlite3.connect(results / "labelbench.sqlite") as conn:
+        row = conn.execute("SELECT status, error, finetune_samples FROM runs").fetchone()
+    conn.close()
+    assert row[0] == "failed" and "fit broke" in row[1] and row[2] is None
+
+
+def test_a_run_that_fails_after_its_checks_keeps_them(tmp_path, monkeypatch):
+    from baselines.unet_scratch import UNetScratch
+
+    results = tmp_path / "runs"
+    real = UNetScratch.predict
+    calls = {"n": 0}
+
+    def predict(self, images):  # the checks (validation, sanity gate) predict first
+        calls["n"] += 1
+        if getattr(self, "_checked", False):
+            raise RuntimeError("predict broke")
+        return real(self, images)
+
+    from benchmark import runner as runner_module
+
+    check = runner_module.check_fitted
+
+    def checked(method, *args, **kwargs):
+        trust = check(method, *args, **kwargs)
+        method._checked = True
+        return trust
+
+    monkeypatch.setattr(UNetScratch, "predict", predict)
+    monkeypatch.setattr(runner_module, "check_fitted", checked)
+    r = bench(
+        "run", "-m", "unet-scratch", "-b", "4slices", "-p", "tiny", "--results", str(results), *FAST
+    )
+    assert r.exit_code == 1, r.output
+    with sqlite3.connect(results / "labelbench.sqlite") as conn:
+        row = conn.execute("SELECT status, error, val_dsc, train_dsc FROM runs").fetchone()
+    conn.close()
+    assert row[0] == "failed" and "predict broke" in row[1]
+    assert row[2] is not None and row[3] is not None and calls["n"] > 0

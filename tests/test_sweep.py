@@ -538,10 +538,15 @@ def test_failed_runs_are_recorded_the_sweep_goes_on_and_the_exit_code_says_so(tm
     assert "2 completed, 0 unfit, 0 already done, 2 failed" in r.output
     with sqlite3.connect(results / "labelbench.sqlite") as conn:
         rows = conn.execute("SELECT method, status, error FROM runs ORDER BY method").fetchall()
+        samples = conn.execute(
+            "SELECT finetune_samples FROM runs WHERE method = 'toy-fail'"
+        ).fetchall()
     assert [(m, s) for m, s, _ in rows] == [("toy-fail", "failed")] * 2 + [
         ("toy-mean", "completed")
     ] * 2
     assert all("toy failure" in e for m, _, e in rows if m == "toy-fail")
+    # failed in fit: the samples it would have seen are not claimed as seen
+    assert samples == [(None,), (None,)]
 
 
 def test_a_dead_worker_is_retried_once_then_recorded_as_failed(tmp_path, toy):
