@@ -284,21 +284,29 @@ def test_a_run_that_fails_in_fit_claims_no_finetune_samples(tmp_path, monkeypatc
         raise RuntimeError("fit broke")
 
     monkeypatch.setattr(UNetScratch, "fit", fail)
+    row = _failed_run(tmp_path, "finetune_samples")
+    assert "fit broke" in row[0] and row[1] is None
+
+
+def _failed_run(tmp_path, *columns: str) -> tuple:
+    """`bench run` of unet-scratch on tiny, which must fail: its error and `columns`."""
     results = tmp_path / "runs"
     r = bench(
         "run", "-m", "unet-scratch", "-b", "4slices", "-p", "tiny", "--results", str(results), *FAST
     )
     assert r.exit_code == 1, r.output
     with sqlite3.connect(results / "labelbench.sqlite") as conn:
-        row = conn.execute("SELECT status, error, finetune_samples FROM runs").fetchone()
+        status, *row = conn.execute(
+            f"SELECT status, error, {', '.join(columns)} FROM runs"
+        ).fetchone()
     conn.close()
-    assert row[0] == "failed" and "fit broke" in row[1] and row[2] is None
+    assert status == "failed"
+    return tuple(row)
 
 
 def test_a_run_that_fails_after_its_checks_keeps_them(tmp_path, monkeypatch):
     from baselines.unet_scratch import UNetScratch
 
-    results = tmp_path / "runs"
     real = UNetScratch.predict
     calls = {"n": 0}
 
@@ -319,12 +327,6 @@ def test_a_run_that_fails_after_its_checks_keeps_them(tmp_path, monkeypatch):
 
     monkeypatch.setattr(UNetScratch, "predict", predict)
     monkeypatch.setattr(runner_module, "check_fitted", checked)
-    r = bench(
-        "run", "-m", "unet-scratch", "-b", "4slices", "-p", "tiny", "--results", str(results), *FAST
-    )
-    assert r.exit_code == 1, r.output
-    with sqlite3.connect(results / "labelbench.sqlite") as conn:
-        row = conn.execute("SELECT status, error, val_dsc, train_dsc FROM runs").fetchone()
-    conn.close()
-    assert row[0] == "failed" and "predict broke" in row[1]
-    assert row[2] is not None and row[3] is not None and calls["n"] > 0
+    error, val_dsc, train_dsc = _failed_run(tmp_path, "val_dsc", "train_dsc")
+    assert "predict broke" in error
+    assert val_dsc is not None and train_dsc is not None and calls["n"] > 0
