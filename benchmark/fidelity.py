@@ -27,6 +27,7 @@ from benchmark.compute import configure
 from benchmark.config import config_dict, identity_dict
 from benchmark.data.context import DataContext, load_data
 from benchmark.errors import ConfigError, PredictionError, ProtocolError
+from benchmark.fingerprint import fidelity_code
 from benchmark.method import SliceSet
 from benchmark.metrics.generative import (
     EXTRACTORS,
@@ -264,6 +265,7 @@ def evaluate_fidelity(prep: PreparedFidelity, progress: Progress) -> FidelityOut
             "resolution": int(samples.shape[-1]),
             "pretrain": ctx.info.get("pretrain", {}),
         },
+        code=fidelity_code(get_generative(req.method).__module__),
     )
     ResultsStore(req.results).write_generative(record)
     return FidelityOutcome(record, scores, samples)

@@ -241,6 +241,27 @@ def scoring_part(fingerprint: str) -> str:
     return f"{core}-{rest.partition('-')[2]}"
 
 
+FIDELITY_CODE = ("benchmark.metrics.generative", "benchmark.fidelity")
+"""The modules that sample and score generative quality (`bench fidelity`)."""
+
+
+@cache
+def _fidelity_digest() -> str:
+    try:
+        found = version("torch-fidelity")
+    except PackageNotFoundError:
+        found = "not installed"
+    text = f"{source_digest(*FIDELITY_CODE)}\ntorch-fidelity=={found}"
+    return hashlib.sha256(text.encode()).hexdigest()[:DIGITS]
+
+
+def fidelity_code(module: str) -> str:
+    """`core-method-packages-fidelity`: the fingerprint of the generative method defined in
+    `module` (which samples), and a fourth part for the FID code and torch-fidelity's version
+    (which score the samples)."""
+    return f"{code_fingerprint(module)}-{_fidelity_digest()}"
+
+
 def code_fingerprint(module: str) -> str:
     """`core-method-packages` of the method defined in `module` (see the module docstring)."""
     return f"{core_digest()}-{method_digest(module)}-{packages_digest()}"

@@ -124,6 +124,9 @@ class GenerativeRecord(Provenance):
     kid_std: float
     ms_ssim: float
     info: dict[str, Any]
+    code: str = ""
+    """`benchmark.fingerprint.fidelity_code` of what made the row; '' for rows recorded
+    before it was (code unknown)."""
 
 
 def _insert(table: str, record: RunRecord | GenerativeRecord) -> tuple[str, dict[str, Any]]:

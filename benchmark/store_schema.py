@@ -135,7 +135,8 @@ CREATE TABLE IF NOT EXISTS generative (
     ms_ssim REAL NOT NULL,
 {_provenance("versions", "wall_s")},
     info TEXT NOT NULL,
-{_provenance("started_at", "finished_at")}
+{_provenance("started_at", "finished_at")},
+    code TEXT NOT NULL DEFAULT ''
 );
 """
 )
@@ -218,11 +219,19 @@ def _to_v4_ceiling_code(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE ceilings_v4 RENAME TO ceilings")
 
 
+def _to_v5_generative_code(conn: sqlite3.Connection) -> None:
+    """4 → 5, generative-quality rows record the code that made them
+    (`benchmark.fingerprint.fidelity_code`); older rows get '' (code unknown)."""
+    if _has_table(conn, "generative") and "code" not in _columns(conn, "generative"):
+        conn.execute("ALTER TABLE generative ADD COLUMN code TEXT NOT NULL DEFAULT ''")
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _to_v1_trust,
     _to_v2_code,
     _to_v3,
     _to_v4_ceiling_code,
+    _to_v5_generative_code,
 )
 """Step i brings a store of version i to version i + 1; append a step for a new version."""
 

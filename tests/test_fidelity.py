@@ -288,6 +288,9 @@ def test_fidelity_command_stores_a_row_and_report_shows_it(tmp_path, isolated):
     row = gen.iloc[0]
     assert (row.sampler, row.steps, row.n, row.extractor) == ("ddim", 2, 8, "stand-in")
     assert (isolated / "pretrain" / row.pretrain_cache / "model.pt").exists()
+    from benchmark.fingerprint import fidelity_code
+
+    assert row.code == fidelity_code("methods.diffusion.linear") and row.code.count("-") == 3
     for key in ("fid", "sfid", "precision", "recall", "f1", "kid", "ms_ssim"):
         assert np.isfinite(row[key])
     assert set(json.loads(row.phases)) >= {"pretrain", "sample", "metrics", "diversity"}
@@ -366,8 +369,13 @@ def test_report_has_a_generative_section_only_with_rows():
     section = md.split("## Generative quality")[1].split("## Provenance")[0]
     for text in ("FID ↓", "sFID ↓", "MS-SSIM", "diffusion-linear", "ddim", "1000", "12.35"):
         assert text in section
-    assert "†" not in section
+    assert "†" not in section and "different code" not in section
     assert "Generative quality" not in render_markdown("tiny", runs, metrics, generative=gen[:0])
+    # rows made by other sampling or FID code are flagged, naming each row's fingerprint
+    two = pd.concat([gen.assign(code="a-b-c-d"), gen.assign(n=500, code="")])
+    section = render_markdown("tiny", runs, metrics, generative=two).split("## Generative")[1]
+    assert "made by different code" in section
+    assert "N=1000 `a-b-c-d`" in section and "N=500 `unknown`" in section
 
 
 def test_larger_test_set_hint_only_where_the_fidelity_protocol_has_more_test_cases():

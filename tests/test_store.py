@@ -247,7 +247,7 @@ def test_a_version_1_store_gets_the_code_column_keeping_every_row(tmp_path):
     v1_store.write_run(replace(record("v2run", "k-v2"), code="core-method-packages"), ROWS)
     assert v1_store.runs().set_index("run_id").loc["v2run", "code"] == "core-method-packages"
     with sqlite3.connect(old / "labelbench.sqlite") as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     ResultsStore(tmp_path / "new").runs()  # a new store, made from the current schema
     assert _columns(old / "labelbench.sqlite") == _columns(tmp_path / "new" / "labelbench.sqlite")
 
@@ -343,3 +343,25 @@ def test_a_version_3_ceiling_gets_a_code_and_each_code_keeps_its_own(tmp_path):
     assert ceiling_scores(runs, store.ceilings()) == {"dsc": 0.6}
     assert ceiling_scores(runs.assign(code=["old-m-pk"] * 3), store.ceilings()) == {"dsc": 0.8}
     assert ceiling_scores(runs.assign(code=["old-m-pk", "new-m-pk", None]), store.ceilings()) == {}
+
+
+def test_a_version_4_store_gets_the_generative_code_column_keeping_its_rows(tmp_path):
+    ResultsStore(tmp_path).runs()  # today's schema, then taken back to version 4
+    db = tmp_path / "labelbench.sqlite"
+    with closing(sqlite3.connect(db)) as conn, conn:
+        columns = [r[1] for r in conn.execute("PRAGMA table_info(generative)")]
+        assert columns[-1] == "code"
+        conn.execute("ALTER TABLE generative DROP COLUMN code")
+        values = {c: (1 if c in ("steps", "n", "seed") else 0.5 if c[0] in "fkmpsrw" else c)
+                  for c in columns[:-1]}  # fmt: skip
+        values.update(gen_id="g1", gen_key="k1", protocol="p", method="m", sampler="ddim")
+        conn.execute(
+            f"INSERT INTO generative ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+            list(values.values()),
+        )
+        conn.execute("PRAGMA user_version = 4")
+    gen = ResultsStore(tmp_path).generative()
+    assert list(gen.gen_id) == ["g1"] and gen.code.tolist() == [""]
+    with closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert [r[1] for r in conn.execute("PRAGMA table_info(generative)")] == columns

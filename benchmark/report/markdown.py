@@ -347,6 +347,18 @@ def generative_section(gen: pd.DataFrame) -> list[str]:
             "hashes are not comparable.**",
             "",
         ]
+    codes = gen["code"].fillna("") if "code" in gen else pd.Series("", index=gen.index)
+    if codes.nunique() > 1:
+        listed = " · ".join(
+            f"{r.method} {r.sampler} N={r.n} `{_short(c) if c else 'unknown'}`"
+            for r, c in zip(gen.itertuples(), codes, strict=True)
+        )
+        out += [
+            "> **⚠️ These rows were made by different code** (sampling method, FID code or "
+            f"package versions; fingerprints core-method-packages-fidelity: {listed}): rerun "
+            "`bench fidelity` for the older ones to compare like with like.",
+            "",
+        ]
     return out
 
 
