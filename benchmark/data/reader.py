@@ -316,18 +316,34 @@ def read_header(path: Path) -> Header:
     return Header(_canonical_shape(raw), _spacing(raw), _as_tuple(raw.affine))
 
 
-def _canonical_shape(raw: nib.Nifti1Image) -> tuple[int, int, int]:
-    """The shape of a volume read in canonical orientation, from its header alone."""
-    shape = [0, 0, 0]
-    for stored, axis in enumerate(nib.io_orientation(raw.affine)[:, 0].astype(int)):
-        shape[axis] = int(raw.shape[stored])
-    return shape[0], shape[1], shape[2]
+def _canonical_axes(affine) -> np.ndarray:
+    """For each of a file's stored axes, the canonical (RAS+) axis it becomes."""
+    return nib.io_orientation(np.asarray(affine))[:, 0].astype(int)
+
+
+def _in_canonical_order(values, affine) -> list:
+    """Per-axis values in the file's stored axis order → in canonical order."""
+    out = list(values)
+    for stored, axis in enumerate(_canonical_axes(affine)):
+        out[axis] = values[stored]
+    return out
 
 
 def _stored(values: tuple, affine: tuple[tuple[float, ...], ...]) -> np.ndarray:
     """Per-axis values in canonical order (a `Header`'s shape or spacing) → in the file's
     stored axis order."""
-    return np.array(values)[nib.io_orientation(np.asarray(affine))[:, 0].astype(int)]
+    return np.array(values)[_canonical_axes(affine)]
+
+
+def _corners(shape) -> np.ndarray:
+    """(3, 8) voxel indices of the eight corners of a volume of `shape`."""
+    return np.array(np.meshgrid(*[[0, n - 1] for n in shape], indexing="ij")).reshape(3, -1)
+
+
+def _canonical_shape(raw: nib.Nifti1Image) -> tuple[int, int, int]:
+    """The shape of a volume read in canonical orientation, from its header alone."""
+    x, y, z = _in_canonical_order([int(n) for n in raw.shape[:3]], raw.affine)
+    return x, y, z
 
 
 def _spacing(raw: nib.Nifti1Image) -> tuple[float, float, float]:
@@ -338,11 +354,8 @@ def _spacing(raw: nib.Nifti1Image) -> tuple[float, float, float]:
     (`SPACING_RTOL` allows that much), which moves a distance off an exact tie with an NSD
     tolerance. A file stored in RAS+ order already kept pixdim, so both orders agree.
     """
-    zooms = raw.header.get_zooms()[:3]
-    spacing = [0.0, 0.0, 0.0]
-    for stored, (axis, _) in enumerate(nib.io_orientation(raw.affine)):
-        spacing[int(axis)] = float(zooms[stored])
-    return spacing[0], spacing[1], spacing[2]
+    x, y, z = _in_canonical_order([float(s) for s in raw.header.get_zooms()[:3]], raw.affine)
+    return x, y, z
 
 
 def grid_signature(path: Path) -> str:
@@ -433,8 +446,7 @@ def _tilt_mm(
     largest at one of the volume's eight corners (in the stored axis order of `a`)."""
     shape, spacing = _stored(header.shape, a), _stored(header.spacing, a)
     change = (_direction(a) - _direction(b)) * spacing  # (3, 3): mm per stored voxel step
-    corners = np.array(np.meshgrid(*[[0, n - 1] for n in shape], indexing="ij")).reshape(3, -1)
-    return float(np.linalg.norm(change @ corners, axis=0).max())
+    return float(np.linalg.norm(change @ _corners(shape), axis=0).max())
 
 
 def _show(field: str, affine: tuple[tuple[float, ...], ...], matrix: bool) -> str:
@@ -508,7 +520,7 @@ def same_voxels_reordered(header: Header, ref: Header) -> bool:
         return False
     if np.array_equal(axes, np.eye(3)) and not shift.any():
         return False  # the same axis order: what differs is not the order
-    corners = np.array(np.meshgrid(*[[0, n - 1] for n in stored], indexing="ij")).reshape(3, -1)
+    corners = _corners(stored)
     target = axes @ corners + shift
     off = np.abs(to_ref[:3, :3] @ corners + to_ref[:3, 3:] - target).max()
     inside = np.all(target >= 0) and np.all(target <= (ref_stored - 1)[:, None])
