@@ -21,7 +21,8 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
@@ -50,8 +51,14 @@ def _code() -> str:
 
 
 def _size(path: Path) -> int:
-    try:
+    with _readable(path):
         return path.stat().st_size
+
+
+@contextmanager
+def _readable(path: Path) -> Iterator[None]:
+    try:
+        yield
     except OSError as exc:
         raise DatasetError(f"{path}: cannot be read ({exc.strerror or exc})") from None
 
@@ -59,17 +66,13 @@ def _size(path: Path) -> int:
 def _memoised(
     memo: DigestMemo, path: Path, kind: str, compute: Callable[[Path], str], fresh: bool
 ) -> str:
-    try:
+    with _readable(path):
         return memo.value(path, f"{kind}:{_code()}", compute, fresh)
-    except OSError as exc:
-        raise DatasetError(f"{path}: cannot be read ({exc.strerror or exc})") from None
 
 
 def _digest(memo: DigestMemo, path: Path, fresh: bool) -> str:
-    try:
+    with _readable(path):
         return memo.digest(path, fresh)
-    except OSError as exc:
-        raise DatasetError(f"{path}: cannot be read ({exc.strerror or exc})") from None
 
 
 def _leak(unlabeled: Path, labeled: Path, how: str) -> DatasetError:
@@ -99,6 +102,7 @@ def check_leakage(index: DatasetIndex, memo: DigestMemo, fresh: bool = False) ->
     labeled_by_grid: dict[str, list[Path]] = defaultdict(list)
     for case in index.labeled:
         labeled_by_grid[_memoised(memo, case.image, GRID, grid_signature, fresh)].append(case.image)
+    labeled_voxels: dict[Path, str] = {}  # once per check, also without a writable memo
     for case in index.unlabeled:
         same_grid = labeled_by_grid.get(_memoised(memo, case.image, GRID, grid_signature, fresh))
         if not same_grid:
@@ -109,5 +113,7 @@ def check_leakage(index: DatasetIndex, memo: DigestMemo, fresh: bool = False) ->
             log.warning("leakage check skipped an unreadable unlabeled image: %s", exc)
             continue
         for labeled in same_grid:
-            if _memoised(memo, labeled, VOXELS, voxel_digest, fresh) == voxels:
+            if labeled not in labeled_voxels:
+                labeled_voxels[labeled] = _memoised(memo, labeled, VOXELS, voxel_digest, fresh)
+            if labeled_voxels[labeled] == voxels:
                 raise _leak(case.image, labeled, "the same voxels, saved again")
