@@ -217,15 +217,17 @@ def _method_digest(module: str, _where: str) -> str:
     return _digest(plugin_files(module))
 
 
+def _installed(name: str) -> str:
+    """`name==version` of an installed distribution, or `name==not installed`."""
+    try:
+        return f"{name}=={version(name)}"
+    except PackageNotFoundError:
+        return f"{name}==not installed"
+
+
 @cache
 def packages_digest() -> str:
-    found = {}
-    for name in PACKAGES:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = "not installed"
-    text = "\n".join(f"{k}=={v}" for k, v in sorted(found.items()))
+    text = "\n".join(_installed(name) for name in sorted(PACKAGES))
     return hashlib.sha256(text.encode()).hexdigest()[:DIGITS]
 
 
@@ -247,11 +249,7 @@ FIDELITY_CODE = ("benchmark.metrics.generative", "benchmark.fidelity")
 
 @cache
 def _fidelity_digest() -> str:
-    try:
-        found = version("torch-fidelity")
-    except PackageNotFoundError:
-        found = "not installed"
-    text = f"{source_digest(*FIDELITY_CODE)}\ntorch-fidelity=={found}"
+    text = f"{source_digest(*FIDELITY_CODE)}\n{_installed('torch-fidelity')}"
     return hashlib.sha256(text.encode()).hexdigest()[:DIGITS]
 
 
