@@ -33,13 +33,17 @@ from benchmark.report.sections import results_section
 from benchmark.report.stats import N_BOOT
 
 
+def _scored(runs: pd.DataFrame, metrics: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The metric rows of `runs`, and the metrics they hold values of (a store's wide frame
+    has a column for every metric any run was scored on)."""
+    mine = metrics[metrics["run_id"].isin(runs["run_id"])]
+    return mine, [n for n in metric_names(metrics) if mine[n].notna().any()]
+
+
 def _metric_key(runs: pd.DataFrame, metrics: pd.DataFrame) -> str:
     """What each metric scored by these runs is, from its declaration ("DSC: Dice ...")."""
-    mine = metrics[metrics["run_id"].isin(runs["run_id"])]
     parts = []
-    for name in metric_names(metrics):
-        if not mine[name].notna().any():
-            continue
+    for name in _scored(runs, metrics)[1]:
         try:
             metric = get_metric(name)
             parts.append(f"{metric.display}: {metric.doc}")
@@ -231,8 +235,7 @@ def unranked_section(unranked: pd.DataFrame, metrics: pd.DataFrame) -> list[str]
     in every metric it was scored on."""
     if unranked.empty:
         return []
-    mine = metrics[metrics["run_id"].isin(unranked["run_id"])]
-    names = [n for n in metric_names(metrics) if mine[n].notna().any()]
+    mine, names = _scored(unranked, metrics)
     means = mine.groupby("run_id")[names].mean() if names else pd.DataFrame()
     rows = [
         [
